@@ -1,0 +1,366 @@
+//! Pipeline configuration (`pipelines/*.toml`), the identity of one run (pipeline × trainer ×
+//! strategy × seed), its config hash, and the paths of its state and results files.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    /// Name of the pipeline; the `pipeline=` partition of the results.
+    pub name: String,
+    pub dataset: DatasetCfg,
+    pub seeds: Vec<u64>,
+    /// Acquisition rounds; results rows are written for rounds 0..=rounds.
+    pub rounds: usize,
+    #[serde(default = "one")]
+    pub initial_per_class: usize,
+    /// Labels bought per round; default: the number of classes.
+    #[serde(default)]
+    pub budget: Option<usize>,
+    pub strategies: Vec<String>,
+    #[serde(default = "default_trainers")]
+    pub trainers: Vec<String>,
+    /// Folder of run state (labels, predictions, queries, heads).
+    #[serde(default = "default_runs")]
+    pub runs_dir: PathBuf,
+    /// Root of the Hive-partitioned results table.
+    #[serde(default = "default_results")]
+    pub results_dir: PathBuf,
+    #[serde(default = "default_device")]
+    pub device: String,
+    #[serde(default)]
+    pub linear: LinearCfg,
+    #[serde(default)]
+    pub dho: DhoCfg,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetCfg {
+    pub name: String,
+    /// Cache folder of the dataset: manifest.parquet, classes.parquet, one folder per model.
+    pub root: PathBuf,
+    /// Student feature folder under `root` (`<model>@<revision>`).
+    pub student: String,
+    /// Teacher folder under `root` (embeddings, prototypes, `<split>.logits.parquet`).
+    pub teacher: String,
+}
+
+/// Linear probe: BatchNorm (no affine) → Dropout → Linear, AdamW, cross-entropy, cold start.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LinearCfg {
+    pub epochs: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub dropout: f32,
+    pub batch_size: usize,
+}
+
+impl Default for LinearCfg {
+    fn default() -> Self {
+        Self {
+            epochs: 100,
+            lr: 1e-2,
+            weight_decay: 1e-2,
+            dropout: 0.75,
+            batch_size: 64,
+        }
+    }
+}
+
+/// DHO dual-head distillation (and its CE-only ablation, trainer `ce`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DhoCfg {
+    pub epochs: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    /// Labeled and unlabeled batch sizes.
+    pub batch_labeled: usize,
+    pub batch_unlabeled: usize,
+    /// Loss weight of the CE head: λ·CE + (1−λ)·KD.
+    pub lambda: f64,
+    /// Distillation temperature η (the KL is multiplied by η²).
+    pub eta: f64,
+    /// Teacher temperature ζ: p_T^η = softmax(cos/(ζ·η)).
+    pub zeta: f64,
+    /// Prediction mixing: α·softmax(g_CE) + (1−α)·softmax(g_KD/β).
+    pub alpha: f64,
+    pub beta: f64,
+}
+
+impl Default for DhoCfg {
+    fn default() -> Self {
+        Self {
+            epochs: 200,
+            lr: 1e-3,
+            weight_decay: 1e-2,
+            batch_labeled: 64,
+            batch_unlabeled: 64,
+            lambda: 0.5,
+            eta: 2.0,
+            zeta: 0.01,
+            alpha: 0.5,
+            beta: 1.0,
+        }
+    }
+}
+
+fn one() -> usize {
+    1
+}
+fn default_trainers() -> Vec<String> {
+    vec!["linear".into()]
+}
+fn default_runs() -> PathBuf {
+    "runs".into()
+}
+fn default_results() -> PathBuf {
+    "results".into()
+}
+fn default_device() -> String {
+    "cpu".into()
+}
+
+pub const TRAINERS: [&str; 3] = ["linear", "dho", "ce"];
+
+impl Pipeline {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        let p: Pipeline = toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {}",
+                path.display(),
+                e.to_string().replace('\n', " ").trim().to_string()
+            )
+        })?;
+        p.validate().with_context(|| path.display().to_string())?;
+        Ok(p)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.name.is_empty() || self.name.contains(['/', '=', '\\']) {
+            bail!(
+                "pipeline name '{}' must be non-empty and free of '/', '\\' and '='",
+                self.name
+            );
+        }
+        for t in &self.trainers {
+            if !TRAINERS.contains(&t.as_str()) {
+                bail!("unknown trainer '{t}' (known: {})", TRAINERS.join(", "));
+            }
+        }
+        for s in &self.strategies {
+            crate::strategy::by_name(s)?;
+        }
+        if self.seeds.is_empty() || self.strategies.is_empty() || self.trainers.is_empty() {
+            bail!("seeds, strategies and trainers must each name at least one value");
+        }
+        if self.budget == Some(0) {
+            bail!("budget must be at least 1");
+        }
+        Ok(())
+    }
+
+    pub fn runs(&self) -> Vec<RunSpec> {
+        let mut v = Vec::new();
+        for t in &self.trainers {
+            for s in &self.strategies {
+                for &seed in &self.seeds {
+                    v.push(RunSpec {
+                        pipeline: self.clone(),
+                        trainer: t.clone(),
+                        strategy: s.clone(),
+                        seed,
+                    });
+                }
+            }
+        }
+        v
+    }
+}
+
+/// One run: a pipeline with one trainer, one strategy and one seed.
+#[derive(Clone, Debug)]
+pub struct RunSpec {
+    pub pipeline: Pipeline,
+    pub trainer: String,
+    pub strategy: String,
+    pub seed: u64,
+}
+
+#[derive(Serialize)]
+struct Hashed<'a> {
+    dataset: &'a DatasetCfg,
+    rounds: usize,
+    initial_per_class: usize,
+    budget: Option<usize>,
+    trainer: &'a str,
+    trainer_params: serde_json::Value,
+    strategy: &'a str,
+}
+
+impl RunSpec {
+    pub fn new(pipeline: &Pipeline, trainer: &str, strategy: &str, seed: u64) -> Result<Self> {
+        if !TRAINERS.contains(&trainer) {
+            bail!(
+                "unknown trainer '{trainer}' (known: {})",
+                TRAINERS.join(", ")
+            );
+        }
+        crate::strategy::by_name(strategy)?;
+        Ok(Self {
+            pipeline: pipeline.clone(),
+            trainer: trainer.into(),
+            strategy: strategy.into(),
+            seed,
+        })
+    }
+
+    /// Hash of everything that determines a run except its seed (seeds of one config share it).
+    pub fn config_hash(&self) -> String {
+        let p = &self.pipeline;
+        let trainer_params = match self.trainer.as_str() {
+            "linear" => serde_json::to_value(&p.linear),
+            _ => serde_json::to_value(&p.dho),
+        }
+        .expect("serialisable");
+        let h = Hashed {
+            dataset: &p.dataset,
+            rounds: p.rounds,
+            initial_per_class: p.initial_per_class,
+            budget: p.budget,
+            trainer: &self.trainer,
+            trainer_params,
+            strategy: &self.strategy,
+        };
+        let bytes = serde_json::to_vec(&h).expect("serialisable");
+        let d = Sha256::digest(&bytes);
+        d.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn run_id(&self) -> String {
+        format!(
+            "{}-{}-seed{}-{}",
+            self.trainer,
+            self.strategy,
+            self.seed,
+            &self.config_hash()[..8]
+        )
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.pipeline
+            .runs_dir
+            .join(&self.pipeline.name)
+            .join(self.run_id())
+    }
+
+    pub fn labels_path(&self, round: usize) -> PathBuf {
+        self.run_dir()
+            .join("labels")
+            .join(format!("round-{round:03}.parquet"))
+    }
+    pub fn predictions_path(&self, round: usize) -> PathBuf {
+        self.run_dir()
+            .join("predictions")
+            .join(format!("round-{round:03}.parquet"))
+    }
+    pub fn head_path(&self, round: usize) -> PathBuf {
+        self.run_dir()
+            .join("heads")
+            .join(format!("round-{round:03}.safetensors"))
+    }
+    pub fn queries_path(&self, round: usize) -> PathBuf {
+        self.run_dir()
+            .join("queries")
+            .join(format!("round-{round:03}.parquet"))
+    }
+    pub fn results_path(&self, round: usize) -> PathBuf {
+        self.pipeline
+            .results_dir
+            .join(format!("pipeline={}", self.pipeline.name))
+            .join(format!("strategy={}", self.strategy))
+            .join(format!("seed={}", self.seed))
+            .join(format!("{}-round-{round:03}.parquet", self.run_id()))
+    }
+
+    pub fn label(&self) -> String {
+        format!(
+            "{}/{}/{}/seed {}",
+            self.pipeline.name, self.trainer, self.strategy, self.seed
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipe(extra: &str) -> Pipeline {
+        let t = format!(
+            r#"name = "p"
+seeds = [0, 1]
+rounds = 2
+strategies = ["random", "entropy"]
+{extra}
+[dataset]
+name = "d"
+root = "data/d"
+student = "s@v1"
+teacher = "t@v1"
+"#
+        );
+        toml::from_str(&t).unwrap()
+    }
+
+    #[test]
+    fn hash_ignores_seed_but_not_params() {
+        let p = pipe("");
+        let a = RunSpec::new(&p, "linear", "random", 0).unwrap();
+        let b = RunSpec::new(&p, "linear", "random", 1).unwrap();
+        assert_eq!(a.config_hash(), b.config_hash());
+        assert_ne!(a.run_id(), b.run_id());
+        let mut q = p.clone();
+        q.linear.epochs = 7;
+        let c = RunSpec::new(&q, "linear", "random", 0).unwrap();
+        assert_ne!(a.config_hash(), c.config_hash());
+        // DHO params do not change a linear run's hash
+        let mut r = p.clone();
+        r.dho.eta = 4.0;
+        assert_eq!(
+            a.config_hash(),
+            RunSpec::new(&r, "linear", "random", 0)
+                .unwrap()
+                .config_hash()
+        );
+        assert_eq!(p.runs().len(), 4);
+    }
+
+    #[test]
+    fn results_path_is_hive_partitioned() {
+        let p = pipe("");
+        let r = RunSpec::new(&p, "linear", "entropy", 1).unwrap();
+        let s = r.results_path(3).display().to_string();
+        assert!(
+            s.starts_with("results/pipeline=p/strategy=entropy/seed=1/linear-entropy-seed1-"),
+            "{s}"
+        );
+        assert!(s.ends_with("-round-003.parquet"));
+    }
+
+    #[test]
+    fn unknown_keys_and_names_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("x.toml");
+        std::fs::write(&f, "name = \"p\"\nbogus = 1\n").unwrap();
+        let e = Pipeline::load(&f).unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+        assert!(pipe("trainers = [\"nope\"]").validate().is_err());
+    }
+}

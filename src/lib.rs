@@ -1,0 +1,20 @@
+//! `vlal`: active learning guided by vision–language models, on a Parquet feature cache.
+//!
+//! Stages (`vlal <stage>`) communicate only through the tables defined in `schemas/`;
+//! this library holds the pieces the stages are built from.
+
+pub mod cache;
+pub mod config;
+pub mod geometry;
+pub mod mat;
+pub mod metrics;
+pub mod progress;
+pub mod rng;
+pub mod schema;
+pub mod stages;
+pub mod strategy;
+pub mod table;
+pub mod train;
+
+/// Version of the tool, recorded in every results row and cache file.
+pub const TOOL_VERSION: &str = concat!("vlal ", env!("CARGO_PKG_VERSION"));

@@ -1,0 +1,210 @@
+//! The `vlal` command line: one subcommand per pipeline stage.
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use vlal::cache::Cache;
+use vlal::config::{Pipeline, RunSpec};
+use vlal::stages::{self, run::Filter};
+
+#[derive(Parser)]
+#[command(
+    name = "vlal",
+    version,
+    about = "Active learning guided by vision-language models, on a Parquet feature cache"
+)]
+struct Cli {
+    /// No log lines (errors are still printed).
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+/// Which run of a pipeline a stage works on (defaults: the pipeline's first trainer, strategy, seed).
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Pipeline config (pipelines/*.toml).
+    #[arg(long)]
+    pipeline: PathBuf,
+    #[arg(long)]
+    trainer: Option<String>,
+    #[arg(long)]
+    strategy: Option<String>,
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+impl RunArgs {
+    fn spec(&self) -> Result<RunSpec> {
+        let p = Pipeline::load(&self.pipeline)?;
+        let t = self
+            .trainer
+            .clone()
+            .unwrap_or_else(|| p.trainers[0].clone());
+        let s = self
+            .strategy
+            .clone()
+            .unwrap_or_else(|| p.strategies[0].clone());
+        let seed = self.seed.unwrap_or(p.seeds[0]);
+        RunSpec::new(&p, &t, &s, seed)
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate the example feature cache (the layout `extract` writes).
+    Synth(stages::synth::SynthArgs),
+    /// Fit the student head on a round's labels; write predictions and the head.
+    Train {
+        #[command(flatten)]
+        run: RunArgs,
+        #[arg(long)]
+        round: usize,
+    },
+    /// Pick the next batch to label with the run's strategy; write queries.
+    Select {
+        #[command(flatten)]
+        run: RunArgs,
+        #[arg(long)]
+        round: usize,
+        /// Labels to buy (default: the pipeline's budget, else the number of classes).
+        #[arg(long)]
+        budget: Option<usize>,
+    },
+    /// The oracle: seed labels (--init), simulated answers, or a person's answers (--from-file).
+    Label {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Draw round 0's seed labels.
+        #[arg(long, conflicts_with_all = ["round", "from_file"])]
+        init: bool,
+        /// Answer this round's queries (writes the next round's labels).
+        #[arg(long, required_unless_present = "init")]
+        round: Option<usize>,
+        /// CSV or Parquet with columns sample_id, label (class id or name).
+        #[arg(long)]
+        from_file: Option<PathBuf>,
+    },
+    /// Score a round on the test split and append its results row.
+    Eval {
+        #[command(flatten)]
+        run: RunArgs,
+        #[arg(long)]
+        round: usize,
+    },
+    /// Run every trainer × strategy × seed of a pipeline, resuming completed rounds.
+    Run {
+        pipeline: PathBuf,
+        #[arg(long)]
+        trainer: Vec<String>,
+        #[arg(long)]
+        strategy: Vec<String>,
+        #[arg(long)]
+        seed: Vec<u64>,
+    },
+    /// Summarise the results table: accuracy mean ± std over seeds per round.
+    Report {
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+        #[arg(long)]
+        pipeline: Option<String>,
+    },
+    /// Print a run's state folder and the path of a round's files (for Makefiles).
+    Paths {
+        #[command(flatten)]
+        run: RunArgs,
+        #[arg(long, default_value_t = 0)]
+        round: usize,
+    },
+}
+
+fn load(spec: &RunSpec) -> Result<Cache> {
+    Cache::load(
+        &spec.pipeline.dataset,
+        vlal::train::needs_teacher(&spec.trainer),
+    )
+}
+
+fn main_inner(cli: Cli) -> Result<()> {
+    vlal::progress::set_quiet(cli.quiet);
+    match cli.cmd {
+        Cmd::Synth(a) => stages::synth::run(&a),
+        Cmd::Train { run, round } => {
+            let spec = run.spec()?;
+            stages::train::run(&spec, &load(&spec)?, round)
+        }
+        Cmd::Select { run, round, budget } => {
+            let spec = run.spec()?;
+            let cache = load(&spec)?;
+            let b = budget.or(spec.pipeline.budget).unwrap_or(cache.n_classes());
+            if b == 0 {
+                bail!("budget must be at least 1");
+            }
+            stages::select::run(&spec, &cache, round, b)
+        }
+        Cmd::Label {
+            run,
+            init,
+            round,
+            from_file,
+        } => {
+            let spec = run.spec()?;
+            let cache = load(&spec)?;
+            match (init, round, from_file) {
+                (true, _, _) => stages::label::init(&spec, &cache),
+                (false, Some(r), Some(f)) => stages::label::from_file(&spec, &cache, r, &f),
+                (false, Some(r), None) => stages::label::oracle(&spec, &cache, r),
+                (false, None, _) => bail!("--round is required unless --init"),
+            }
+        }
+        Cmd::Eval { run, round } => {
+            let spec = run.spec()?;
+            stages::eval::run(&spec, &load(&spec)?, round)
+        }
+        Cmd::Run {
+            pipeline,
+            trainer,
+            strategy,
+            seed,
+        } => {
+            let p = Pipeline::load(&pipeline)?;
+            stages::run::run(
+                &p,
+                &Filter {
+                    trainers: trainer,
+                    strategies: strategy,
+                    seeds: seed,
+                },
+            )
+        }
+        Cmd::Report { results, pipeline } => {
+            let df = stages::report::summary(&results, pipeline.as_deref())?;
+            print!("{}", stages::report::render(&df)?);
+            Ok(())
+        }
+        Cmd::Paths { run, round } => {
+            let spec = run.spec()?;
+            println!("RUN_DIR={}", spec.run_dir().display());
+            println!("LABELS={}", spec.labels_path(round).display());
+            println!("PREDICTIONS={}", spec.predictions_path(round).display());
+            println!("QUERIES={}", spec.queries_path(round).display());
+            println!("NEXT_LABELS={}", spec.labels_path(round + 1).display());
+            println!("RESULTS={}", spec.results_path(round).display());
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match main_inner(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}

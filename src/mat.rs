@@ -1,0 +1,165 @@
+//! A dense row-major `f32` matrix: the in-memory form of a vector column (embeddings, logits, probs).
+
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mat {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f32>,
+}
+
+impl Mat {
+    pub fn new(rows: usize, cols: usize, data: Vec<f32>) -> Result<Self> {
+        if data.len() != rows * cols {
+            bail!(
+                "matrix data has {} values, expected {rows}x{cols}",
+                data.len()
+            );
+        }
+        Ok(Self { rows, cols, data })
+    }
+
+    pub fn zeros(rows: usize, cols: usize) -> Self {
+        Self {
+            rows,
+            cols,
+            data: vec![0.0; rows * cols],
+        }
+    }
+
+    pub fn from_rows(rows: &[Vec<f32>]) -> Result<Self> {
+        let cols = rows.first().map_or(0, |r| r.len());
+        let mut data = Vec::with_capacity(rows.len() * cols);
+        for r in rows {
+            if r.len() != cols {
+                bail!("ragged rows: {} vs {cols}", r.len());
+            }
+            data.extend_from_slice(r);
+        }
+        Ok(Self {
+            rows: rows.len(),
+            cols,
+            data,
+        })
+    }
+
+    #[inline]
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.cols..(i + 1) * self.cols]
+    }
+
+    #[inline]
+    pub fn row_mut(&mut self, i: usize) -> &mut [f32] {
+        &mut self.data[i * self.cols..(i + 1) * self.cols]
+    }
+
+    /// The rows at `idx`, in that order.
+    pub fn select_rows(&self, idx: &[usize]) -> Mat {
+        let mut data = Vec::with_capacity(idx.len() * self.cols);
+        for &i in idx {
+            data.extend_from_slice(self.row(i));
+        }
+        Mat {
+            rows: idx.len(),
+            cols: self.cols,
+            data,
+        }
+    }
+
+    /// Scale every row to unit L2 norm (zero rows stay zero).
+    pub fn normalize_rows(&mut self) {
+        let cols = self.cols;
+        for r in self.data.chunks_mut(cols.max(1)) {
+            let n = crate::geometry::dot(r, r).sqrt();
+            if n > 0.0 {
+                r.iter_mut().for_each(|v| *v /= n);
+            }
+        }
+    }
+
+    /// Index of the largest entry of each row (lowest index on ties).
+    pub fn argmax_rows(&self) -> Vec<usize> {
+        (0..self.rows).map(|i| argmax(self.row(i))).collect()
+    }
+
+    pub fn to_tensor(&self, device: &Device) -> Result<Tensor> {
+        Ok(Tensor::from_slice(
+            &self.data,
+            (self.rows, self.cols),
+            device,
+        )?)
+    }
+
+    pub fn from_tensor(t: &Tensor) -> Result<Mat> {
+        let (rows, cols) = t.dims2()?;
+        let data = t
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        Mat::new(rows, cols, data)
+    }
+}
+
+/// Index of the largest value (lowest index on ties; NaN never wins).
+pub fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Row-wise softmax of logits scaled by `scale` (numerically stable, f64 accumulation).
+pub fn softmax_rows(logits: &Mat, scale: f32) -> Mat {
+    let mut out = logits.clone();
+    for i in 0..out.rows {
+        let r = out.row_mut(i);
+        let m = r.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b * scale));
+        let mut s = 0.0f64;
+        for v in r.iter_mut() {
+            *v = ((*v * scale) - m).exp();
+            s += *v as f64;
+        }
+        for v in r.iter_mut() {
+            *v = (*v as f64 / s) as f32;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argmax_prefers_lowest_index_on_ties() {
+        assert_eq!(argmax(&[0.1, 0.5, 0.5, 0.2]), 1);
+        assert_eq!(argmax(&[1.0]), 0);
+    }
+
+    #[test]
+    fn softmax_rows_sum_to_one_and_respect_scale() {
+        let m = Mat::new(2, 3, vec![1.0, 2.0, 3.0, 0.0, 0.0, 0.0]).unwrap();
+        let p = softmax_rows(&m, 1.0);
+        for i in 0..2 {
+            let s: f32 = p.row(i).iter().sum();
+            assert!((s - 1.0).abs() < 1e-6);
+        }
+        assert!((p.row(1)[0] - 1.0 / 3.0).abs() < 1e-6);
+        let sharp = softmax_rows(&m, 100.0);
+        assert!(sharp.row(0)[2] > 0.999);
+    }
+
+    #[test]
+    fn normalize_and_select() {
+        let mut m = Mat::new(2, 2, vec![3.0, 4.0, 0.0, 0.0]).unwrap();
+        m.normalize_rows();
+        assert_eq!(m.row(0), &[0.6, 0.8]);
+        assert_eq!(m.row(1), &[0.0, 0.0]);
+        assert_eq!(m.select_rows(&[1, 0]).row(1), &[0.6, 0.8]);
+    }
+}

@@ -1,0 +1,208 @@
+//! `vlal label`: the oracle. `--init` draws the seed labels of round 0; by default the queries of
+//! a round are answered from the manifest's ground truth (a simulated annotator); `--from-file`
+//! imports a person's answers (CSV or Parquet with columns sample_id, label — a class id or name).
+//! Writes the labels of the next round: every earlier label plus the new ones.
+
+use super::{read_labels, require, write_labels, LabelRow};
+use crate::cache::Cache;
+use crate::config::RunSpec;
+use crate::schema::Table;
+use crate::{progress, rng, table};
+use anyhow::{anyhow, bail, Context, Result};
+use arrow::array::{Array, StringArray};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+/// Round 0: `initial_per_class` random samples of each class (seeded by the run's seed only, so
+/// every strategy of a seed starts from the same labels).
+pub fn init(spec: &RunSpec, cache: &Cache) -> Result<()> {
+    let path = spec.labels_path(0);
+    if path.exists() {
+        progress::log(format!("{} exists; keeping it", path.display()));
+        return Ok(());
+    }
+    let k = spec.pipeline.initial_per_class;
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); cache.n_classes()];
+    for (i, l) in cache.train.labels.iter().enumerate() {
+        by_class[l.expect("train labels checked on load") as usize].push(i);
+    }
+    let mut r = rng::stream(spec.seed, "init", 0);
+    let mut rows = Vec::new();
+    for (c, members) in by_class.iter().enumerate() {
+        if members.len() < k {
+            progress::log(format!(
+                "class {c} ('{}') has only {} train samples; taking all",
+                cache.classes[c],
+                members.len()
+            ));
+        }
+        let mut picked = rng::sample(members, k, &mut r);
+        picked.sort();
+        for i in picked {
+            rows.push(LabelRow {
+                round: 0,
+                sample_id: cache.train.ids[i].clone(),
+                label: c as i32,
+                kind: "seed".into(),
+                cost: 1.0,
+            });
+        }
+    }
+    write_labels(&path, &rows)?;
+    Ok(())
+}
+
+fn next_rows(spec: &RunSpec, round: usize) -> Result<(Vec<LabelRow>, HashSet<String>)> {
+    let lpath = spec.labels_path(round);
+    require(&lpath, "vlal label")?;
+    let rows = read_labels(&lpath)?;
+    let known = rows.iter().map(|r| r.sample_id.clone()).collect();
+    Ok((rows, known))
+}
+
+fn query_ids(spec: &RunSpec, round: usize) -> Result<Vec<String>> {
+    let q = spec.queries_path(round);
+    require(&q, "vlal select")?;
+    table::read(&q, Table::Queries)?.strings("sample_id")
+}
+
+/// Answer round `round`'s queries from the ground truth; writes labels of round+1.
+pub fn oracle(spec: &RunSpec, cache: &Cache, round: usize) -> Result<()> {
+    let (mut rows, known) = next_rows(spec, round)?;
+    let qpath = spec.queries_path(round);
+    for id in query_ids(spec, round)? {
+        let Some(&i) = cache.train.index.get(&id) else {
+            bail!(
+                "{}: sample '{id}' is not in the train pool",
+                qpath.display()
+            );
+        };
+        if known.contains(&id) {
+            bail!("{}: sample '{id}' is already labeled", qpath.display());
+        }
+        let label = cache.train.labels[i].expect("train labels checked on load");
+        rows.push(LabelRow {
+            round: round as i32 + 1,
+            sample_id: id,
+            label,
+            kind: "oracle".into(),
+            cost: 1.0,
+        });
+    }
+    write_labels(&spec.labels_path(round + 1), &rows)?;
+    Ok(())
+}
+
+/// Import a person's labels for round `round`'s queries; writes labels of round+1.
+pub fn from_file(spec: &RunSpec, cache: &Cache, round: usize, file: &Path) -> Result<()> {
+    let name = file.display().to_string();
+    let answers = read_answers(file)?;
+    let (mut rows, known) = next_rows(spec, round)?;
+    let asked: Option<HashSet<String>> = if spec.queries_path(round).exists() {
+        Some(query_ids(spec, round)?.into_iter().collect())
+    } else {
+        None
+    };
+    let by_name: HashMap<&str, usize> = cache
+        .classes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), i))
+        .collect();
+    let c = cache.n_classes();
+    let mut seen = HashSet::new();
+    for (line, (id, label)) in answers.iter().enumerate() {
+        let row = line + 1;
+        if !cache.train.index.contains_key(id) {
+            bail!("{name}: row {row}: unknown sample_id '{id}' (not in the train pool of dataset '{}')", cache.dataset);
+        }
+        if let Some(a) = &asked {
+            if !a.contains(id) {
+                bail!("{name}: row {row}: sample '{id}' was not queried in round {round}");
+            }
+        }
+        if known.contains(id) || !seen.insert(id.clone()) {
+            bail!("{name}: row {row}: sample '{id}' is already labeled");
+        }
+        let class = match label.trim().parse::<i64>() {
+            Ok(v) if v >= 0 && (v as usize) < c => v as usize,
+            Ok(v) => bail!("{name}: row {row}: label {v} is outside 0..{c}"),
+            Err(_) => *by_name.get(label.trim()).ok_or_else(|| {
+                anyhow!("{name}: row {row}: unknown class '{label}' (not in classes.parquet)")
+            })?,
+        };
+        rows.push(LabelRow {
+            round: round as i32 + 1,
+            sample_id: id.clone(),
+            label: class as i32,
+            kind: "oracle".into(),
+            cost: 1.0,
+        });
+    }
+    if let Some(a) = &asked {
+        let missing = a.iter().filter(|id| !seen.contains(*id)).count();
+        if missing > 0 {
+            progress::log(format!(
+                "{name}: {missing} of round {round}'s {} queries have no answer",
+                a.len()
+            ));
+        }
+    }
+    write_labels(&spec.labels_path(round + 1), &rows)?;
+    Ok(())
+}
+
+/// (sample_id, label-as-text) pairs from a CSV or Parquet file.
+fn read_answers(file: &Path) -> Result<Vec<(String, String)>> {
+    let name = file.display().to_string();
+    let is_parquet = file.extension().and_then(|e| e.to_str()) == Some("parquet");
+    if is_parquet {
+        let f = std::fs::File::open(file).with_context(|| format!("{name}: cannot open"))?;
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+            .map_err(|e| anyhow!("{name}: not a readable Parquet file ({e})"))?
+            .build()?;
+        let mut out = Vec::new();
+        for batch in reader {
+            let batch = batch.map_err(|e| anyhow!("{name}: {e}"))?;
+            let col = |c: &str| -> Result<StringArray> {
+                let a = batch
+                    .column_by_name(c)
+                    .ok_or_else(|| anyhow!("{name}: missing column '{c}'"))?;
+                let s = arrow::compute::cast(a, &arrow::datatypes::DataType::Utf8)
+                    .map_err(|_| anyhow!("{name}: column '{c}' cannot be read as text"))?;
+                Ok(s.as_any()
+                    .downcast_ref::<StringArray>()
+                    .expect("cast to utf8")
+                    .clone())
+            };
+            let (ids, labels) = (col("sample_id")?, col("label")?);
+            for i in 0..batch.num_rows() {
+                if ids.is_null(i) || labels.is_null(i) {
+                    bail!("{name}: row {}: empty sample_id or label", out.len() + 1);
+                }
+                out.push((ids.value(i).to_string(), labels.value(i).to_string()));
+            }
+        }
+        Ok(out)
+    } else {
+        let mut rdr =
+            csv::Reader::from_path(file).with_context(|| format!("{name}: cannot open"))?;
+        let headers = rdr.headers().map_err(|e| anyhow!("{name}: {e}"))?.clone();
+        let pos = |c: &str| {
+            headers
+                .iter()
+                .position(|h| h.trim() == c)
+                .ok_or_else(|| anyhow!("{name}: missing column '{c}'"))
+        };
+        let (pi, pl) = (pos("sample_id")?, pos("label")?);
+        let mut out = Vec::new();
+        for (i, rec) in rdr.records().enumerate() {
+            let rec = rec.map_err(|e| anyhow!("{name}: row {}: {e}", i + 1))?;
+            out.push((
+                rec.get(pi).unwrap_or("").trim().to_string(),
+                rec.get(pl).unwrap_or("").to_string(),
+            ));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,107 @@
+//! `vlal report`: read every results file under a folder with polars (the same scan a user runs
+//! in Python) and print accuracy mean ± std over seeds per round, one table per
+//! (pipeline, trainer), one column per strategy.
+
+use anyhow::{anyhow, Result};
+use polars::prelude::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Per (pipeline, trainer, strategy, round): mean and std of accuracy over seeds, seed count,
+/// mean number of labels.
+pub fn summary(results_dir: &Path, pipeline: Option<&str>) -> Result<DataFrame> {
+    let glob = format!("{}/**/*.parquet", results_dir.display());
+    let lf = LazyFrame::scan_parquet(PlRefPath::new(glob.as_str()), ScanArgsParquet::default())
+        .map_err(|e| anyhow!("{}: {e}", results_dir.display()))?;
+    let lf = match pipeline {
+        Some(p) => lf.filter(col("pipeline").eq(lit(p))),
+        None => lf,
+    };
+    let df = lf
+        .group_by([
+            col("pipeline"),
+            col("trainer"),
+            col("strategy"),
+            col("round"),
+        ])
+        .agg([
+            col("accuracy").mean().alias("acc_mean"),
+            col("accuracy").std(1).fill_null(lit(0.0)).alias("acc_std"),
+            col("seed").n_unique().cast(DataType::Int64).alias("seeds"),
+            col("n_labeled").mean().alias("n_labeled"),
+        ])
+        .sort(
+            ["pipeline", "trainer", "strategy", "round"],
+            SortMultipleOptions::default(),
+        )
+        .collect()
+        .map_err(|e| anyhow!("{}: {e}", results_dir.display()))?;
+    Ok(df)
+}
+
+/// The summary as text: one block per (pipeline, trainer); rows = rounds, columns = strategies.
+pub fn render(df: &DataFrame) -> Result<String> {
+    let s = |n: &str| -> Result<Vec<String>> {
+        let c = df.column(n)?.as_materialized_series().str()?.clone();
+        Ok((0..c.len())
+            .map(|i| c.get(i).unwrap_or("").to_string())
+            .collect())
+    };
+    let f = |n: &str| -> Result<Vec<f64>> {
+        let c = df
+            .column(n)?
+            .as_materialized_series()
+            .cast(&DataType::Float64)?;
+        let c = c.f64()?;
+        Ok((0..c.len()).map(|i| c.get(i).unwrap_or(f64::NAN)).collect())
+    };
+    let (pipe, trainer, strat) = (s("pipeline")?, s("trainer")?, s("strategy")?);
+    let (round, mean, std, seeds, nl) = (
+        f("round")?,
+        f("acc_mean")?,
+        f("acc_std")?,
+        f("seeds")?,
+        f("n_labeled")?,
+    );
+    // (pipeline, trainer) → round → strategy → cell
+    let mut blocks: BTreeMap<(String, String), BTreeMap<i64, (f64, BTreeMap<String, String>)>> =
+        BTreeMap::new();
+    let mut strategies: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for i in 0..df.height() {
+        let key = (pipe[i].clone(), trainer[i].clone());
+        let cell = format!("{:.4} ± {:.4} (n={})", mean[i], std[i], seeds[i] as i64);
+        let row = blocks
+            .entry(key.clone())
+            .or_default()
+            .entry(round[i] as i64)
+            .or_insert((nl[i], BTreeMap::new()));
+        row.1.insert(strat[i].clone(), cell);
+        let list = strategies.entry(key).or_default();
+        if !list.contains(&strat[i]) {
+            list.push(strat[i].clone());
+        }
+    }
+    let mut out = String::new();
+    for (key, rounds) in &blocks {
+        let cols = &strategies[key];
+        out += &format!(
+            "pipeline {} · trainer {} · test accuracy, mean ± std over seeds\n",
+            key.0, key.1
+        );
+        let w = 26;
+        out += &format!("{:>5} {:>9}", "round", "labels");
+        for c in cols {
+            out += &format!(" {c:>w$}");
+        }
+        out += "\n";
+        for (r, (labels, cells)) in rounds {
+            out += &format!("{r:>5} {labels:>9.1}");
+            for c in cols {
+                out += &format!(" {:>w$}", cells.get(c).map(String::as_str).unwrap_or("-"));
+            }
+            out += "\n";
+        }
+        out += "\n";
+    }
+    Ok(out)
+}

@@ -1,0 +1,99 @@
+//! `vlal run PIPELINE.toml`: every trainer × strategy × seed of a pipeline, round after round,
+//! in-process from one loaded cache. A round is complete when its results row exists (and, before
+//! the last round, the next round's labels); complete rounds are skipped, so a rerun is a no-op
+//! and a killed run resumes where it stopped. Each step's output is written atomically and is a
+//! pure function of its inputs, so a resumed run ends with the same tables as an unbroken one.
+
+use super::{eval, label, select, train};
+use crate::cache::Cache;
+use crate::config::{Pipeline, RunSpec};
+use crate::progress;
+use anyhow::{bail, Result};
+
+/// Which runs of a pipeline to execute (empty = all).
+#[derive(Default)]
+pub struct Filter {
+    pub trainers: Vec<String>,
+    pub strategies: Vec<String>,
+    pub seeds: Vec<u64>,
+}
+
+impl Filter {
+    fn keeps(&self, s: &RunSpec) -> bool {
+        (self.trainers.is_empty() || self.trainers.contains(&s.trainer))
+            && (self.strategies.is_empty() || self.strategies.contains(&s.strategy))
+            && (self.seeds.is_empty() || self.seeds.contains(&s.seed))
+    }
+}
+
+pub fn run(p: &Pipeline, filter: &Filter) -> Result<()> {
+    let specs: Vec<RunSpec> = p.runs().into_iter().filter(|s| filter.keeps(s)).collect();
+    if specs.is_empty() {
+        bail!("no run of pipeline '{}' matches the filter", p.name);
+    }
+    let todo: Vec<&RunSpec> = specs
+        .iter()
+        .filter(|s| !s.results_path(p.rounds).exists())
+        .collect();
+    if todo.is_empty() {
+        progress::log(format!(
+            "nothing to do: all {} runs of '{}' are complete",
+            specs.len(),
+            p.name
+        ));
+        return Ok(());
+    }
+    let with_teacher = todo.iter().any(|s| crate::train::needs_teacher(&s.trainer));
+    let cache = Cache::load(&p.dataset, with_teacher)?;
+    let budget = p.budget.unwrap_or(cache.n_classes());
+    let needed = p.initial_per_class * cache.n_classes() + p.rounds * budget;
+    if needed > cache.train.ids.len() {
+        bail!(
+            "{}: {} seed labels + {} rounds × budget {budget} = {needed} labels, more than the pool's {} samples",
+            p.dataset.root.display(),
+            p.initial_per_class * cache.n_classes(),
+            p.rounds,
+            cache.train.ids.len()
+        );
+    }
+    let pb = progress::bar((todo.len() * (p.rounds + 1)) as u64, "rounds");
+    for spec in todo {
+        run_one(spec, &cache, budget, &pb)?;
+    }
+    pb.finish_and_clear();
+    Ok(())
+}
+
+/// Run (or resume) one run; returns the number of rounds it worked on.
+pub fn run_one(
+    spec: &RunSpec,
+    cache: &Cache,
+    budget: usize,
+    pb: &indicatif::ProgressBar,
+) -> Result<usize> {
+    let last = spec.pipeline.rounds;
+    let mut worked = 0;
+    if !spec.labels_path(0).exists() {
+        label::init(spec, cache)?;
+    }
+    for r in 0..=last {
+        let complete =
+            spec.results_path(r).exists() && (r == last || spec.labels_path(r + 1).exists());
+        pb.inc(1);
+        if complete {
+            continue;
+        }
+        if !spec.predictions_path(r).exists() {
+            train::run(spec, cache, r)?;
+        }
+        if r < last && !spec.queries_path(r).exists() {
+            select::run(spec, cache, r, budget)?;
+        }
+        eval::run(spec, cache, r)?;
+        if r < last && !spec.labels_path(r + 1).exists() {
+            label::oracle(spec, cache, r)?;
+        }
+        worked += 1;
+    }
+    Ok(worked)
+}

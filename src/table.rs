@@ -1,0 +1,423 @@
+//! Parquet I/O for the tables of `schemas/`: zstd-compressed, checked on read and on write, and
+//! written to a temporary file in the target folder then renamed, so no half-written file exists.
+
+use crate::mat::Mat;
+use crate::schema::Table;
+use anyhow::{anyhow, bail, Context, Result};
+use arrow::array::{
+    Array, ArrayRef, FixedSizeListArray, Float32Array, Float64Array, Int32Array, Int64Array,
+    RecordBatch, StringArray,
+};
+use arrow::datatypes::{DataType, Field};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+/// A table read from one file: its checked columns and its file-level metadata.
+pub struct Frame {
+    pub path: String,
+    pub columns: Vec<(String, ArrayRef)>,
+    pub meta: BTreeMap<String, String>,
+    pub rows: usize,
+}
+
+impl Frame {
+    fn col(&self, name: &str) -> Result<&ArrayRef> {
+        self.columns
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| a)
+            .ok_or_else(|| anyhow!("{}: missing column '{name}'", self.path))
+    }
+
+    fn typed<T: 'static>(&self, name: &str) -> Result<&T> {
+        self.col(name)?
+            .as_any()
+            .downcast_ref::<T>()
+            .ok_or_else(|| anyhow!("{}: column '{name}' has an unexpected type", self.path))
+    }
+
+    pub fn strings(&self, name: &str) -> Result<Vec<String>> {
+        Ok(self
+            .typed::<StringArray>(name)?
+            .iter()
+            .map(|v| v.unwrap_or_default().to_string())
+            .collect())
+    }
+
+    pub fn opt_strings(&self, name: &str) -> Result<Vec<Option<String>>> {
+        Ok(self
+            .typed::<StringArray>(name)?
+            .iter()
+            .map(|v| v.map(str::to_string))
+            .collect())
+    }
+
+    pub fn i32s(&self, name: &str) -> Result<Vec<Option<i32>>> {
+        Ok(self.typed::<Int32Array>(name)?.iter().collect())
+    }
+
+    pub fn f64s(&self, name: &str) -> Result<Vec<Option<f64>>> {
+        Ok(self.typed::<Float64Array>(name)?.iter().collect())
+    }
+
+    /// A fixed-size-list<float32> column as a matrix, one row per table row.
+    pub fn mat(&self, name: &str) -> Result<Mat> {
+        let list = self.typed::<FixedSizeListArray>(name)?;
+        let dim = list.value_length() as usize;
+        let values = list
+            .values()
+            .as_any()
+            .downcast_ref::<Float32Array>()
+            .ok_or_else(|| anyhow!("{}: column '{name}' is not float32", self.path))?;
+        let start = list.offset() * dim;
+        Mat::new(
+            list.len(),
+            dim,
+            values.values()[start..start + list.len() * dim].to_vec(),
+        )
+    }
+
+    pub fn meta(&self, key: &str) -> Result<&str> {
+        self.meta
+            .get(key)
+            .map(String::as_str)
+            .ok_or_else(|| anyhow!("{}: missing file metadata key '{key}'", self.path))
+    }
+}
+
+/// Read and check a table.
+pub fn read(path: &Path, table: Table) -> Result<Frame> {
+    let name = path.display().to_string();
+    let file = File::open(path).with_context(|| format!("{name}: cannot open"))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| anyhow!("{name}: not a readable Parquet file ({e})"))?;
+    let mut meta = BTreeMap::new();
+    if let Some(kv) = builder.metadata().file_metadata().key_value_metadata() {
+        for KeyValue { key, value } in kv {
+            if key != "ARROW:schema" {
+                meta.insert(key.clone(), value.clone().unwrap_or_default());
+            }
+        }
+    }
+    let schema = builder.schema().clone();
+    let reader = builder.build().map_err(|e| anyhow!("{name}: {e}"))?;
+    let batches: Vec<RecordBatch> = reader
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow!("{name}: corrupt Parquet data ({e})"))?;
+    let batch =
+        arrow::compute::concat_batches(&schema, &batches).map_err(|e| anyhow!("{name}: {e}"))?;
+    let columns: Vec<(String, ArrayRef)> = schema
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .map(|(f, a)| (f.name().clone(), a.clone()))
+        .collect();
+    let columns = table.check(&name, columns, &meta)?;
+    Ok(Frame {
+        path: name,
+        columns,
+        meta,
+        rows: batch.num_rows(),
+    })
+}
+
+/// How a write treats an existing file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Replace an existing file atomically.
+    Replace,
+    /// Never touch an existing file: results are appended, never rewritten.
+    /// Returns `Ok(false)` if the file already exists.
+    NoClobber,
+}
+
+/// Check and write a table: zstd, temporary file in the target folder, then rename.
+pub fn write(
+    path: &Path,
+    table: Table,
+    columns: Vec<(&str, ArrayRef)>,
+    meta: &[(&str, String)],
+    mode: Mode,
+) -> Result<bool> {
+    let name = path.display().to_string();
+    let meta: BTreeMap<String, String> = meta
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    let columns: Vec<(String, ArrayRef)> = columns
+        .into_iter()
+        .map(|(n, a)| (n.to_string(), a))
+        .collect();
+    let columns = table.check(&name, columns, &meta)?;
+    let dims: Vec<(&str, usize)> = columns
+        .iter()
+        .filter_map(|(n, a)| match a.data_type() {
+            DataType::FixedSizeList(_, d) => Some((n.as_str(), *d as usize)),
+            _ => None,
+        })
+        .collect();
+    let schema = Arc::new(table.arrow_schema(&dims, &BTreeMap::new())?);
+    let arrays: Vec<ArrayRef> = columns.into_iter().map(|(_, a)| a).collect();
+    let batch = RecordBatch::try_new(schema.clone(), arrays)
+        .with_context(|| format!("{name}: building table"))?;
+
+    if mode == Mode::NoClobber && path.exists() {
+        return Ok(false);
+    }
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("{}: cannot create folder", dir.display()))?;
+    let fname = path.file_name().and_then(|f| f.to_str()).unwrap_or("table");
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{fname}."))
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .with_context(|| format!("{}: cannot create a temporary file", dir.display()))?;
+    let kv: Vec<KeyValue> = meta
+        .iter()
+        .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
+        .collect();
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_key_value_metadata(Some(kv))
+        .build();
+    let mut writer = ArrowWriter::try_new(tmp.as_file().try_clone()?, schema, Some(props))?;
+    writer
+        .write(&batch)
+        .with_context(|| format!("{name}: writing"))?;
+    writer.close().with_context(|| format!("{name}: writing"))?;
+    tmp.as_file().sync_all()?;
+    fault_point();
+    match mode {
+        Mode::Replace => {
+            tmp.persist(path)
+                .map_err(|e| anyhow!("{name}: cannot rename into place ({})", e.error))?;
+        }
+        Mode::NoClobber => match tmp.persist_noclobber(path) {
+            Ok(_) => {}
+            Err(e) if path.exists() => {
+                drop(e);
+                return Ok(false);
+            }
+            Err(e) => bail!("{name}: cannot rename into place ({})", e.error),
+        },
+    }
+    crate::progress::log(format!("wrote {name} ({} rows)", batch.num_rows()));
+    Ok(true)
+}
+
+/// Fault injection for the resume tests: with `VLAL_FAULT_ABORT_AFTER_WRITES=N`, the process
+/// aborts (no destructors, like a kill) at its N-th table write, after the temporary file is
+/// complete and before it is renamed into place.
+fn fault_point() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static WRITES: AtomicUsize = AtomicUsize::new(0);
+    if let Some(n) = std::env::var("VLAL_FAULT_ABORT_AFTER_WRITES")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        if WRITES.fetch_add(1, Ordering::SeqCst) + 1 >= n {
+            eprintln!("vlal: fault injection: aborting at table write {n}");
+            std::process::abort();
+        }
+    }
+}
+
+// ---- column builders -------------------------------------------------------------------------
+
+pub fn utf8<S: AsRef<str>>(v: &[S]) -> ArrayRef {
+    Arc::new(StringArray::from_iter_values(v.iter().map(|s| s.as_ref())))
+}
+
+pub fn opt_utf8(v: &[Option<String>]) -> ArrayRef {
+    Arc::new(StringArray::from(
+        v.iter().map(|s| s.as_deref()).collect::<Vec<_>>(),
+    ))
+}
+
+pub fn i32s(v: &[i32]) -> ArrayRef {
+    Arc::new(Int32Array::from(v.to_vec()))
+}
+
+pub fn opt_i32s(v: &[Option<i32>]) -> ArrayRef {
+    Arc::new(Int32Array::from(v.to_vec()))
+}
+
+pub fn i64s(v: &[i64]) -> ArrayRef {
+    Arc::new(Int64Array::from(v.to_vec()))
+}
+
+pub fn f64s(v: &[f64]) -> ArrayRef {
+    Arc::new(Float64Array::from(v.to_vec()))
+}
+
+pub fn opt_f64s(v: &[Option<f64>]) -> ArrayRef {
+    Arc::new(Float64Array::from(v.to_vec()))
+}
+
+/// A matrix as a fixed-size-list<float32> column.
+pub fn fixed_list(m: &Mat) -> Result<ArrayRef> {
+    let field = Arc::new(Field::new("item", DataType::Float32, false));
+    let values = Arc::new(Float32Array::from(m.data.clone()));
+    Ok(Arc::new(FixedSizeListArray::try_new(
+        field,
+        m.cols as i32,
+        values,
+        None,
+    )?))
+}
+
+pub fn list_f64(rows: &[Vec<f64>]) -> ArrayRef {
+    Arc::new(arrow::array::ListArray::from_iter_primitive::<
+        arrow::datatypes::Float64Type,
+        _,
+        _,
+    >(
+        rows.iter()
+            .map(|r| Some(r.iter().map(|v| Some(*v)).collect::<Vec<_>>())),
+    ))
+}
+
+pub fn list_utf8(rows: &[Vec<String>]) -> ArrayRef {
+    let mut b = arrow::array::ListBuilder::new(arrow::array::StringBuilder::new());
+    for r in rows {
+        for s in r {
+            b.values().append_value(s);
+        }
+        b.append(true);
+    }
+    Arc::new(b.finish())
+}
+
+/// A list<utf8> column as nested vectors.
+pub fn read_list_utf8(frame: &Frame, name: &str) -> Result<Vec<Vec<String>>> {
+    let arr = frame.col(name)?;
+    let list = arr
+        .as_any()
+        .downcast_ref::<arrow::array::ListArray>()
+        .ok_or_else(|| anyhow!("{}: column '{name}' is not a list", frame.path))?;
+    let mut out = Vec::with_capacity(list.len());
+    for i in 0..list.len() {
+        let v = list.value(i);
+        let s = v
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| anyhow!("{}: '{name}' items", frame.path))?;
+        out.push(
+            s.iter()
+                .map(|x| x.unwrap_or_default().to_string())
+                .collect(),
+        );
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn emb_cols(ids: &[&str], m: &Mat) -> Vec<(&'static str, ArrayRef)> {
+        vec![("sample_id", utf8(ids)), ("vector", fixed_list(m).unwrap())]
+    }
+
+    fn emb_meta() -> Vec<(&'static str, String)> {
+        ["model_id", "revision", "preprocessing", "dim", "created_by"]
+            .iter()
+            .map(|k| (*k, "x".to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn round_trip_with_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sub/e.parquet");
+        let m = Mat::new(2, 3, vec![1., 2., 3., 4., 5., 6.]).unwrap();
+        write(
+            &p,
+            Table::Embeddings,
+            emb_cols(&["a", "b"], &m),
+            &emb_meta(),
+            Mode::Replace,
+        )
+        .unwrap();
+        let f = read(&p, Table::Embeddings).unwrap();
+        assert_eq!(f.mat("vector").unwrap(), m);
+        assert_eq!(f.strings("sample_id").unwrap(), vec!["a", "b"]);
+        assert_eq!(f.meta("model_id").unwrap(), "x");
+        // no temporary file is left behind
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("sub")).unwrap().collect();
+        assert_eq!(left.len(), 1);
+    }
+
+    #[test]
+    fn non_finite_vectors_are_rejected_and_nothing_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("e.parquet");
+        let m = Mat::new(2, 2, vec![1., 2., f32::NAN, 0.]).unwrap();
+        let e = write(
+            &p,
+            Table::Embeddings,
+            emb_cols(&["a", "b"], &m),
+            &emb_meta(),
+            Mode::Replace,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("non-finite value (NaN) in row 1 (sample_id 'b')"),
+            "{e}"
+        );
+        assert!(!p.exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn no_clobber_keeps_the_first_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("e.parquet");
+        let m1 = Mat::new(1, 1, vec![1.]).unwrap();
+        let m2 = Mat::new(1, 1, vec![2.]).unwrap();
+        assert!(write(
+            &p,
+            Table::Embeddings,
+            emb_cols(&["a"], &m1),
+            &emb_meta(),
+            Mode::NoClobber
+        )
+        .unwrap());
+        assert!(!write(
+            &p,
+            Table::Embeddings,
+            emb_cols(&["a"], &m2),
+            &emb_meta(),
+            Mode::NoClobber
+        )
+        .unwrap());
+        assert_eq!(
+            read(&p, Table::Embeddings).unwrap().mat("vector").unwrap(),
+            m1
+        );
+    }
+
+    #[test]
+    fn garbage_file_gets_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bad.parquet");
+        std::fs::write(&p, b"not parquet at all").unwrap();
+        let e = read(&p, Table::Manifest).err().unwrap().to_string();
+        assert!(
+            e.starts_with(&format!("{}: not a readable Parquet file", p.display())),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,129 @@
+//! Linear probe: BatchNorm without affine → Dropout → Linear, trained with AdamW on
+//! cross-entropy from a cold start every round (METHODS.md "Students").
+
+use super::{batches, init_linear, named, predict_chunked, rows, targets, TrainData};
+use crate::config::LinearCfg;
+use crate::mat::Mat;
+use crate::progress;
+use crate::rng::VRng;
+use anyhow::Result;
+use candle_core::{Device, Tensor, Var};
+use candle_nn::{BatchNorm, ModuleT, Optimizer};
+use rand::Rng;
+use std::collections::HashMap;
+
+pub struct LinearProbe {
+    bn: BatchNorm,
+    w: Var,
+    b: Var,
+    dev: Device,
+}
+
+impl LinearProbe {
+    fn logits(&self, x: &Tensor, train: bool, mask: Option<&Tensor>) -> Result<Tensor> {
+        let mut h = self.bn.forward_t(x, train)?;
+        if let Some(m) = mask {
+            h = (h * m)?;
+        }
+        Ok(h.matmul(&self.w.as_tensor().t()?)?
+            .broadcast_add(self.b.as_tensor())?)
+    }
+
+    pub fn predict(&self, x: &Mat) -> Result<Mat> {
+        predict_chunked(x, &self.dev, |t| {
+            Ok(candle_nn::ops::softmax_last_dim(
+                &self.logits(t, false, None)?,
+            )?)
+        })
+    }
+
+    pub fn tensors(&self) -> HashMap<String, Tensor> {
+        named(vec![
+            ("bn.running_mean", self.bn.running_mean()),
+            ("bn.running_var", self.bn.running_var()),
+            ("linear.weight", self.w.as_tensor()),
+            ("linear.bias", self.b.as_tensor()),
+        ])
+    }
+}
+
+/// Inverted-dropout mask (kept units scaled by 1/(1−p)) drawn from the run's generator.
+fn dropout_mask(
+    rows: usize,
+    cols: usize,
+    p: f32,
+    rng: &mut VRng,
+    dev: &Device,
+) -> Result<Option<Tensor>> {
+    if p <= 0.0 {
+        return Ok(None);
+    }
+    let keep = 1.0 / (1.0 - p);
+    let v: Vec<f32> = (0..rows * cols)
+        .map(|_| if rng.random::<f32>() < p { 0.0 } else { keep })
+        .collect();
+    Ok(Some(Tensor::from_vec(v, (rows, cols), dev)?))
+}
+
+pub fn fit(
+    cfg: &LinearCfg,
+    data: &TrainData,
+    rng: &mut VRng,
+    dev: &Device,
+) -> Result<(LinearProbe, Vec<f32>)> {
+    let d = data.features.cols;
+    let (w, b) = init_linear(d, data.n_classes, rng, dev)?;
+    let bn = BatchNorm::new_no_bias(
+        d,
+        Tensor::zeros(d, candle_core::DType::F32, dev)?,
+        Tensor::ones(d, candle_core::DType::F32, dev)?,
+        1e-5,
+    )?;
+    let head = LinearProbe {
+        bn,
+        w,
+        b,
+        dev: dev.clone(),
+    };
+    let params = candle_nn::ParamsAdamW {
+        lr: cfg.lr,
+        weight_decay: cfg.weight_decay,
+        ..Default::default()
+    };
+    let mut opt = candle_nn::AdamW::new(vec![head.w.clone(), head.b.clone()], params)?;
+    let label_of: HashMap<usize, u32> = data
+        .labeled
+        .iter()
+        .copied()
+        .zip(data.labels.iter().copied())
+        .collect();
+    let mut losses = Vec::with_capacity(cfg.epochs);
+    let pb = progress::bar(cfg.epochs as u64, "linear");
+    for _ in 0..cfg.epochs {
+        let mut sum = 0.0f32;
+        let bs = batches(data.labeled, cfg.batch_size, 2, rng);
+        for batch in &bs {
+            let x = rows(data.features, batch, dev)?;
+            let y: Vec<u32> = batch.iter().map(|i| label_of[i]).collect();
+            let mask = dropout_mask(batch.len(), d, cfg.dropout, rng, dev)?;
+            // BatchNorm needs two rows for a batch variance; a single labeled sample trains without it.
+            let logits = if batch.len() > 1 {
+                head.logits(&x, true, mask.as_ref())?
+            } else {
+                let h = match &mask {
+                    Some(m) => (x * m)?,
+                    None => x,
+                };
+                h.matmul(&head.w.as_tensor().t()?)?
+                    .broadcast_add(head.b.as_tensor())?
+            };
+            let loss = candle_nn::loss::cross_entropy(&logits, &targets(&y, dev)?)?;
+            opt.backward_step(&loss)?;
+            sum += loss.to_scalar::<f32>()?;
+        }
+        losses.push(sum / bs.len() as f32);
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    Ok((head, losses))
+}

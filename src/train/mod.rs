@@ -1,0 +1,173 @@
+//! Student heads fitted on cached features with candle autograd: the linear probe and DHO
+//! dual-head distillation (plus its CE-only ablation). Every random draw is seeded (see `rng`).
+
+pub mod dho;
+pub mod linear;
+
+use crate::config::Pipeline;
+use crate::mat::Mat;
+use crate::rng::{self, VRng};
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// What a trainer sees: the train pool's features, which rows are labeled, and the teacher.
+pub struct TrainData<'a> {
+    pub features: &'a Mat,
+    pub labeled: &'a [usize],
+    pub labels: &'a [u32],
+    pub n_classes: usize,
+    /// Teacher logits cos/τ for every train row, and τ.
+    pub teacher: Option<(&'a Mat, f32)>,
+}
+
+/// A fitted head.
+pub enum Head {
+    Linear(linear::LinearProbe),
+    Dual(dho::DualHead),
+}
+
+impl Head {
+    /// Class probabilities for each row of `x`.
+    pub fn predict(&self, x: &Mat) -> Result<Mat> {
+        match self {
+            Head::Linear(h) => h.predict(x),
+            Head::Dual(h) => h.predict(x),
+        }
+    }
+
+    /// Save the head's tensors as safetensors (temporary file, then rename).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let tensors = match self {
+            Head::Linear(h) => h.tensors(),
+            Head::Dual(h) => h.tensors(),
+        };
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".head.")
+            .suffix(".tmp")
+            .tempfile_in(dir)?;
+        candle_core::safetensors::save(&tensors, tmp.path())?;
+        tmp.persist(path)
+            .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.error))?;
+        crate::progress::log(format!("wrote {}", path.display()));
+        Ok(())
+    }
+}
+
+/// Fit the named trainer; returns the head and the mean training loss of each epoch.
+pub fn fit(
+    trainer: &str,
+    p: &Pipeline,
+    data: &TrainData,
+    rng: &mut VRng,
+    device: &Device,
+) -> Result<(Head, Vec<f32>)> {
+    if data.labeled.is_empty() {
+        bail!("no labeled samples to train on");
+    }
+    match trainer {
+        "linear" => {
+            let (h, l) = linear::fit(&p.linear, data, rng, device)?;
+            Ok((Head::Linear(h), l))
+        }
+        "dho" => {
+            let (h, l) = dho::fit(&p.dho, true, data, rng, device)?;
+            Ok((Head::Dual(h), l))
+        }
+        "ce" => {
+            let (h, l) = dho::fit(&p.dho, false, data, rng, device)?;
+            Ok((Head::Dual(h), l))
+        }
+        other => bail!("unknown trainer '{other}'"),
+    }
+}
+
+/// Whether a trainer reads the teacher's logits.
+pub fn needs_teacher(trainer: &str) -> bool {
+    trainer == "dho"
+}
+
+/// The compute device by name: `cpu`, or `cuda` when built with the `cuda` feature.
+pub fn device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => {
+            #[cfg(feature = "cuda")]
+            {
+                Ok(Device::new_cuda(0)?)
+            }
+            #[cfg(not(feature = "cuda"))]
+            {
+                bail!(
+                    "this vlal was built without CUDA; rebuild with `cargo build --features cuda`"
+                )
+            }
+        }
+        other => bail!("unknown device '{other}' (cpu or cuda)"),
+    }
+}
+
+/// A linear layer's (weight, bias) initialised like PyTorch: U(−1/√fan_in, 1/√fan_in).
+pub(crate) fn init_linear(
+    d_in: usize,
+    d_out: usize,
+    rng: &mut VRng,
+    dev: &Device,
+) -> Result<(Var, Var)> {
+    let a = 1.0 / (d_in as f32).sqrt();
+    let w = Tensor::from_vec(rng::uniform(d_in * d_out, a, rng), (d_out, d_in), dev)?;
+    let b = Tensor::from_vec(rng::uniform(d_out, a, rng), d_out, dev)?;
+    Ok((Var::from_tensor(&w)?, Var::from_tensor(&b)?))
+}
+
+/// Shuffled mini-batches of `idx`; a trailing batch smaller than `min_last` joins the one before.
+pub(crate) fn batches(
+    idx: &[usize],
+    size: usize,
+    min_last: usize,
+    rng: &mut VRng,
+) -> Vec<Vec<usize>> {
+    let mut v = idx.to_vec();
+    rng::shuffle(&mut v, rng);
+    let mut out: Vec<Vec<usize>> = v.chunks(size.max(1)).map(|c| c.to_vec()).collect();
+    if out.len() > 1 && out.last().map_or(false, |b| b.len() < min_last) {
+        let last = out.pop().expect("non-empty");
+        out.last_mut().expect("non-empty").extend(last);
+    }
+    out
+}
+
+pub(crate) fn rows(features: &Mat, idx: &[usize], dev: &Device) -> Result<Tensor> {
+    features.select_rows(idx).to_tensor(dev)
+}
+
+pub(crate) fn targets(labels: &[u32], dev: &Device) -> Result<Tensor> {
+    Ok(Tensor::from_slice(labels, labels.len(), dev)?)
+}
+
+/// Apply `f` (rows → probabilities) to `x` in chunks, collecting a matrix.
+pub(crate) fn predict_chunked(
+    x: &Mat,
+    dev: &Device,
+    f: impl Fn(&Tensor) -> Result<Tensor>,
+) -> Result<Mat> {
+    let mut data = Vec::with_capacity(x.rows * 8);
+    let mut cols = 0;
+    let idx: Vec<usize> = (0..x.rows).collect();
+    for chunk in idx.chunks(8192) {
+        let p = f(&rows(x, chunk, dev)?)?.to_dtype(DType::F32)?;
+        cols = p.dim(1)?;
+        data.extend(p.flatten_all()?.to_vec1::<f32>()?);
+    }
+    Mat::new(x.rows, cols, data)
+}
+
+pub(crate) fn named(pairs: Vec<(&str, &Tensor)>) -> HashMap<String, Tensor> {
+    pairs
+        .into_iter()
+        .map(|(k, t)| (k.to_string(), t.clone()))
+        .collect()
+}

@@ -1,0 +1,599 @@
+//! End-to-end tests of the `vlal` binary on a generated cache: a full `vlal run`, its results
+//! read back with polars, a no-op rerun, a killed-then-resumed run that must end with the same
+//! tables, and bad inputs that must fail with one clear line and write nothing.
+
+use arrow::array::{ArrayRef, Float32Array, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use vlal::schema::Table;
+use vlal::table;
+
+const BIN: &str = env!("CARGO_BIN_EXE_vlal");
+
+fn vlal(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(BIN);
+    c.current_dir(dir).args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("vlal runs")
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let o = vlal(dir, args, &[]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "vlal {args:?} failed: {err}");
+    err
+}
+
+/// The single error line of a failed command.
+fn fails(dir: &Path, args: &[&str]) -> String {
+    let o = vlal(dir, args, &[]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(
+        !o.status.success(),
+        "vlal {args:?} should fail; stderr: {err}"
+    );
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(lines.len(), 1, "one error line expected: {err}");
+    lines[0].to_string()
+}
+
+fn synth(dir: &Path, name: &str, train: &str) -> PathBuf {
+    let out = dir.join("data").join(name);
+    let out_s = out.to_str().unwrap().to_string();
+    let mut args = vec![
+        "-q",
+        "synth",
+        "--out",
+        &out_s,
+        "--classes",
+        "4",
+        "--dim",
+        "16",
+        "--teacher-dim",
+        "8",
+    ];
+    args.extend_from_slice(&[
+        "--latent", "8", "--train", train, "--calib", "0", "--test", "300",
+    ]);
+    ok(dir, &args);
+    out
+}
+
+fn pipeline(dir: &Path, file: &str, data: &Path, body: &str) -> String {
+    let text = format!(
+        r#"name = "e2e"
+runs_dir = "{runs}"
+results_dir = "{results}"
+{body}
+[dataset]
+name = "toy"
+root = "{data}"
+student = "synthetic-student@v1"
+teacher = "synthetic-teacher@v1"
+
+[linear]
+epochs = 60
+"#,
+        runs = dir.join("runs").display(),
+        results = dir.join("results").display(),
+        data = data.display()
+    );
+    let p = dir.join(file);
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+const SWEEP: &str = r#"seeds = [0, 1]
+rounds = 3
+budget = 4
+strategies = ["random", "entropy", "coreset"]
+trainers = ["linear", "dho"]
+"#;
+
+/// Every file under `dir` with its size and modification time.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u64, std::time::SystemTime)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                out.insert(e.path(), (m.len(), m.modified().unwrap()));
+            }
+        }
+    }
+    out
+}
+
+fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    snapshot(dir)
+        .into_keys()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect()
+}
+
+/// The results rows as comparable text, without the wall-clock columns.
+fn results_rows(dir: &Path) -> Vec<String> {
+    let mut rows = Vec::new();
+    for f in parquet_files(dir) {
+        let t = table::read(&f, Table::Results).unwrap();
+        let s = |c: &str| t.strings(c).unwrap()[0].clone();
+        let acc = t.f64s("accuracy").unwrap()[0].unwrap();
+        let f1 = t.f64s("macro_f1").unwrap()[0].unwrap();
+        rows.push(format!(
+            "{} {} {} {} acc={acc:.17} f1={f1:.17} spent={:?} hash={} models={},{}",
+            s("run_id"),
+            s("strategy"),
+            s("trainer"),
+            t.i32s("round").unwrap()[0].unwrap(),
+            t.f64s("budget_spent").unwrap()[0],
+            s("config_hash"),
+            s("student_model"),
+            s("teacher_model")
+        ));
+    }
+    rows.sort();
+    rows
+}
+
+/// Every queries file's picks, as comparable text.
+fn queries(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for f in parquet_files(dir) {
+        if !f.to_string_lossy().contains("/queries/") {
+            continue;
+        }
+        let t = table::read(&f, Table::Queries).unwrap();
+        let rel = f.strip_prefix(dir).unwrap().display().to_string();
+        let scores: Vec<String> = t
+            .f64s("score")
+            .unwrap()
+            .iter()
+            .map(|v| format!("{:.17}", v.unwrap()))
+            .collect();
+        out.push(format!(
+            "{rel}: {:?} {:?}",
+            t.strings("sample_id").unwrap(),
+            scores
+        ));
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn run_rerun_kill_resume_and_read_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synth(tmp.path(), "toy", "400");
+
+    // A: a clean run.
+    let a = tmp.path().join("a");
+    std::fs::create_dir_all(&a).unwrap();
+    let pa = pipeline(&a, "p.toml", &data, SWEEP);
+    ok(&a, &["-q", "run", &pa]);
+    let results_a = results_rows(&a.join("results"));
+    assert_eq!(
+        results_a.len(),
+        2 * 3 * 2 * 4,
+        "trainers × strategies × seeds × rounds 0..=3"
+    );
+
+    // read back with polars: every row, and the summary groups
+    let glob = format!("{}/**/*.parquet", a.join("results").display());
+    use polars::prelude::*;
+    let df = LazyFrame::scan_parquet(PlRefPath::new(glob.as_str()), ScanArgsParquet::default())
+        .unwrap()
+        .collect()
+        .unwrap();
+    assert_eq!(df.height(), 48);
+    let summary = vlal::stages::report::summary(&a.join("results"), Some("e2e")).unwrap();
+    assert_eq!(summary.height(), 2 * 3 * 4);
+    let last = summary
+        .clone()
+        .lazy()
+        .filter(col("round").eq(lit(3)))
+        .collect()
+        .unwrap();
+    let acc = last
+        .column("acc_mean")
+        .unwrap()
+        .as_materialized_series()
+        .f64()
+        .unwrap()
+        .clone();
+    for i in 0..acc.len() {
+        // 4 classes: chance is 0.25
+        assert!(
+            acc.get(i).unwrap() > 0.45,
+            "final accuracy {:?} not above chance",
+            acc.get(i)
+        );
+    }
+    let seeds = summary
+        .column("seeds")
+        .unwrap()
+        .as_materialized_series()
+        .i64()
+        .unwrap()
+        .clone();
+    assert!((0..seeds.len()).all(|i| seeds.get(i) == Some(2)));
+    // labels grow by the budget each round: seed 1/class × 4 classes + 3 × 4
+    let n = df
+        .column("n_labeled")
+        .unwrap()
+        .as_materialized_series()
+        .i64()
+        .unwrap()
+        .clone();
+    assert_eq!((0..n.len()).filter_map(|i| n.get(i)).max(), Some(16));
+    let report = ok(
+        &a,
+        &["report", "--results", a.join("results").to_str().unwrap()],
+    );
+    assert!(report.is_empty(), "report prints to stdout");
+
+    // A rerun is a no-op: nothing is written or touched.
+    let before = snapshot(&a);
+    let log = ok(&a, &["run", &pa]);
+    assert!(log.contains("nothing to do"), "{log}");
+    assert_eq!(before, snapshot(&a));
+
+    // B: the same pipeline, killed mid-way (abort at the 40th table write, between the temporary
+    // file and its rename), then resumed. It must end with exactly A's results and queries.
+    let b = tmp.path().join("b");
+    std::fs::create_dir_all(&b).unwrap();
+    let pb = pipeline(&b, "p.toml", &data, SWEEP);
+    let o = vlal(
+        &b,
+        &["-q", "run", &pb],
+        &[("VLAL_FAULT_ABORT_AFTER_WRITES", "40")],
+    );
+    assert!(!o.status.success(), "the fault must stop the run");
+    let partial = results_rows(&b.join("results")).len();
+    assert!(
+        partial > 0 && partial < 48,
+        "killed mid-way, {partial} rows"
+    );
+    let leftovers = snapshot(&b)
+        .into_keys()
+        .filter(|p| p.to_string_lossy().ends_with(".tmp"))
+        .count();
+    assert_eq!(
+        leftovers, 1,
+        "the interrupted write leaves only its temporary file"
+    );
+    ok(&b, &["-q", "run", &pb]);
+    assert_eq!(
+        results_rows(&b.join("results")),
+        results_a,
+        "resumed run differs from the clean one"
+    );
+    assert_eq!(
+        queries(&b.join("runs")),
+        queries(&a.join("runs")),
+        "queries differ: selections are not deterministic"
+    );
+    assert_eq!(queries(&a.join("runs")).len(), 2 * 3 * 2 * 3);
+}
+
+#[test]
+fn stages_one_by_one_and_labels_from_a_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let data = synth(d, "toy", "400");
+    let p = pipeline(
+        d,
+        "p.toml",
+        &data,
+        "seeds = [5]\nrounds = 2\nstrategies = [\"margin\"]\n",
+    );
+    let run = ["--pipeline", p.as_str()];
+    ok(d, &[&["-q", "label", "--init"][..], &run].concat());
+    ok(d, &[&["-q", "train", "--round", "0"][..], &run].concat());
+    ok(
+        d,
+        &[&["-q", "select", "--round", "0", "--budget", "3"][..], &run].concat(),
+    );
+    ok(d, &[&["-q", "eval", "--round", "0"][..], &run].concat());
+    let paths = ok(d, &[&["paths", "--round", "0"][..], &run].concat());
+    assert!(paths.is_empty());
+    let out = Command::new(BIN)
+        .current_dir(d)
+        .args([&["paths", "--round", "0"][..], &run].concat())
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let get = |k: &str| {
+        PathBuf::from(
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                .unwrap(),
+        )
+    };
+    let q = table::read(&get("QUERIES"), Table::Queries).unwrap();
+    let asked = q.strings("sample_id").unwrap();
+    assert_eq!(asked.len(), 3);
+
+    // a person's answers: class names and ids, with one bad row each time
+    let csv = d.join("answers.csv");
+    std::fs::write(
+        &csv,
+        format!("sample_id,label\n{},class_001\nnot-a-sample,0\n", asked[0]),
+    )
+    .unwrap();
+    let e = fails(
+        d,
+        &[
+            &[
+                "label",
+                "--round",
+                "0",
+                "--from-file",
+                csv.to_str().unwrap(),
+            ][..],
+            &run,
+        ]
+        .concat(),
+    );
+    assert!(
+        e.contains("answers.csv: row 2: unknown sample_id 'not-a-sample'"),
+        "{e}"
+    );
+    std::fs::write(&csv, format!("sample_id,label\n{},class_999\n", asked[0])).unwrap();
+    let e = fails(
+        d,
+        &[
+            &[
+                "label",
+                "--round",
+                "0",
+                "--from-file",
+                csv.to_str().unwrap(),
+            ][..],
+            &run,
+        ]
+        .concat(),
+    );
+    assert!(e.contains("row 1: unknown class 'class_999'"), "{e}");
+    std::fs::write(&csv, format!("sample_id,label\n{},9\n", asked[0])).unwrap();
+    let e = fails(
+        d,
+        &[
+            &[
+                "label",
+                "--round",
+                "0",
+                "--from-file",
+                csv.to_str().unwrap(),
+            ][..],
+            &run,
+        ]
+        .concat(),
+    );
+    assert!(e.contains("row 1: label 9 is outside 0..4"), "{e}");
+    assert!(
+        !get("NEXT_LABELS").exists(),
+        "a rejected file writes nothing"
+    );
+    std::fs::write(
+        &csv,
+        format!(
+            "sample_id,label\n{},class_001\n{},2\n{},0\n",
+            asked[0], asked[1], asked[2]
+        ),
+    )
+    .unwrap();
+    ok(
+        d,
+        &[
+            &[
+                "-q",
+                "label",
+                "--round",
+                "0",
+                "--from-file",
+                csv.to_str().unwrap(),
+            ][..],
+            &run,
+        ]
+        .concat(),
+    );
+    let rows = vlal::stages::read_labels(&get("NEXT_LABELS")).unwrap();
+    assert_eq!(rows.len(), 4 + 3);
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r.kind == "oracle")
+            .map(|r| r.label)
+            .collect::<Vec<_>>(),
+        vec![1, 2, 0]
+    );
+    assert!(rows
+        .iter()
+        .filter(|r| r.kind == "oracle")
+        .all(|r| r.round == 1));
+}
+
+fn write_raw(path: &Path, cols: Vec<(&str, ArrayRef)>) {
+    let fields: Vec<Field> = cols
+        .iter()
+        .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
+        .collect();
+    let batch = RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        cols.into_iter().map(|(_, a)| a).collect(),
+    )
+    .unwrap();
+    let f = std::fs::File::create(path).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(f, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+#[test]
+fn bad_inputs_fail_with_one_line_and_write_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let good = synth(d, "good", "400");
+    let body = "seeds = [0]\nrounds = 2\nstrategies = [\"entropy\"]\n";
+
+    // missing file
+    let p = pipeline(d, "missing.toml", &d.join("data/nowhere"), body);
+    let e = fails(d, &["run", &p]);
+    assert!(
+        e.contains("data/nowhere/classes.parquet: cannot open"),
+        "{e}"
+    );
+
+    // corrupt copies of the good cache, one problem each
+    let copy = |name: &str| -> PathBuf {
+        let dst = d.join("data").join(name);
+        for f in parquet_files(&good) {
+            let rel = f.strip_prefix(&good).unwrap();
+            std::fs::create_dir_all(dst.join(rel).parent().unwrap()).unwrap();
+            std::fs::copy(&f, dst.join(rel)).unwrap();
+        }
+        dst
+    };
+    let manifest = |ids: Vec<String>, labels: ArrayRef| -> Vec<(&'static str, ArrayRef)> {
+        let n = ids.len();
+        vec![
+            ("sample_id", Arc::new(StringArray::from(ids)) as ArrayRef),
+            (
+                "path",
+                Arc::new(StringArray::from(vec![None::<&str>; n])) as ArrayRef,
+            ),
+            (
+                "split",
+                Arc::new(StringArray::from(
+                    vec!["train"; n - 1]
+                        .into_iter()
+                        .chain(["test"])
+                        .collect::<Vec<_>>(),
+                )) as ArrayRef,
+            ),
+            ("label", labels),
+            (
+                "source",
+                Arc::new(StringArray::from(vec!["task"; n])) as ArrayRef,
+            ),
+        ]
+    };
+    let ids = |n: usize| (0..n).map(|i| format!("s{i}")).collect::<Vec<_>>();
+    let cases: Vec<(&str, Box<dyn Fn(&Path)>, String)> = vec![
+        (
+            "wrongtype",
+            Box::new(move |root: &Path| {
+                write_raw(&root.join("manifest.parquet"), manifest(ids(3), Arc::new(Int64Array::from(vec![0i64, 1, 2]))))
+            }),
+            "manifest.parquet: column 'label' has type Int64, expected int32".into(),
+        ),
+        (
+            "dupids",
+            Box::new(|root: &Path| {
+                let ids = vec!["a".to_string(), "b".into(), "a".into()];
+                write_raw(&root.join("manifest.parquet"), manifest(ids, Arc::new(Int32Array::from(vec![0, 1, 2]))))
+            }),
+            "manifest.parquet: duplicate sample_id 'a'".into(),
+        ),
+        (
+            "badlabel",
+            Box::new(move |root: &Path| {
+                write_raw(&root.join("manifest.parquet"), manifest(ids(3), Arc::new(Int32Array::from(vec![0, 7, 2]))))
+            }),
+            "manifest.parquet: sample 's1' has label 7, outside 0..4".into(),
+        ),
+        (
+            "nan",
+            Box::new(|root: &Path| {
+                let f = root.join("synthetic-student@v1/test.parquet");
+                let t = table::read(&f, Table::Embeddings).unwrap();
+                let mut m = t.mat("vector").unwrap();
+                m.row_mut(2)[0] = f32::INFINITY;
+                let ids = t.strings("sample_id").unwrap();
+                let field = Arc::new(Field::new("item", DataType::Float32, false));
+                let v = arrow::array::FixedSizeListArray::try_new(field, m.cols as i32, Arc::new(Float32Array::from(m.data)), None).unwrap();
+                write_raw(&f, vec![("sample_id", Arc::new(StringArray::from(ids)) as ArrayRef), ("vector", Arc::new(v) as ArrayRef)]);
+            }),
+            "synthetic-student@v1/test.parquet: column 'vector' has a non-finite value (inf) in row 2 (sample_id 'test-000002')".into(),
+        ),
+    ];
+    for (name, corrupt, want) in cases {
+        let root = copy(name);
+        corrupt(&root);
+        let p = pipeline(d, &format!("{name}.toml"), &root, body);
+        let e = fails(d, &["run", &p]);
+        assert!(e.contains(&want), "{name}: {e}");
+        assert!(
+            !d.join("results").exists() && !d.join("runs").exists(),
+            "{name}: something was written"
+        );
+    }
+
+    // budget larger than the pool, for one select and for a whole run
+    let p = pipeline(d, "ok.toml", &good, body);
+    ok(d, &["-q", "label", "--init", "--pipeline", &p]);
+    ok(d, &["-q", "train", "--round", "0", "--pipeline", &p]);
+    let e = fails(
+        d,
+        &[
+            "select",
+            "--round",
+            "0",
+            "--budget",
+            "100000",
+            "--pipeline",
+            &p,
+        ],
+    );
+    assert!(
+        e.contains("budget 100000 is larger than the pool (396 unlabeled samples left)"),
+        "{e}"
+    );
+    assert!(parquet_files(&d.join("runs"))
+        .iter()
+        .all(|f| !f.to_string_lossy().contains("queries")));
+    let p2 = pipeline(
+        d,
+        "big.toml",
+        &good,
+        "seeds = [0]\nrounds = 100\nbudget = 50\nstrategies = [\"entropy\"]\n",
+    );
+    let e = fails(d, &["run", &p2]);
+    assert!(e.contains("more than the pool's 400 samples"), "{e}");
+
+    // pool exhausted: every train sample is a seed label
+    let tiny = synth(d, "tiny", "8");
+    let p3 = pipeline(
+        d,
+        "tiny.toml",
+        &tiny,
+        "seeds = [0]\nrounds = 1\ninitial_per_class = 10\nstrategies = [\"entropy\"]\n",
+    );
+    ok(d, &["-q", "label", "--init", "--pipeline", &p3]);
+    ok(d, &["-q", "train", "--round", "0", "--pipeline", &p3]);
+    let e = fails(
+        d,
+        &["select", "--round", "0", "--budget", "1", "--pipeline", &p3],
+    );
+    assert!(e.contains("pool exhausted"), "{e}");
+
+    // unknown strategy / bad config
+    let p4 = pipeline(
+        d,
+        "bad.toml",
+        &good,
+        "seeds = [0]\nrounds = 1\nstrategies = [\"nope\"]\n",
+    );
+    let e = fails(d, &["run", &p4]);
+    assert!(e.contains("bad.toml: unknown strategy 'nope'"), "{e}");
+}
