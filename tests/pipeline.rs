@@ -326,60 +326,42 @@ fn stages_one_by_one_and_labels_from_a_file() {
 
     // a person's answers: class names and ids, with one bad row each time
     let csv = d.join("answers.csv");
+    let csv_arg = csv.to_str().unwrap().to_string();
+    let import = |ok_expected: bool| {
+        let args = [
+            &[
+                "-q",
+                "label",
+                "--round",
+                "0",
+                "--from-file",
+                csv_arg.as_str(),
+            ][..],
+            &run,
+        ]
+        .concat();
+        if ok_expected {
+            ok(d, &args);
+            String::new()
+        } else {
+            fails(d, &args)
+        }
+    };
     std::fs::write(
         &csv,
         format!("sample_id,label\n{},class_001\nnot-a-sample,0\n", asked[0]),
     )
     .unwrap();
-    let e = fails(
-        d,
-        &[
-            &[
-                "label",
-                "--round",
-                "0",
-                "--from-file",
-                csv.to_str().unwrap(),
-            ][..],
-            &run,
-        ]
-        .concat(),
-    );
+    let e = import(false);
     assert!(
         e.contains("answers.csv: row 2: unknown sample_id 'not-a-sample'"),
         "{e}"
     );
     std::fs::write(&csv, format!("sample_id,label\n{},class_999\n", asked[0])).unwrap();
-    let e = fails(
-        d,
-        &[
-            &[
-                "label",
-                "--round",
-                "0",
-                "--from-file",
-                csv.to_str().unwrap(),
-            ][..],
-            &run,
-        ]
-        .concat(),
-    );
+    let e = import(false);
     assert!(e.contains("row 1: unknown class 'class_999'"), "{e}");
     std::fs::write(&csv, format!("sample_id,label\n{},9\n", asked[0])).unwrap();
-    let e = fails(
-        d,
-        &[
-            &[
-                "label",
-                "--round",
-                "0",
-                "--from-file",
-                csv.to_str().unwrap(),
-            ][..],
-            &run,
-        ]
-        .concat(),
-    );
+    let e = import(false);
     assert!(e.contains("row 1: label 9 is outside 0..4"), "{e}");
     assert!(
         !get("NEXT_LABELS").exists(),
@@ -393,21 +375,7 @@ fn stages_one_by_one_and_labels_from_a_file() {
         ),
     )
     .unwrap();
-    ok(
-        d,
-        &[
-            &[
-                "-q",
-                "label",
-                "--round",
-                "0",
-                "--from-file",
-                csv.to_str().unwrap(),
-            ][..],
-            &run,
-        ]
-        .concat(),
-    );
+    import(true);
     let rows = vlal::stages::read_labels(&get("NEXT_LABELS")).unwrap();
     assert_eq!(rows.len(), 4 + 3);
     assert_eq!(

@@ -4,10 +4,11 @@
 //! Prediction: α·softmax(g_CE) + (1−α)·softmax(g_KD/β). `distill = false` is the CE-only
 //! ablation ("No Distill"): the KD branch is not built and predictions use g_CE alone.
 
-use super::{batches, init_linear, named, predict_chunked, rows, targets, TrainData};
+use super::{
+    affine, batches, init_linear, named, predict_chunked, rows, run_epochs, targets, TrainData,
+};
 use crate::config::DhoCfg;
 use crate::mat::{softmax_rows, Mat};
-use crate::progress;
 use crate::rng::{self, VRng};
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor, Var, D};
@@ -22,11 +23,6 @@ pub struct DualHead {
     pub alpha: f64,
     pub beta: f64,
     dev: Device,
-}
-
-fn affine(x: &Tensor, w: &Var, b: &Var) -> Result<Tensor> {
-    Ok(x.matmul(&w.as_tensor().t()?)?
-        .broadcast_add(b.as_tensor())?)
 }
 
 impl DualHead {
@@ -131,9 +127,7 @@ pub fn fit(
         .copied()
         .zip(data.labels.iter().copied())
         .collect();
-    let mut losses = Vec::with_capacity(cfg.epochs);
-    let pb = progress::bar(cfg.epochs as u64, if distill { "dho" } else { "ce" });
-    for _ in 0..cfg.epochs {
+    let losses = run_epochs(cfg.epochs, if distill { "dho" } else { "ce" }, || {
         let mut sum = 0.0f32;
         let bs = batches(data.labeled, cfg.batch_labeled, 1, rng);
         for batch in &bs {
@@ -163,10 +157,8 @@ pub fn fit(
             opt.backward_step(&loss)?;
             sum += loss.to_scalar::<f32>()?;
         }
-        losses.push(sum / bs.len() as f32);
-        pb.inc(1);
-    }
-    pb.finish_and_clear();
+        Ok((sum, bs.len()))
+    })?;
     Ok((head, losses))
 }
 

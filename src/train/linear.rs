@@ -1,10 +1,11 @@
 //! Linear probe: BatchNorm without affine → Dropout → Linear, trained with AdamW on
 //! cross-entropy from a cold start every round (METHODS.md "Students").
 
-use super::{batches, init_linear, named, predict_chunked, rows, targets, TrainData};
+use super::{
+    affine, batches, init_linear, named, predict_chunked, rows, run_epochs, targets, TrainData,
+};
 use crate::config::LinearCfg;
 use crate::mat::Mat;
-use crate::progress;
 use crate::rng::VRng;
 use anyhow::Result;
 use candle_core::{Device, Tensor, Var};
@@ -25,8 +26,7 @@ impl LinearProbe {
         if let Some(m) = mask {
             h = (h * m)?;
         }
-        Ok(h.matmul(&self.w.as_tensor().t()?)?
-            .broadcast_add(self.b.as_tensor())?)
+        affine(&h, &self.w, &self.b)
     }
 
     pub fn predict(&self, x: &Mat) -> Result<Mat> {
@@ -97,9 +97,7 @@ pub fn fit(
         .copied()
         .zip(data.labels.iter().copied())
         .collect();
-    let mut losses = Vec::with_capacity(cfg.epochs);
-    let pb = progress::bar(cfg.epochs as u64, "linear");
-    for _ in 0..cfg.epochs {
+    let losses = run_epochs(cfg.epochs, "linear", || {
         let mut sum = 0.0f32;
         let bs = batches(data.labeled, cfg.batch_size, 2, rng);
         for batch in &bs {
@@ -114,16 +112,13 @@ pub fn fit(
                     Some(m) => (x * m)?,
                     None => x,
                 };
-                h.matmul(&head.w.as_tensor().t()?)?
-                    .broadcast_add(head.b.as_tensor())?
+                affine(&h, &head.w, &head.b)?
             };
             let loss = candle_nn::loss::cross_entropy(&logits, &targets(&y, dev)?)?;
             opt.backward_step(&loss)?;
             sum += loss.to_scalar::<f32>()?;
         }
-        losses.push(sum / bs.len() as f32);
-        pb.inc(1);
-    }
-    pb.finish_and_clear();
+        Ok((sum, bs.len()))
+    })?;
     Ok((head, losses))
 }

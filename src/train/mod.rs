@@ -165,6 +165,30 @@ pub(crate) fn predict_chunked(
     Mat::new(x.rows, cols, data)
 }
 
+/// x·Wᵀ + b.
+pub(crate) fn affine(x: &Tensor, w: &Var, b: &Var) -> Result<Tensor> {
+    Ok(x.matmul(&w.as_tensor().t()?)?
+        .broadcast_add(b.as_tensor())?)
+}
+
+/// Run `epochs` epochs under a progress bar; `epoch` returns the summed loss and step count of
+/// one epoch. Returns the mean loss of each epoch.
+pub(crate) fn run_epochs(
+    epochs: usize,
+    what: &str,
+    mut epoch: impl FnMut() -> Result<(f32, usize)>,
+) -> Result<Vec<f32>> {
+    let pb = crate::progress::bar(epochs as u64, what);
+    let mut losses = Vec::with_capacity(epochs);
+    for _ in 0..epochs {
+        let (sum, steps) = epoch()?;
+        losses.push(sum / steps.max(1) as f32);
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    Ok(losses)
+}
+
 pub(crate) fn named(pairs: Vec<(&str, &Tensor)>) -> HashMap<String, Tensor> {
     pairs
         .into_iter()
