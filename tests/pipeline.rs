@@ -389,6 +389,65 @@ fn stages_one_by_one_and_labels_from_a_file() {
         .iter()
         .filter(|r| r.kind == "oracle")
         .all(|r| r.round == 1));
+
+    // round 1, answered with a Parquet file whose labels are int64 (as pandas writes them)
+    ok(d, &[&["-q", "train", "--round", "1"][..], &run].concat());
+    ok(
+        d,
+        &[&["-q", "select", "--round", "1", "--budget", "2"][..], &run].concat(),
+    );
+    let out = Command::new(BIN)
+        .current_dir(d)
+        .args([&["paths", "--round", "1"][..], &run].concat())
+        .output()
+        .unwrap();
+    let text1 = String::from_utf8(out.stdout).unwrap();
+    let get1 = |k: &str| {
+        PathBuf::from(
+            text1
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                .unwrap(),
+        )
+    };
+    let asked1 = table::read(&get1("QUERIES"), Table::Queries)
+        .unwrap()
+        .strings("sample_id")
+        .unwrap();
+    let pq = d.join("answers.parquet");
+    write_raw(
+        &pq,
+        vec![
+            (
+                "sample_id",
+                Arc::new(StringArray::from(asked1.clone())) as ArrayRef,
+            ),
+            (
+                "label",
+                Arc::new(Int64Array::from(vec![3i64, 3])) as ArrayRef,
+            ),
+        ],
+    );
+    ok(
+        d,
+        &[
+            &[
+                "-q",
+                "label",
+                "--round",
+                "1",
+                "--from-file",
+                pq.to_str().unwrap(),
+            ][..],
+            &run,
+        ]
+        .concat(),
+    );
+    let rows = vlal::stages::read_labels(&get1("NEXT_LABELS")).unwrap();
+    assert_eq!(rows.len(), 4 + 3 + 2);
+    assert!(rows[7..]
+        .iter()
+        .all(|r| r.label == 3 && r.round == 2 && asked1.contains(&r.sample_id)));
 }
 
 fn write_raw(path: &Path, cols: Vec<(&str, ArrayRef)>) {
