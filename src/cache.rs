@@ -31,6 +31,38 @@ pub struct Cache {
     /// Teacher logits cos/τ for the train rows, and τ (present when loaded with the teacher).
     pub teacher_logits: Option<Mat>,
     pub tau: f32,
+    /// Teacher image embeddings of the train rows and the class prototypes (for CLAP).
+    pub teacher_image: Option<Mat>,
+    pub prototypes: Option<Mat>,
+}
+
+/// Which teacher tables a set of runs needs.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Need {
+    pub logits: bool,
+    pub clap: bool,
+}
+
+impl Need {
+    pub fn of(trainer: &str) -> Need {
+        match trainer {
+            "dho" => Need {
+                logits: true,
+                clap: false,
+            },
+            "dho-clap" => Need {
+                logits: true,
+                clap: true,
+            },
+            _ => Need::default(),
+        }
+    }
+    pub fn union(self, o: Need) -> Need {
+        Need {
+            logits: self.logits || o.logits,
+            clap: self.clap || o.clap,
+        }
+    }
 }
 
 pub fn manifest_path(root: &Path) -> PathBuf {
@@ -134,8 +166,8 @@ fn model_id(frame: &table::Frame) -> Result<String> {
 }
 
 impl Cache {
-    /// Load what the round loop needs; the teacher's logits only when `with_teacher`.
-    pub fn load(cfg: &DatasetCfg, with_teacher: bool) -> Result<Cache> {
+    /// Load what the round loop needs; the teacher's tables only as `need` says.
+    pub fn load(cfg: &DatasetCfg, need: Need) -> Result<Cache> {
         let root = &cfg.root;
         let classes = read_classes(root)?;
         let m = read_manifest(root, classes.len())?;
@@ -157,9 +189,15 @@ impl Cache {
             if ids.is_empty() {
                 bail!("{}: no '{split}' samples", manifest_path(root).display());
             }
-            if let Some(i) = labels.iter().position(|l| l.is_none()) {
+            // Train labels may be unknown (a real pool, labeled with `label --from-file`);
+            // test labels are what eval scores against.
+            if let Some(i) = labels
+                .iter()
+                .position(|l| l.is_none())
+                .filter(|_| split == "test")
+            {
                 bail!(
-                    "{}: {split} sample '{}' has no label (the simulated oracle and eval need one)",
+                    "{}: {split} sample '{}' has no label (eval needs one)",
                     manifest_path(root).display(),
                     ids[i]
                 );
@@ -182,7 +220,7 @@ impl Cache {
         }
         let test = parts.pop().expect("two parts");
         let train = parts.pop().expect("two parts");
-        let (teacher_logits, tau, teacher_model) = if with_teacher {
+        let (teacher_logits, tau, teacher_model) = if need.logits || need.clap {
             let path = logits_path(root, &cfg.teacher, "train");
             let frame = table::read(&path, Table::TeacherLogits)?;
             let tau: f32 = frame
@@ -202,6 +240,46 @@ impl Cache {
         } else {
             (None, 0.0, cfg.teacher.clone())
         };
+        let (teacher_image, prototypes) = if need.clap {
+            let path = embeddings_path(root, &cfg.teacher, "train");
+            let image = aligned(
+                &path,
+                &table::read(&path, Table::Embeddings)?,
+                "vector",
+                &train.ids,
+            )?;
+            let ppath = prototypes_path(root, &cfg.teacher);
+            let f = table::read(&ppath, Table::Prototypes)?;
+            let ids = f.i32s("class_id")?;
+            let m = f.mat("vector")?;
+            if m.rows != classes.len() {
+                bail!(
+                    "{}: {} prototypes for {} classes",
+                    ppath.display(),
+                    m.rows,
+                    classes.len()
+                );
+            }
+            let mut protos = Mat::zeros(m.rows, m.cols);
+            for (j, id) in ids.iter().enumerate() {
+                let id = id.unwrap_or(-1);
+                if id < 0 || id as usize >= m.rows {
+                    bail!("{}: class_id {id} outside 0..{}", ppath.display(), m.rows);
+                }
+                protos.row_mut(id as usize).copy_from_slice(m.row(j));
+            }
+            if protos.cols != image.cols {
+                bail!(
+                    "{}: prototypes are {}-d, teacher image embeddings {}-d",
+                    ppath.display(),
+                    protos.cols,
+                    image.cols
+                );
+            }
+            (Some(image), Some(protos))
+        } else {
+            (None, None)
+        };
         Ok(Cache {
             dataset: cfg.name.clone(),
             classes,
@@ -211,6 +289,8 @@ impl Cache {
             teacher_model,
             teacher_logits,
             tau,
+            teacher_image,
+            prototypes,
         })
     }
 

@@ -35,6 +35,46 @@ pub struct Pipeline {
     pub linear: LinearCfg,
     #[serde(default)]
     pub dho: DhoCfg,
+    #[serde(default)]
+    pub teacher: TeacherCfg,
+    #[serde(default)]
+    pub clap: ClapCfg,
+}
+
+/// How the teacher's logits are used by the distilling trainers.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TeacherCfg {
+    /// Logit adjustment: "none", "hard" (argmax frequencies) or "soft" (mean probabilities).
+    pub la: String,
+    /// τ_LA of l' = l − τ_LA·log π.
+    pub la_tau: f64,
+}
+
+impl Default for TeacherCfg {
+    fn default() -> Self {
+        Self {
+            la: "none".into(),
+            la_tau: 1.0,
+        }
+    }
+}
+
+/// CLAP few-shot teacher, re-fitted on the labels of every round (trainer `dho-clap`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClapCfg {
+    pub epochs: usize,
+    pub lr: f64,
+}
+
+impl Default for ClapCfg {
+    fn default() -> Self {
+        Self {
+            epochs: 300,
+            lr: 0.01,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -126,7 +166,7 @@ fn default_device() -> String {
     "cpu".into()
 }
 
-pub const TRAINERS: [&str; 3] = ["linear", "dho", "ce"];
+pub const TRAINERS: [&str; 4] = ["linear", "dho", "dho-clap", "ce"];
 
 impl Pipeline {
     pub fn load(path: &Path) -> Result<Self> {
@@ -160,6 +200,12 @@ impl Pipeline {
         }
         if self.seeds.is_empty() || self.strategies.is_empty() || self.trainers.is_empty() {
             bail!("seeds, strategies and trainers must each name at least one value");
+        }
+        if !["none", "hard", "soft"].contains(&self.teacher.la.as_str()) {
+            bail!(
+                "teacher.la must be none, hard or soft (got '{}')",
+                self.teacher.la
+            );
         }
         if self.budget == Some(0) {
             bail!("budget must be at least 1");
@@ -227,7 +273,9 @@ impl RunSpec {
         let p = &self.pipeline;
         let trainer_params = match self.trainer.as_str() {
             "linear" => serde_json::to_value(&p.linear),
-            _ => serde_json::to_value(&p.dho),
+            "ce" => serde_json::to_value(&p.dho),
+            "dho" => serde_json::to_value((&p.dho, &p.teacher)),
+            _ => serde_json::to_value((&p.dho, &p.teacher, &p.clap)),
         }
         .expect("serialisable");
         let h = Hashed {

@@ -14,6 +14,7 @@ pub mod schema;
 pub mod stages;
 pub mod strategy;
 pub mod table;
+pub mod teacher;
 pub mod train;
 
 /// Version of the tool, recorded in every results row and cache file.

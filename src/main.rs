@@ -73,12 +73,13 @@ enum Cmd {
         #[arg(long)]
         budget: Option<usize>,
     },
-    /// The oracle: seed labels (--init), simulated answers, or a person's answers (--from-file).
+    /// The oracle: seed labels (--init, drawn or --from-file), simulated answers, or a person's
+    /// answers (--from-file).
     Label {
         #[command(flatten)]
         run: RunArgs,
         /// Draw round 0's seed labels.
-        #[arg(long, conflicts_with_all = ["round", "from_file"])]
+        #[arg(long, conflicts_with = "round")]
         init: bool,
         /// Answer this round's queries (writes the next round's labels).
         #[arg(long, required_unless_present = "init")]
@@ -110,6 +111,9 @@ enum Cmd {
         results: PathBuf,
         #[arg(long)]
         pipeline: Option<String>,
+        /// What follows ±: the std over seeds, or the 95% CI half-width of the mean.
+        #[arg(long, value_enum, default_value = "std")]
+        stat: stages::report::Spread,
     },
     /// Print a run's state folder and the path of a round's files (for Makefiles).
     Paths {
@@ -121,10 +125,7 @@ enum Cmd {
 }
 
 fn load(spec: &RunSpec) -> Result<Cache> {
-    Cache::load(
-        &spec.pipeline.dataset,
-        vlal::train::needs_teacher(&spec.trainer),
-    )
+    Cache::load(&spec.pipeline.dataset, vlal::cache::Need::of(&spec.trainer))
 }
 
 fn main_inner(cli: Cli) -> Result<()> {
@@ -153,8 +154,9 @@ fn main_inner(cli: Cli) -> Result<()> {
             let spec = run.spec()?;
             let cache = load(&spec)?;
             match (init, round, from_file) {
-                (true, _, _) => stages::label::init(&spec, &cache),
-                (false, Some(r), Some(f)) => stages::label::from_file(&spec, &cache, r, &f),
+                (true, _, None) => stages::label::init(&spec, &cache),
+                (true, _, Some(f)) => stages::label::from_file(&spec, &cache, None, &f),
+                (false, Some(r), Some(f)) => stages::label::from_file(&spec, &cache, Some(r), &f),
                 (false, Some(r), None) => stages::label::oracle(&spec, &cache, r),
                 (false, None, _) => bail!("--round is required unless --init"),
             }
@@ -179,9 +181,13 @@ fn main_inner(cli: Cli) -> Result<()> {
                 },
             )
         }
-        Cmd::Report { results, pipeline } => {
+        Cmd::Report {
+            results,
+            pipeline,
+            stat,
+        } => {
             let df = stages::report::summary(&results, pipeline.as_deref())?;
-            print!("{}", stages::report::render(&df)?);
+            print!("{}", stages::report::render(&df, stat)?);
             Ok(())
         }
         Cmd::Paths { run, round } => {

@@ -55,14 +55,18 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize) -> Result<()> {
     let labels = read_labels(&spec.labels_path(round))?;
     let budget_spent: f64 = labels.iter().map(|r| r.cost).sum();
     let qpath = spec.queries_path(round);
-    let select_s = if qpath.exists() {
-        table::read(&qpath, Table::Queries)?
-            .meta("select_s")?
-            .parse::<f64>()
-            .ok()
+    let queries = if qpath.exists() {
+        Some(table::read(&qpath, Table::Queries)?)
     } else {
         None
     };
+    let qmeta = |k: &str| -> Option<f64> {
+        queries
+            .as_ref()
+            .and_then(|q| q.meta.get(k))
+            .and_then(|v| v.parse().ok())
+    };
+    let select_s = qmeta("select_s");
     let p = &spec.pipeline;
     let one = |v: &str| table::utf8(&[v]);
     table::write(
@@ -83,6 +87,22 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize) -> Result<()> {
             ("per_class_acc", table::list_f64(&[s.per_class_acc])),
             ("train_s", table::f64s(&[train_s])),
             ("select_s", table::opt_f64s(&[select_s])),
+            (
+                "batch_prob_coverage",
+                table::opt_f64s(&[qmeta("batch_prob_coverage")]),
+            ),
+            (
+                "batch_class_entropy",
+                table::opt_f64s(&[qmeta("batch_class_entropy")]),
+            ),
+            (
+                "batch_uncertainty",
+                table::opt_f64s(&[qmeta("batch_uncertainty")]),
+            ),
+            (
+                "batch_feature_diversity",
+                table::opt_f64s(&[qmeta("batch_feature_diversity")]),
+            ),
             ("config_hash", one(&spec.config_hash())),
             ("student_model", one(&cache.student_model)),
             ("teacher_model", one(&cache.teacher_model)),

@@ -24,7 +24,14 @@ pub fn init(spec: &RunSpec, cache: &Cache) -> Result<()> {
     let k = spec.pipeline.initial_per_class;
     let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); cache.n_classes()];
     for (i, l) in cache.train.labels.iter().enumerate() {
-        by_class[l.expect("train labels checked on load") as usize].push(i);
+        match l {
+            Some(l) => by_class[*l as usize].push(i),
+            None => bail!(
+                "{}: train sample '{}' has no ground-truth label; import seed labels with `vlal label --init --from-file`",
+                crate::cache::manifest_path(&spec.pipeline.dataset.root).display(),
+                cache.train.ids[i]
+            ),
+        }
     }
     let mut r = rng::stream(spec.seed, "init", 0);
     let mut rows = Vec::new();
@@ -80,7 +87,9 @@ pub fn oracle(spec: &RunSpec, cache: &Cache, round: usize) -> Result<()> {
         if known.contains(&id) {
             bail!("{}: sample '{id}' is already labeled", qpath.display());
         }
-        let label = cache.train.labels[i].expect("train labels checked on load");
+        let Some(label) = cache.train.labels[i] else {
+            bail!("{}: sample '{id}' has no ground-truth label to simulate the oracle with; answer with --from-file", qpath.display());
+        };
         rows.push(LabelRow {
             round: round as i32 + 1,
             sample_id: id,
@@ -94,11 +103,23 @@ pub fn oracle(spec: &RunSpec, cache: &Cache, round: usize) -> Result<()> {
 }
 
 /// Import a person's labels for round `round`'s queries; writes labels of round+1.
-pub fn from_file(spec: &RunSpec, cache: &Cache, round: usize, file: &Path) -> Result<()> {
+/// With `round = None`, the file holds the seed labels of round 0 instead.
+pub fn from_file(spec: &RunSpec, cache: &Cache, round: Option<usize>, file: &Path) -> Result<()> {
     let name = file.display().to_string();
     let answers = read_answers(file)?;
-    let (mut rows, known) = next_rows(spec, round)?;
-    let asked: Option<HashSet<String>> = if spec.queries_path(round).exists() {
+    let (out, kind, new_round) = match round {
+        Some(r) => (spec.labels_path(r + 1), "oracle", r as i32 + 1),
+        None => (spec.labels_path(0), "seed", 0),
+    };
+    if round.is_none() && out.exists() {
+        bail!("{}: seed labels exist already", out.display());
+    }
+    let (mut rows, known) = match round {
+        Some(r) => next_rows(spec, r)?,
+        None => (Vec::new(), HashSet::new()),
+    };
+    let round = round.unwrap_or(0);
+    let asked: Option<HashSet<String>> = if new_round > 0 && spec.queries_path(round).exists() {
         Some(query_ids(spec, round)?.into_iter().collect())
     } else {
         None
@@ -132,10 +153,10 @@ pub fn from_file(spec: &RunSpec, cache: &Cache, round: usize, file: &Path) -> Re
             })?,
         };
         rows.push(LabelRow {
-            round: round as i32 + 1,
+            round: new_round,
             sample_id: id.clone(),
             label: class as i32,
-            kind: "oracle".into(),
+            kind: kind.into(),
             cost: 1.0,
         });
     }
@@ -148,7 +169,7 @@ pub fn from_file(spec: &RunSpec, cache: &Cache, round: usize, file: &Path) -> Re
             ));
         }
     }
-    write_labels(&spec.labels_path(round + 1), &rows)?;
+    write_labels(&out, &rows)?;
     Ok(())
 }
 

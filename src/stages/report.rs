@@ -39,8 +39,31 @@ pub fn summary(results_dir: &Path, pipeline: Option<&str>) -> Result<DataFrame> 
     Ok(df)
 }
 
+/// Two-sided 95% Student-t quantile t_{0.975, df}.
+pub fn t975(df: usize) -> f64 {
+    const T: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
+    ];
+    match df {
+        0 => f64::NAN,
+        d if d <= 30 => T[d - 1],
+        _ => 1.96,
+    }
+}
+
+/// What follows the ± of a cell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Spread {
+    /// Sample standard deviation over seeds.
+    Std,
+    /// Half-width of the 95% confidence interval of the mean (Student t over seeds).
+    Ci95,
+}
+
 /// The summary as text: one block per (pipeline, trainer); rows = rounds, columns = strategies.
-pub fn render(df: &DataFrame) -> Result<String> {
+pub fn render(df: &DataFrame, spread: Spread) -> Result<String> {
     let s = |n: &str| -> Result<Vec<String>> {
         let c = df.column(n)?.as_materialized_series().str()?.clone();
         Ok((0..c.len())
@@ -69,7 +92,13 @@ pub fn render(df: &DataFrame) -> Result<String> {
     let mut strategies: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     for i in 0..df.height() {
         let key = (pipe[i].clone(), trainer[i].clone());
-        let cell = format!("{:.4} ± {:.4} (n={})", mean[i], std[i], seeds[i] as i64);
+        let n = seeds[i] as usize;
+        let half = match spread {
+            Spread::Std => std[i],
+            Spread::Ci95 if n > 1 => t975(n - 1) * std[i] / (n as f64).sqrt(),
+            Spread::Ci95 => 0.0,
+        };
+        let cell = format!("{:.4} ± {half:.4} (n={n})", mean[i]);
         let row = blocks
             .entry(key.clone())
             .or_default()
@@ -85,8 +114,14 @@ pub fn render(df: &DataFrame) -> Result<String> {
     for (key, rounds) in &blocks {
         let cols = &strategies[key];
         out += &format!(
-            "pipeline {} · trainer {} · test accuracy, mean ± std over seeds\n",
-            key.0, key.1
+            "pipeline {} · trainer {} · test accuracy, mean ± {} over seeds\n",
+            key.0,
+            key.1,
+            if spread == Spread::Std {
+                "std"
+            } else {
+                "95% CI"
+            }
         );
         let w = 26;
         out += &format!("{:>5} {:>9}", "round", "labels");

@@ -5,7 +5,7 @@
 //! pure function of its inputs, so a resumed run ends with the same tables as an unbroken one.
 
 use super::{eval, label, select, train};
-use crate::cache::Cache;
+use crate::cache::{Cache, Need};
 use crate::config::{Pipeline, RunSpec};
 use crate::progress;
 use anyhow::{bail, Result};
@@ -43,8 +43,10 @@ pub fn run(p: &Pipeline, filter: &Filter) -> Result<()> {
         ));
         return Ok(());
     }
-    let with_teacher = todo.iter().any(|s| crate::train::needs_teacher(&s.trainer));
-    let cache = Cache::load(&p.dataset, with_teacher)?;
+    let need = todo
+        .iter()
+        .fold(Need::default(), |n, s| n.union(Need::of(&s.trainer)));
+    let cache = Cache::load(&p.dataset, need)?;
     let budget = p.budget.unwrap_or(cache.n_classes());
     let needed = p.initial_per_class * cache.n_classes() + p.rounds * budget;
     if needed > cache.train.ids.len() {

@@ -67,6 +67,16 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize, budget: usize) -> Result
         );
     }
     let strat = strategy::by_name(&spec.strategy)?;
+    let head = if strat.needs_head() {
+        let hp = spec.head_path(round);
+        require(&hp, "vlal train")?;
+        Some(crate::train::Head::load(
+            &hp,
+            &crate::train::device(&spec.pipeline.device)?,
+        )?)
+    } else {
+        None
+    };
     let ctx = SelectContext {
         n_classes: cache.n_classes(),
         probs: &probs,
@@ -74,6 +84,7 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize, budget: usize) -> Result
         labeled: &labeled,
         labels: &labels,
         pool: &pool,
+        head: head.as_ref(),
     };
     let start = Instant::now();
     let picks = strat.select(&ctx, budget, &mut rng::stream(spec.seed, "select", round))?;
@@ -111,4 +122,117 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize, budget: usize) -> Result
         table::Mode::Replace,
     )?;
     Ok(())
+}
+
+/// The PCoreSet paper's analysis of a queried batch.
+#[derive(Debug, PartialEq)]
+pub struct BatchMetrics {
+    /// Mean over the batch of the Euclidean distance in probability space to the nearest
+    /// labeled point (before the batch is added): how much new simplex the batch covers.
+    pub prob_coverage: f64,
+    /// Entropy of the batch's predicted-class histogram, normalised by ln C (1 = balanced).
+    pub class_entropy: f64,
+    /// Mean predictive entropy of the student over the batch (nats).
+    pub uncertainty: f64,
+    /// Mean pairwise cosine distance between the batch's student features.
+    pub feature_diversity: f64,
+}
+
+pub fn batch_metrics(ctx: &SelectContext, rows: &[usize]) -> BatchMetrics {
+    use crate::geometry::{dot, min_sqdist};
+    let b = rows.len().max(1) as f64;
+    let cov = min_sqdist(ctx.probs, rows, ctx.labeled);
+    let prob_coverage = cov
+        .iter()
+        .map(|&d| {
+            if d.is_finite() {
+                (d as f64).sqrt()
+            } else {
+                0.0
+            }
+        })
+        .sum::<f64>()
+        / b;
+    let mut hist = vec![0f64; ctx.n_classes];
+    for &r in rows {
+        hist[crate::mat::argmax(ctx.probs.row(r))] += 1.0;
+    }
+    let h: f64 = hist
+        .iter()
+        .filter(|&&c| c > 0.0)
+        .map(|&c| -(c / b) * (c / b).ln())
+        .sum();
+    let class_entropy = if ctx.n_classes > 1 {
+        h / (ctx.n_classes as f64).ln()
+    } else {
+        0.0
+    };
+    let uncertainty = rows
+        .iter()
+        .map(|&r| crate::strategy::entropy(ctx.probs.row(r)))
+        .sum::<f64>()
+        / b;
+    let norm: Vec<f32> = rows
+        .iter()
+        .map(|&r| {
+            dot(ctx.features.row(r), ctx.features.row(r))
+                .sqrt()
+                .max(1e-12)
+        })
+        .collect();
+    let (mut sum, mut pairs) = (0f64, 0usize);
+    for i in 0..rows.len() {
+        for j in i + 1..rows.len() {
+            let c = dot(ctx.features.row(rows[i]), ctx.features.row(rows[j])) / (norm[i] * norm[j]);
+            sum += 1.0 - c as f64;
+            pairs += 1;
+        }
+    }
+    let feature_diversity = if pairs > 0 { sum / pairs as f64 } else { 0.0 };
+    BatchMetrics {
+        prob_coverage,
+        class_entropy,
+        uncertainty,
+        feature_diversity,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_metrics_hand_checked() {
+        let probs = Mat::from_rows(&[
+            vec![1.0, 0.0],
+            vec![0.0, 1.0],
+            vec![0.5, 0.5],
+            vec![1.0, 0.0],
+        ])
+        .unwrap();
+        let feats = Mat::from_rows(&[
+            vec![1.0, 0.0],
+            vec![0.0, 1.0],
+            vec![1.0, 0.0],
+            vec![-1.0, 0.0],
+        ])
+        .unwrap();
+        let ctx = SelectContext {
+            n_classes: 2,
+            probs: &probs,
+            features: &feats,
+            labeled: &[0],
+            labels: &[0],
+            pool: &[1, 2, 3],
+            head: None,
+        };
+        let m = batch_metrics(&ctx, &[1, 3]);
+        // distances to row 0 in the simplex: √2 and 0 → mean √2/2
+        assert!((m.prob_coverage - 2f64.sqrt() / 2.0).abs() < 1e-6);
+        // predicted classes 1 and 0 → balanced
+        assert!((m.class_entropy - 1.0).abs() < 1e-9);
+        assert_eq!(m.uncertainty, 0.0);
+        // orthogonal features: cosine distance 1
+        assert!((m.feature_diversity - 1.0).abs() < 1e-6);
+    }
 }

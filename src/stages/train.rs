@@ -6,8 +6,8 @@ use crate::cache::Cache;
 use crate::config::RunSpec;
 use crate::mat::Mat;
 use crate::schema::Table;
-use crate::{rng, table, train};
-use anyhow::Result;
+use crate::{rng, table, teacher, train};
+use anyhow::{bail, Result};
 use std::time::Instant;
 
 pub fn run(spec: &RunSpec, cache: &Cache, round: usize) -> Result<()> {
@@ -17,7 +17,23 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize) -> Result<()> {
     let (labeled, labels) = labeled_rows(&lpath, cache, &rows)?;
     let device = train::device(&spec.pipeline.device)?;
     let start = Instant::now();
-    let teacher = cache.teacher_logits.as_ref().map(|m| (m, cache.tau));
+    let p = &spec.pipeline;
+    let teacher = match spec.trainer.as_str() {
+        "dho" => cache.teacher_logits.clone(),
+        "dho-clap" => {
+            let (Some(image), Some(protos)) = (&cache.teacher_image, &cache.prototypes) else {
+                bail!("the dho-clap trainer needs the teacher's image embeddings and prototypes");
+            };
+            Some(teacher::clap_logits(
+                &p.clap, image, protos, cache.tau, &labeled, &labels, &device,
+            )?)
+        }
+        _ => None,
+    };
+    let teacher = teacher
+        .map(|l| teacher::logit_adjust(&l, &p.teacher.la, p.teacher.la_tau))
+        .transpose()?;
+    let teacher = teacher.as_ref().map(|m| (m, cache.tau));
     let data = train::TrainData {
         features: &cache.train.features,
         labeled: &labeled,
@@ -26,7 +42,7 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize) -> Result<()> {
         teacher,
     };
     let mut r = rng::stream(spec.seed, "train", round);
-    let (head, losses) = train::fit(&spec.trainer, &spec.pipeline, &data, &mut r, &device)?;
+    let (head, losses) = train::fit(&spec.trainer, p, &data, &mut r, &device)?;
     let p_train = head.predict(&cache.train.features)?;
     let p_test = head.predict(&cache.test.features)?;
     let train_s = start.elapsed().as_secs_f64();

@@ -3,12 +3,15 @@
 //! order; ties are broken by lower pool position, and all randomness comes from the given seeded
 //! generator, so the same inputs give the same batch.
 
+mod badge;
 mod class_balanced;
 mod coreset;
 mod entropy;
+pub use entropy::entropy;
 mod least_confidence;
 mod margin;
 mod pcoreset;
+mod pcoreset_r;
 mod random;
 
 use crate::mat::Mat;
@@ -27,6 +30,8 @@ pub struct SelectContext<'a> {
     pub labels: &'a [u32],
     /// Unlabeled rows, ascending.
     pub pool: &'a [usize],
+    /// The round's trained head, for strategies that say [`Strategy::needs_head`].
+    pub head: Option<&'a crate::train::Head>,
 }
 
 /// One pick: a position in `ctx.pool` and the strategy's score for it.
@@ -38,18 +43,24 @@ pub struct Pick {
 
 pub trait Strategy: Send + Sync {
     fn name(&self) -> &'static str;
+    /// Whether the strategy reads the round's trained head (e.g. for gradient embeddings).
+    fn needs_head(&self) -> bool {
+        false
+    }
     /// Pick `budget` distinct pool positions (`budget ≤ pool.len()` is checked by the caller).
     fn select(&self, ctx: &SelectContext, budget: usize, rng: &mut VRng) -> Result<Vec<Pick>>;
 }
 
-pub const NAMES: [&str; 7] = [
+pub const NAMES: [&str; 9] = [
     "random",
     "entropy",
     "margin",
     "least-confidence",
     "coreset",
     "pcoreset",
+    "pcoreset-r",
     "class-balanced",
+    "badge",
 ];
 
 /// The registry: a strategy by its name.
@@ -61,7 +72,9 @@ pub fn by_name(name: &str) -> Result<Box<dyn Strategy>> {
         "least-confidence" => Box::new(least_confidence::LeastConfidence),
         "coreset" => Box::new(coreset::Coreset),
         "pcoreset" => Box::new(pcoreset::PCoreSet),
+        "pcoreset-r" => Box::new(pcoreset_r::PCoreSetR),
         "class-balanced" => Box::new(class_balanced::ClassBalanced),
+        "badge" => Box::new(badge::Badge),
         other => bail!("unknown strategy '{other}' (known: {})", NAMES.join(", ")),
     })
 }
@@ -118,6 +131,7 @@ pub(crate) mod testutil {
                 labeled: &self.labeled,
                 labels: &self.labels,
                 pool: &self.pool,
+                head: None,
             }
         }
     }

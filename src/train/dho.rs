@@ -59,13 +59,45 @@ impl DualHead {
         })
     }
 
+    /// (h, [a_CE | a_KD]): the shared feature and p − e_ŷ of each head's own softmax, with ŷ the
+    /// mixed prediction's class (only the CE block for the CE-only head).
+    pub fn grad_factors(&self, x: &Mat) -> Result<(Mat, Mat)> {
+        let pred = self.predict(x)?;
+        let ce = predict_chunked(x, &self.dev, |t| {
+            Ok(candle_nn::ops::softmax_last_dim(&affine(
+                t, &self.w_ce, &self.b_ce,
+            )?)?)
+        })?;
+        let a_ce = super::minus_onehot(&ce, &pred);
+        if self.alpha >= 1.0 {
+            return Ok((x.clone(), a_ce));
+        }
+        let kd = predict_chunked(x, &self.dev, |t| {
+            Ok(candle_nn::ops::softmax_last_dim(&affine(
+                t, &self.w_kd, &self.b_kd,
+            )?)?)
+        })?;
+        let a_kd = super::minus_onehot(&kd, &pred);
+        let c = a_ce.cols;
+        let mut a = Mat::zeros(x.rows, 2 * c);
+        for i in 0..x.rows {
+            a.row_mut(i)[..c].copy_from_slice(a_ce.row(i));
+            a.row_mut(i)[c..].copy_from_slice(a_kd.row(i));
+        }
+        Ok((x.clone(), a))
+    }
+
     pub fn tensors(&self) -> HashMap<String, Tensor> {
-        named(vec![
+        let mix =
+            Tensor::new(&[self.alpha as f32, self.beta as f32], &self.dev).expect("cpu tensor");
+        let mut m = named(vec![
             ("ce.weight", self.w_ce.as_tensor()),
             ("ce.bias", self.b_ce.as_tensor()),
             ("kd.weight", self.w_kd.as_tensor()),
             ("kd.bias", self.b_kd.as_tensor()),
-        ])
+        ]);
+        m.insert("mix".into(), mix);
+        m
     }
 }
 

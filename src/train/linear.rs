@@ -29,6 +29,24 @@ impl LinearProbe {
         affine(&h, &self.w, &self.b)
     }
 
+    pub fn from_tensors(mean: Tensor, var: Tensor, w: Tensor, b: Tensor) -> Result<Self> {
+        let dev = w.device().clone();
+        let d = mean.dim(0)?;
+        Ok(Self {
+            bn: BatchNorm::new_no_bias(d, mean, var, 1e-5)?,
+            w: Var::from_tensor(&w)?,
+            b: Var::from_tensor(&b)?,
+            dev,
+        })
+    }
+
+    /// (h, a): the normalised input of the linear layer and p − e_ŷ.
+    pub fn grad_factors(&self, x: &Mat) -> Result<(Mat, Mat)> {
+        let h = predict_chunked(x, &self.dev, |t| Ok(self.bn.forward_t(t, false)?))?;
+        let p = self.predict(x)?;
+        Ok((h, super::minus_onehot(&p, &p)))
+    }
+
     pub fn predict(&self, x: &Mat) -> Result<Mat> {
         predict_chunked(x, &self.dev, |t| {
             Ok(candle_nn::ops::softmax_last_dim(

@@ -37,6 +37,44 @@ impl Head {
         }
     }
 
+    /// Load a head written by [`Head::save`].
+    pub fn load(path: &Path, dev: &Device) -> Result<Head> {
+        let t = candle_core::safetensors::load(path, dev)
+            .map_err(|e| anyhow::anyhow!("{}: not a readable head ({e})", path.display()))?;
+        let get = |k: &str| {
+            t.get(k)
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("{}: missing tensor '{k}'", path.display()))
+        };
+        if t.contains_key("linear.weight") {
+            Ok(Head::Linear(linear::LinearProbe::from_tensors(
+                get("bn.running_mean")?,
+                get("bn.running_var")?,
+                get("linear.weight")?,
+                get("linear.bias")?,
+            )?))
+        } else {
+            let mix = get("mix")?.to_vec1::<f32>()?;
+            Ok(Head::Dual(dho::DualHead::from_tensors(
+                get("ce.weight")?,
+                get("ce.bias")?,
+                get("kd.weight")?,
+                get("kd.bias")?,
+                mix[0] as f64,
+                mix[1] as f64,
+            )?))
+        }
+    }
+
+    /// BADGE's factors of the last-layer gradient embedding g(x) = a(x) ⊗ h(x): the layer's input
+    /// h(x) and a(x) = p − e_ŷ (ŷ = the predicted class), one block per head for the dual head.
+    pub fn grad_factors(&self, x: &Mat) -> Result<(Mat, Mat)> {
+        match self {
+            Head::Linear(h) => h.grad_factors(x),
+            Head::Dual(h) => h.grad_factors(x),
+        }
+    }
+
     /// Save the head's tensors as safetensors (temporary file, then rename).
     pub fn save(&self, path: &Path) -> Result<()> {
         let tensors = match self {
@@ -73,7 +111,7 @@ pub fn fit(
             let (h, l) = linear::fit(&p.linear, data, rng, device)?;
             Ok((Head::Linear(h), l))
         }
-        "dho" => {
+        "dho" | "dho-clap" => {
             let (h, l) = dho::fit(&p.dho, true, data, rng, device)?;
             Ok((Head::Dual(h), l))
         }
@@ -83,11 +121,6 @@ pub fn fit(
         }
         other => bail!("unknown trainer '{other}'"),
     }
-}
-
-/// Whether a trainer reads the teacher's logits.
-pub fn needs_teacher(trainer: &str) -> bool {
-    trainer == "dho"
 }
 
 /// The compute device by name: `cpu`, or `cuda` when built with the `cuda` feature.
@@ -187,6 +220,16 @@ pub(crate) fn run_epochs(
     }
     pb.finish_and_clear();
     Ok(losses)
+}
+
+/// a = p − e_ŷ for each row, with ŷ the argmax of `pred` (the head's final prediction).
+pub(crate) fn minus_onehot(p: &Mat, pred: &Mat) -> Mat {
+    let mut a = p.clone();
+    for i in 0..a.rows {
+        let y = crate::mat::argmax(pred.row(i));
+        a.row_mut(i)[y] -= 1.0;
+    }
+    a
 }
 
 pub(crate) fn named(pairs: Vec<(&str, &Tensor)>) -> HashMap<String, Tensor> {

@@ -1,0 +1,156 @@
+//! BADGE (Ash et al. 2019): k-means++ seeding over last-layer gradient embeddings
+//! g(x) = a(x) ⊗ h(x), a = p − e_ŷ (the dual head concatenates both heads' blocks of a).
+//! The H×C (×2) vectors are never built: ‖g_i − g_j‖² = ‖a_i‖²‖h_i‖² + ‖a_j‖²‖h_j‖²
+//! − 2(a_i·a_j)(h_i·h_j), so memory is O(n·(C + H)) — 1000 classes × 2048-d × 100k points
+//! fit in a few GiB where the explicit embeddings would need terabytes.
+
+use super::{Pick, SelectContext, Strategy};
+use crate::geometry::dot;
+use crate::mat::Mat;
+use crate::{progress, rng::VRng};
+use anyhow::{bail, Result};
+use rand::Rng;
+use rayon::prelude::*;
+
+pub struct Badge;
+
+/// ‖g_i − g_j‖² for g = a ⊗ h, from the factors alone.
+#[inline]
+pub fn grad_sqdist(a: &Mat, h: &Mat, na: &[f32], nh: &[f32], i: usize, j: usize) -> f32 {
+    let v = na[i] * nh[i] + na[j] * nh[j] - 2.0 * dot(a.row(i), a.row(j)) * dot(h.row(i), h.row(j));
+    v.max(0.0)
+}
+
+/// k-means++ seeding on implicit gradient embeddings of the rows of (a, h); returns (row, D² at pick).
+pub fn kmeanspp(a: &Mat, h: &Mat, budget: usize, rng: &mut VRng) -> Vec<(usize, f64)> {
+    let n = a.rows;
+    let na: Vec<f32> = (0..n).map(|i| dot(a.row(i), a.row(i))).collect();
+    let nh: Vec<f32> = (0..n).map(|i| dot(h.row(i), h.row(i))).collect();
+    let mut taken = vec![false; n];
+    let mut picks = Vec::with_capacity(budget);
+    // first center: the largest gradient norm (ties: lowest row)
+    let mut first = 0;
+    for i in 1..n {
+        if na[i] * nh[i] > na[first] * nh[first] {
+            first = i;
+        }
+    }
+    let mut d2: Vec<f32> = vec![f32::INFINITY; n];
+    let mut center = first;
+    let mut center_score = (na[first] * nh[first]) as f64;
+    let pb = progress::bar(budget as u64, "badge");
+    loop {
+        taken[center] = true;
+        picks.push((center, center_score));
+        pb.inc(1);
+        if picks.len() == budget.min(n) {
+            break;
+        }
+        d2.par_iter_mut().enumerate().for_each(|(i, d)| {
+            let v = if taken[i] {
+                0.0
+            } else {
+                grad_sqdist(a, h, &na, &nh, i, center)
+            };
+            if v < *d {
+                *d = v;
+            }
+        });
+        let total: f64 = d2.iter().map(|&v| v as f64).sum();
+        let next = if total > 0.0 {
+            let mut u = rng.random::<f64>() * total;
+            let mut pick = None;
+            for (i, &v) in d2.iter().enumerate() {
+                if v > 0.0 {
+                    pick = Some(i);
+                    if u < v as f64 {
+                        break;
+                    }
+                    u -= v as f64;
+                }
+            }
+            pick.expect("positive total has a positive entry")
+        } else {
+            // every remaining point coincides with a center: take the first one left
+            (0..n).find(|&i| !taken[i]).expect("budget ≤ n")
+        };
+        center_score = d2[next] as f64;
+        center = next;
+    }
+    pb.finish_and_clear();
+    picks
+}
+
+impl Strategy for Badge {
+    fn name(&self) -> &'static str {
+        "badge"
+    }
+    fn needs_head(&self) -> bool {
+        true
+    }
+    fn select(&self, ctx: &SelectContext, budget: usize, rng: &mut VRng) -> Result<Vec<Pick>> {
+        let Some(head) = ctx.head else {
+            bail!("badge needs the round's trained head")
+        };
+        let x = ctx.features.select_rows(ctx.pool);
+        let (h, a) = head.grad_factors(&x)?;
+        Ok(kmeanspp(&a, &h, budget, rng)
+            .into_iter()
+            .map(|(pos, score)| Pick { pos, score })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng;
+
+    #[test]
+    fn implicit_distances_equal_explicit_ones() {
+        let mut r = rng::stream(1, "badge", 0);
+        let a = Mat::new(5, 6, rng::uniform(30, 1.0, &mut r)).unwrap(); // 2 heads × 3 classes
+        let h = Mat::new(5, 4, rng::uniform(20, 2.0, &mut r)).unwrap();
+        let g: Vec<Vec<f32>> = (0..5)
+            .map(|i| {
+                a.row(i)
+                    .iter()
+                    .flat_map(|&ai| h.row(i).iter().map(move |&hj| ai * hj))
+                    .collect()
+            })
+            .collect();
+        let na: Vec<f32> = (0..5).map(|i| dot(a.row(i), a.row(i))).collect();
+        let nh: Vec<f32> = (0..5).map(|i| dot(h.row(i), h.row(i))).collect();
+        for i in 0..5 {
+            for j in 0..5 {
+                let explicit: f32 = g[i].iter().zip(&g[j]).map(|(x, y)| (x - y) * (x - y)).sum();
+                let implicit = grad_sqdist(&a, &h, &na, &nh, i, j);
+                assert!(
+                    (explicit - implicit).abs() < 1e-3 * (1.0 + explicit),
+                    "{i},{j}: {explicit} vs {implicit}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn kmeanspp_starts_at_the_largest_gradient_and_is_seeded() {
+        let mut r = rng::stream(2, "badge", 0);
+        let a = Mat::new(50, 3, rng::uniform(150, 1.0, &mut r)).unwrap();
+        let mut h = Mat::new(50, 4, rng::uniform(200, 1.0, &mut r)).unwrap();
+        h.row_mut(17).iter_mut().for_each(|v| *v *= 10.0);
+        let p1 = kmeanspp(&a, &h, 10, &mut rng::stream(9, "s", 0));
+        let p2 = kmeanspp(&a, &h, 10, &mut rng::stream(9, "s", 0));
+        assert_eq!(p1, p2);
+        assert_eq!(p1[0].0, 17);
+        let mut rows: Vec<usize> = p1.iter().map(|p| p.0).collect();
+        rows.sort();
+        rows.dedup();
+        assert_eq!(rows.len(), 10);
+        // duplicates of a center are never picked while other points remain
+        let a2 = Mat::from_rows(&[vec![1.0], vec![1.0], vec![-1.0]]).unwrap();
+        let h2 = Mat::from_rows(&[vec![1.0], vec![1.0], vec![1.0]]).unwrap();
+        let p = kmeanspp(&a2, &h2, 2, &mut rng::stream(0, "s", 0));
+        assert_eq!(p.iter().map(|x| x.0).collect::<Vec<_>>(), vec![0, 2]);
+    }
+}
