@@ -450,6 +450,96 @@ fn stages_one_by_one_and_labels_from_a_file() {
         .all(|r| r.label == 3 && r.round == 2 && asked1.contains(&r.sample_id)));
 }
 
+#[test]
+fn activekd_frameworks_badge_and_logit_adjustment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let data = synth(d, "toy", "400");
+    let body = r#"seeds = [0, 1]
+rounds = 2
+strategies = ["badge", "pcoreset", "pcoreset-r"]
+trainers = ["dho-clap", "ce"]
+[teacher]
+la = "soft"
+la_tau = 0.5
+[clap]
+epochs = 50
+[dho]
+epochs = 40
+"#;
+    // [linear] is appended by `pipeline`; the body's tables must come after the top-level keys
+    let p = pipeline(d, "p.toml", &data, body);
+    ok(d, &["-q", "run", &p]);
+    let glob = format!("{}/**/*.parquet", d.join("results").display());
+    use polars::prelude::*;
+    let df = LazyFrame::scan_parquet(PlRefPath::new(glob.as_str()), ScanArgsParquet::default())
+        .unwrap()
+        .collect()
+        .unwrap();
+    assert_eq!(df.height(), 2 * 3 * 2 * 3);
+    // batch analysis metrics exist for the rounds that selected, not for the last
+    let sel = df
+        .clone()
+        .lazy()
+        .filter(col("round").lt(lit(2)))
+        .collect()
+        .unwrap();
+    for c in [
+        "batch_prob_coverage",
+        "batch_class_entropy",
+        "batch_uncertainty",
+        "batch_feature_diversity",
+        "select_s",
+    ] {
+        assert_eq!(sel.column(c).unwrap().null_count(), 0, "{c}");
+        assert_eq!(
+            df.column(c).unwrap().null_count(),
+            2 * 3 * 2,
+            "{c} in the last round"
+        );
+    }
+    // PCoreSet covers more of the simplex than its counterfactual, in every run
+    let cov = |s: &str| -> f64 {
+        let f = sel
+            .clone()
+            .lazy()
+            .filter(col("strategy").eq(lit(s)))
+            .select([col("batch_prob_coverage").mean()])
+            .collect()
+            .unwrap();
+        f.column("batch_prob_coverage")
+            .unwrap()
+            .as_materialized_series()
+            .f64()
+            .unwrap()
+            .get(0)
+            .unwrap()
+    };
+    assert!(
+        cov("pcoreset") > cov("pcoreset-r"),
+        "{} vs {}",
+        cov("pcoreset"),
+        cov("pcoreset-r")
+    );
+    let out = Command::new(BIN)
+        .current_dir(d)
+        .args([
+            "report",
+            "--stat",
+            "ci95",
+            "--results",
+            d.join("results").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("trainer dho-clap · test accuracy, mean ± 95% CI over seeds"),
+        "{text}"
+    );
+    assert!(text.contains("pcoreset-r"), "{text}");
+}
+
 fn write_raw(path: &Path, cols: Vec<(&str, ArrayRef)>) {
     let fields: Vec<Field> = cols
         .iter()

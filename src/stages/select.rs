@@ -96,10 +96,9 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize, budget: usize) -> Result
             picks.len()
         );
     }
-    let ids: Vec<&str> = picks
-        .iter()
-        .map(|p| cache.train.ids[pool[p.pos]].as_str())
-        .collect();
+    let rows: Vec<usize> = picks.iter().map(|p| pool[p.pos]).collect();
+    let m = batch_metrics(&ctx, &rows);
+    let ids: Vec<&str> = rows.iter().map(|&r| cache.train.ids[r].as_str()).collect();
     let scores: Vec<f64> = picks.iter().map(|p| p.score).collect();
     let ranks: Vec<i32> = (0..picks.len() as i32).collect();
     table::write(
@@ -118,6 +117,13 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize, budget: usize) -> Result
         &[
             ("select_s", format!("{select_s}")),
             ("config_hash", spec.config_hash()),
+            ("batch_prob_coverage", format!("{}", m.prob_coverage)),
+            ("batch_class_entropy", format!("{}", m.class_entropy)),
+            ("batch_uncertainty", format!("{}", m.uncertainty)),
+            (
+                "batch_feature_diversity",
+                format!("{}", m.feature_diversity),
+            ),
         ],
         table::Mode::Replace,
     )?;

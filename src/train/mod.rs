@@ -238,3 +238,64 @@ pub(crate) fn named(pairs: Vec<(&str, &Tensor)>) -> HashMap<String, Tensor> {
         .map(|(k, t)| (k.to_string(), t.clone()))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toy() -> (Mat, Vec<usize>, Vec<u32>, Mat) {
+        let mut r = rng::stream(4, "head", 0);
+        let f = Mat::new(30, 5, rng::uniform(150, 1.0, &mut r)).unwrap();
+        let t = Mat::new(30, 3, rng::uniform(90, 10.0, &mut r)).unwrap();
+        let labeled: Vec<usize> = (0..9).collect();
+        let labels: Vec<u32> = labeled.iter().map(|&i| (i % 3) as u32).collect();
+        (f, labeled, labels, t)
+    }
+
+    #[test]
+    fn heads_round_trip_through_safetensors() {
+        let (f, l, y, t) = toy();
+        let mut p: Pipeline = toml::from_str(
+            "name='t'\nseeds=[0]\nrounds=1\nstrategies=['random']\n[dataset]\nname='d'\nroot='.'\nstudent='s'\nteacher='t'\n",
+        )
+        .unwrap();
+        p.linear.epochs = 5;
+        p.dho.epochs = 5;
+        p.dho.alpha = 0.3;
+        let dir = tempfile::tempdir().unwrap();
+        for trainer in ["linear", "dho", "ce"] {
+            let data = TrainData {
+                features: &f,
+                labeled: &l,
+                labels: &y,
+                n_classes: 3,
+                teacher: Some((&t, 0.01)),
+            };
+            let (head, _) = fit(
+                trainer,
+                &p,
+                &data,
+                &mut rng::stream(0, "t", 0),
+                &Device::Cpu,
+            )
+            .unwrap();
+            let path = dir.path().join(format!("{trainer}.safetensors"));
+            head.save(&path).unwrap();
+            let back = Head::load(&path, &Device::Cpu).unwrap();
+            assert_eq!(
+                head.predict(&f).unwrap(),
+                back.predict(&f).unwrap(),
+                "{trainer}"
+            );
+            let (h, a) = back.grad_factors(&f).unwrap();
+            assert_eq!(h.rows, 30);
+            // one block of C for a single head, two for the dual head
+            assert_eq!(a.cols, if trainer == "dho" { 6 } else { 3 }, "{trainer}");
+            // a = p − e_ŷ sums to 0 per head block
+            for i in 0..a.rows {
+                let s: f32 = a.row(i)[..3].iter().sum();
+                assert!(s.abs() < 1e-5);
+            }
+        }
+    }
+}
