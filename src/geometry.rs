@@ -42,8 +42,17 @@ pub fn sqdist(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// For each row index in `points`, the squared distance to the nearest row in `centers`
-/// (+inf when there is no center).
+/// (+inf when there is no center). Large cases go through a blocked matrix product
+/// (‖x‖² + ‖c‖² − 2x·c, clamped at 0); small ones are computed directly.
 pub fn min_sqdist(f: &Mat, points: &[usize], centers: &[usize]) -> Vec<f32> {
+    if centers.is_empty() {
+        return vec![f32::INFINITY; points.len()];
+    }
+    if points.len() * centers.len() * f.cols >= 1 << 24 {
+        if let Ok(d) = min_sqdist_gemm(f, points, centers) {
+            return d;
+        }
+    }
     points
         .par_iter()
         .map(|&p| {
@@ -53,6 +62,26 @@ pub fn min_sqdist(f: &Mat, points: &[usize], centers: &[usize]) -> Vec<f32> {
                 .fold(f32::INFINITY, |m, &c| m.min(sqdist(x, f.row(c))))
         })
         .collect()
+}
+
+fn min_sqdist_gemm(f: &Mat, points: &[usize], centers: &[usize]) -> anyhow::Result<Vec<f32>> {
+    use candle_core::{Device, Tensor};
+    let dev = Device::Cpu;
+    let c = f.select_rows(centers);
+    let cn: Vec<f32> = (0..c.rows).map(|i| dot(c.row(i), c.row(i))).collect();
+    let ct = c.to_tensor(&dev)?.t()?.contiguous()?;
+    let cn = Tensor::from_vec(cn, (1, centers.len()), &dev)?;
+    let mut out = Vec::with_capacity(points.len());
+    for blk in points.chunks(4096) {
+        let p = f.select_rows(blk);
+        let pn: Vec<f32> = (0..p.rows).map(|i| dot(p.row(i), p.row(i))).collect();
+        let pn = Tensor::from_vec(pn, (blk.len(), 1), &dev)?;
+        let d = (p.to_tensor(&dev)?.matmul(&ct)? * -2.0)?
+            .broadcast_add(&pn)?
+            .broadcast_add(&cn)?;
+        out.extend(d.min(1)?.to_vec1::<f32>()?.into_iter().map(|v| v.max(0.0)));
+    }
+    Ok(out)
 }
 
 /// k-center greedy (Sener & Savarese): starting from `centers`, repeatedly add the pool point
@@ -147,5 +176,30 @@ mod tests {
         let picks = kcenter_greedy(&f, &[0, 1, 2], &[], 2, true);
         assert_eq!(picks[0].0, 0);
         assert_eq!(picks[1].0, 2);
+    }
+}
+
+#[cfg(test)]
+mod gemm_tests {
+    use super::*;
+
+    #[test]
+    fn blocked_product_matches_direct_distances() {
+        let mut r = crate::rng::stream(5, "g", 0);
+        let f = Mat::new(5000, 64, crate::rng::uniform(5000 * 64, 1.0, &mut r)).unwrap();
+        let points: Vec<usize> = (100..5000).collect();
+        let centers: Vec<usize> = (0..100).collect();
+        let fast = min_sqdist(&f, &points, &centers);
+        let slow: Vec<f32> = points
+            .iter()
+            .map(|&p| {
+                centers
+                    .iter()
+                    .fold(f32::INFINITY, |m, &c| m.min(sqdist(f.row(p), f.row(c))))
+            })
+            .collect();
+        for (a, b) in fast.iter().zip(&slow) {
+            assert!((a - b).abs() < 1e-3 * (1.0 + b), "{a} vs {b}");
+        }
     }
 }

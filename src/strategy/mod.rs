@@ -3,7 +3,7 @@
 //! order; ties are broken by lower pool position, and all randomness comes from the given seeded
 //! generator, so the same inputs give the same batch.
 
-mod badge;
+pub mod badge;
 mod class_balanced;
 mod coreset;
 mod entropy;
