@@ -4,7 +4,7 @@
 //! − 2(a_i·a_j)(h_i·h_j), so memory is O(n·(C + H)) — 1000 classes × 2048-d × 100k points
 //! fit in a few GiB where the explicit embeddings would need terabytes.
 
-use super::{Pick, SelectContext, Strategy};
+use super::{picks, Pick, SelectContext, Strategy};
 use crate::geometry::dot;
 use crate::mat::Mat;
 use crate::{progress, rng::VRng};
@@ -94,10 +94,7 @@ impl Strategy for Badge {
         };
         let x = ctx.features.select_rows(ctx.pool);
         let (h, a) = head.grad_factors(&x)?;
-        Ok(kmeanspp(&a, &h, budget, rng)
-            .into_iter()
-            .map(|(pos, score)| Pick { pos, score })
-            .collect())
+        Ok(picks(kmeanspp(&a, &h, budget, rng)))
     }
 }
 

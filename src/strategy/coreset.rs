@@ -1,7 +1,7 @@
 //! Coreset (Sener & Savarese): k-center greedy in the student's feature space, cosine geometry
 //! (Euclidean on L2-normalised features), with the labeled set as the initial centers.
 
-use super::{Pick, SelectContext, Strategy};
+use super::{picks, Pick, SelectContext, Strategy};
 use crate::geometry::kcenter_greedy;
 use crate::rng::VRng;
 use anyhow::Result;
@@ -15,10 +15,13 @@ impl Strategy for Coreset {
     fn select(&self, ctx: &SelectContext, budget: usize, _rng: &mut VRng) -> Result<Vec<Pick>> {
         let mut f = ctx.features.clone();
         f.normalize_rows();
-        Ok(kcenter_greedy(&f, ctx.pool, ctx.labeled, budget, true)
-            .into_iter()
-            .map(|(pos, score)| Pick { pos, score })
-            .collect())
+        Ok(picks(kcenter_greedy(
+            &f,
+            ctx.pool,
+            ctx.labeled,
+            budget,
+            true,
+        )))
     }
 }
 

@@ -79,6 +79,14 @@ pub fn by_name(name: &str) -> Result<Box<dyn Strategy>> {
     })
 }
 
+/// Picks from (pool position, score) pairs in pick order.
+pub fn picks(pairs: Vec<(usize, f64)>) -> Vec<Pick> {
+    pairs
+        .into_iter()
+        .map(|(pos, score)| Pick { pos, score })
+        .collect()
+}
+
 /// The `budget` pool positions with the highest score (ties: lower position first).
 pub fn top_scores(scores: &[f64], budget: usize) -> Vec<Pick> {
     let mut order: Vec<usize> = (0..scores.len()).collect();

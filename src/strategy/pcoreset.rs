@@ -1,7 +1,7 @@
 //! PCoreSet (ActiveKD): k-center greedy in the probability simplex — f(x) = the student's
 //! probability vector p_S(x) (the DHO mixture under the dho trainer), Euclidean distance.
 
-use super::{Pick, SelectContext, Strategy};
+use super::{picks, Pick, SelectContext, Strategy};
 use crate::geometry::kcenter_greedy;
 use crate::rng::VRng;
 use anyhow::Result;
@@ -13,13 +13,20 @@ impl Strategy for PCoreSet {
         "pcoreset"
     }
     fn select(&self, ctx: &SelectContext, budget: usize, _rng: &mut VRng) -> Result<Vec<Pick>> {
-        Ok(
-            kcenter_greedy(ctx.probs, ctx.pool, ctx.labeled, budget, true)
-                .into_iter()
-                .map(|(pos, score)| Pick { pos, score })
-                .collect(),
-        )
+        Ok(simplex_kcenter(ctx, budget, true))
     }
+}
+
+/// k-center greedy over the student's probability vectors, labeled rows as the initial centers;
+/// `farthest = false` is the counterfactual (PCoreSet+R).
+pub(super) fn simplex_kcenter(ctx: &SelectContext, budget: usize, farthest: bool) -> Vec<Pick> {
+    picks(kcenter_greedy(
+        ctx.probs,
+        ctx.pool,
+        ctx.labeled,
+        budget,
+        farthest,
+    ))
 }
 
 #[cfg(test)]

@@ -2,7 +2,6 @@
 //! it picks the pool points *nearest* the labeled set in probability space (suppresses coverage).
 
 use super::{Pick, SelectContext, Strategy};
-use crate::geometry::kcenter_greedy;
 use crate::rng::VRng;
 use anyhow::Result;
 
@@ -13,12 +12,7 @@ impl Strategy for PCoreSetR {
         "pcoreset-r"
     }
     fn select(&self, ctx: &SelectContext, budget: usize, _rng: &mut VRng) -> Result<Vec<Pick>> {
-        Ok(
-            kcenter_greedy(ctx.probs, ctx.pool, ctx.labeled, budget, false)
-                .into_iter()
-                .map(|(pos, score)| Pick { pos, score })
-                .collect(),
-        )
+        Ok(super::pcoreset::simplex_kcenter(ctx, budget, false))
     }
 }
 
