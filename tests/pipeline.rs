@@ -538,6 +538,45 @@ epochs = 40
         "{text}"
     );
     assert!(text.contains("pcoreset-r"), "{text}");
+
+    // a results file from an older version (fewer columns) does not break the summary
+    let old = d.join("results/pipeline=old/strategy=random/seed=0");
+    std::fs::create_dir_all(&old).unwrap();
+    write_raw(
+        &old.join("old-round-000.parquet"),
+        vec![
+            (
+                "pipeline",
+                Arc::new(arrow::array::StringArray::from(vec!["old"])) as arrow::array::ArrayRef,
+            ),
+            (
+                "trainer",
+                Arc::new(arrow::array::StringArray::from(vec!["linear"])) as arrow::array::ArrayRef,
+            ),
+            (
+                "strategy",
+                Arc::new(arrow::array::StringArray::from(vec!["random"])) as arrow::array::ArrayRef,
+            ),
+            (
+                "round",
+                Arc::new(arrow::array::Int32Array::from(vec![0])) as arrow::array::ArrayRef,
+            ),
+            (
+                "seed",
+                Arc::new(arrow::array::Int64Array::from(vec![0i64])) as arrow::array::ArrayRef,
+            ),
+            (
+                "accuracy",
+                Arc::new(arrow::array::Float64Array::from(vec![0.5])) as arrow::array::ArrayRef,
+            ),
+            (
+                "n_labeled",
+                Arc::new(arrow::array::Int64Array::from(vec![4i64])) as arrow::array::ArrayRef,
+            ),
+        ],
+    );
+    let all = vlal::stages::report::summary(&d.join("results"), None).unwrap();
+    assert_eq!(all.height(), 2 * 3 * 3 + 1);
 }
 
 fn write_raw(path: &Path, cols: Vec<(&str, ArrayRef)>) {

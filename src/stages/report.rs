@@ -2,16 +2,42 @@
 //! in Python) and print accuracy mean ± std over seeds per round, one table per
 //! (pipeline, trainer), one column per strategy.
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use polars::prelude::*;
 use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Per (pipeline, trainer, strategy, round): mean and std of accuracy over seeds, seed count,
 /// mean number of labels.
+/// Files written by older versions may lack newer columns, so each file is scanned for the
+/// columns the summary needs and the scans are concatenated.
 pub fn summary(results_dir: &Path, pipeline: Option<&str>) -> Result<DataFrame> {
-    let glob = format!("{}/**/*.parquet", results_dir.display());
-    let lf = LazyFrame::scan_parquet(PlRefPath::new(glob.as_str()), ScanArgsParquet::default())
+    let files = parquet_files(results_dir);
+    if files.is_empty() {
+        bail!(
+            "{}: no results files (*.parquet) found",
+            results_dir.display()
+        );
+    }
+    let cols = [
+        "pipeline",
+        "trainer",
+        "strategy",
+        "round",
+        "seed",
+        "accuracy",
+        "n_labeled",
+    ];
+    let mut scans = Vec::with_capacity(files.len());
+    for f in &files {
+        let lf = LazyFrame::scan_parquet(
+            PlRefPath::new(f.to_string_lossy().as_ref()),
+            ScanArgsParquet::default(),
+        )
+        .map_err(|e| anyhow!("{}: {e}", f.display()))?;
+        scans.push(lf.select(cols.iter().map(|c| col(*c)).collect::<Vec<_>>()));
+    }
+    let lf = concat(scans, UnionArgs::default())
         .map_err(|e| anyhow!("{}: {e}", results_dir.display()))?;
     let lf = match pipeline {
         Some(p) => lf.filter(col("pipeline").eq(lit(p))),
@@ -139,4 +165,25 @@ pub fn render(df: &DataFrame, spread: Spread) -> Result<String> {
         out += "\n";
     }
     Ok(out)
+}
+
+/// Every `*.parquet` file under `dir`, sorted (temporary files end in `.tmp` and are skipped).
+fn parquet_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
 }
