@@ -136,7 +136,7 @@ pub fn read_classes(root: &Path) -> Result<Vec<String>> {
 }
 
 /// Rows of a vector table reordered to `ids`; every id must be present.
-fn aligned(path: &Path, frame: &table::Frame, column: &str, ids: &[String]) -> Result<Mat> {
+pub fn aligned(path: &Path, frame: &table::Frame, column: &str, ids: &[String]) -> Result<Mat> {
     let file_ids = frame.strings("sample_id")?;
     let m = frame.mat(column)?;
     let pos: HashMap<&str, usize> = file_ids
@@ -147,10 +147,7 @@ fn aligned(path: &Path, frame: &table::Frame, column: &str, ids: &[String]) -> R
     let mut out = Mat::zeros(ids.len(), m.cols);
     for (i, id) in ids.iter().enumerate() {
         let Some(&j) = pos.get(id.as_str()) else {
-            bail!(
-                "{}: no row for sample '{id}' of the manifest",
-                path.display()
-            );
+            bail!("{}: no row for sample '{id}'", path.display());
         };
         out.row_mut(i).copy_from_slice(m.row(j));
     }

@@ -4,10 +4,9 @@
 use super::{read_labels, require};
 use crate::cache::Cache;
 use crate::config::RunSpec;
-use crate::mat::argmax;
 use crate::schema::Table;
 use crate::{metrics, progress, table, TOOL_VERSION};
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 pub fn run(spec: &RunSpec, cache: &Cache, round: usize) -> Result<()> {
     let out = spec.results_path(round);
@@ -22,28 +21,7 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize) -> Result<()> {
     require(&ppath, "vlal train")?;
     let f = table::read(&ppath, Table::Predictions)?;
     let train_s: f64 = f.meta("train_s")?.parse().unwrap_or(f64::NAN);
-    let ids = f.strings("sample_id")?;
-    let probs = f.mat("probs")?;
-    let mut pred = vec![usize::MAX; cache.test.ids.len()];
-    let test_pos: std::collections::HashMap<&str, usize> = cache
-        .test
-        .ids
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.as_str(), i))
-        .collect();
-    for (j, id) in ids.iter().enumerate() {
-        if let Some(&i) = test_pos.get(id.as_str()) {
-            pred[i] = argmax(probs.row(j));
-        }
-    }
-    if let Some(i) = pred.iter().position(|&p| p == usize::MAX) {
-        bail!(
-            "{}: no prediction for test sample '{}'",
-            ppath.display(),
-            cache.test.ids[i]
-        );
-    }
+    let pred = crate::cache::aligned(&ppath, &f, "probs", &cache.test.ids)?.argmax_rows();
     let truth: Vec<usize> = cache
         .test
         .labels

@@ -16,29 +16,13 @@ pub fn train_probs(spec: &RunSpec, cache: &Cache, round: usize) -> Result<Mat> {
     let path = spec.predictions_path(round);
     require(&path, "vlal train")?;
     let f = table::read(&path, Table::Predictions)?;
-    let ids = f.strings("sample_id")?;
-    let all = f.mat("probs")?;
-    if all.cols != cache.n_classes() {
+    let out = crate::cache::aligned(&path, &f, "probs", &cache.train.ids)?;
+    if out.cols != cache.n_classes() {
         bail!(
             "{}: probs have {} classes, the dataset has {}",
             path.display(),
-            all.cols,
+            out.cols,
             cache.n_classes()
-        );
-    }
-    let mut out = Mat::zeros(cache.train.ids.len(), all.cols);
-    let mut seen = vec![false; out.rows];
-    for (j, id) in ids.iter().enumerate() {
-        if let Some(&i) = cache.train.index.get(id) {
-            out.row_mut(i).copy_from_slice(all.row(j));
-            seen[i] = true;
-        }
-    }
-    if let Some(i) = seen.iter().position(|s| !s) {
-        bail!(
-            "{}: no prediction for train sample '{}'",
-            path.display(),
-            cache.train.ids[i]
         );
     }
     Ok(out)
