@@ -699,6 +699,59 @@ fn bad_inputs_fail_with_one_line_and_write_nothing() {
     let p = pipeline(d, "ok.toml", &good, body);
     ok(d, &["-q", "label", "--init", "--pipeline", &p]);
     ok(d, &["-q", "train", "--round", "0", "--pipeline", &p]);
+
+    // a predictions table that lacks a test sample: eval names the file and the sample
+    let out = Command::new(BIN)
+        .current_dir(d)
+        .args(["paths", "--round", "0", "--pipeline", &p])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let get = |k: &str| {
+        PathBuf::from(
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                .unwrap(),
+        )
+    };
+    let preds = get("PREDICTIONS");
+    let saved = std::fs::read(&preds).unwrap();
+    let t = table::read(&preds, Table::Predictions).unwrap();
+    let keep: Vec<usize> = (0..t.rows - 1).collect(); // drop the last row (a test sample)
+    let ids = t.strings("sample_id").unwrap();
+    let split = t.strings("split").unwrap();
+    let probs = t.mat("probs").unwrap().select_rows(&keep);
+    let meta: Vec<(&str, String)> = t
+        .meta
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    table::write(
+        &preds,
+        Table::Predictions,
+        vec![
+            ("round", table::i32s(&vec![0; keep.len()])),
+            ("sample_id", table::utf8(&ids[..keep.len()])),
+            ("split", table::utf8(&split[..keep.len()])),
+            ("probs", table::fixed_list(&probs).unwrap()),
+        ],
+        &meta,
+        table::Mode::Replace,
+    )
+    .unwrap();
+    let e = fails(d, &["eval", "--round", "0", "--pipeline", &p]);
+    let want = format!(
+        "{}: no row for sample '{}'",
+        preds.display(),
+        ids[ids.len() - 1]
+    );
+    assert!(e.contains(&want), "{e}");
+    assert!(
+        !get("RESULTS").exists(),
+        "a failed eval writes no results row"
+    );
+    std::fs::write(&preds, saved).unwrap();
+
     let e = fails(
         d,
         &[
