@@ -42,6 +42,23 @@ fn fails(dir: &Path, args: &[&str]) -> String {
     lines[0].to_string()
 }
 
+/// The file names `vlal paths` prints for a run and round, by key (RUN_DIR, QUERIES, …).
+fn paths(dir: &Path, args: &[&str]) -> std::collections::HashMap<String, PathBuf> {
+    let out = Command::new(BIN)
+        .current_dir(dir)
+        .arg("paths")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "vlal paths {args:?} failed");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), PathBuf::from(v)))
+        .collect()
+}
+
 fn synth(dir: &Path, name: &str, train: &str) -> PathBuf {
     let out = dir.join("data").join(name);
     let out_s = out.to_str().unwrap().to_string();
@@ -115,12 +132,7 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u64, std::time::SystemTime)> {
     out
 }
 
-fn parquet_files(dir: &Path) -> Vec<PathBuf> {
-    snapshot(dir)
-        .into_keys()
-        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
-        .collect()
-}
+use vlal::stages::report::parquet_files;
 
 /// The results rows as comparable text, without the wall-clock columns.
 fn results_rows(dir: &Path) -> Vec<String> {
@@ -305,21 +317,10 @@ fn stages_one_by_one_and_labels_from_a_file() {
         &[&["-q", "select", "--round", "0", "--budget", "3"][..], &run].concat(),
     );
     ok(d, &[&["-q", "eval", "--round", "0"][..], &run].concat());
-    let paths = ok(d, &[&["paths", "--round", "0"][..], &run].concat());
-    assert!(paths.is_empty());
-    let out = Command::new(BIN)
-        .current_dir(d)
-        .args([&["paths", "--round", "0"][..], &run].concat())
-        .output()
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    let get = |k: &str| {
-        PathBuf::from(
-            text.lines()
-                .find_map(|l| l.strip_prefix(&format!("{k}=")))
-                .unwrap(),
-        )
-    };
+    let log = ok(d, &[&["paths", "--round", "0"][..], &run].concat());
+    assert!(log.is_empty(), "paths prints to stdout only");
+    let get_map = paths(d, &[&["--round", "0"][..], &run].concat());
+    let get = |k: &str| get_map[k].clone();
     let q = table::read(&get("QUERIES"), Table::Queries).unwrap();
     let asked = q.strings("sample_id").unwrap();
     assert_eq!(asked.len(), 3);
@@ -396,20 +397,8 @@ fn stages_one_by_one_and_labels_from_a_file() {
         d,
         &[&["-q", "select", "--round", "1", "--budget", "2"][..], &run].concat(),
     );
-    let out = Command::new(BIN)
-        .current_dir(d)
-        .args([&["paths", "--round", "1"][..], &run].concat())
-        .output()
-        .unwrap();
-    let text1 = String::from_utf8(out.stdout).unwrap();
-    let get1 = |k: &str| {
-        PathBuf::from(
-            text1
-                .lines()
-                .find_map(|l| l.strip_prefix(&format!("{k}=")))
-                .unwrap(),
-        )
-    };
+    let get1_map = paths(d, &[&["--round", "1"][..], &run].concat());
+    let get1 = |k: &str| get1_map[k].clone();
     let asked1 = table::read(&get1("QUERIES"), Table::Queries)
         .unwrap()
         .strings("sample_id")
@@ -701,19 +690,8 @@ fn bad_inputs_fail_with_one_line_and_write_nothing() {
     ok(d, &["-q", "train", "--round", "0", "--pipeline", &p]);
 
     // a predictions table that lacks a test sample: eval names the file and the sample
-    let out = Command::new(BIN)
-        .current_dir(d)
-        .args(["paths", "--round", "0", "--pipeline", &p])
-        .output()
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    let get = |k: &str| {
-        PathBuf::from(
-            text.lines()
-                .find_map(|l| l.strip_prefix(&format!("{k}=")))
-                .unwrap(),
-        )
-    };
+    let get_map = paths(d, &["--round", "0", "--pipeline", &p]);
+    let get = |k: &str| get_map[k].clone();
     let preds = get("PREDICTIONS");
     let saved = std::fs::read(&preds).unwrap();
     let t = table::read(&preds, Table::Predictions).unwrap();

@@ -168,7 +168,7 @@ pub fn render(df: &DataFrame, spread: Spread) -> Result<String> {
 }
 
 /// Every `*.parquet` file under `dir`, sorted (temporary files end in `.tmp` and are skipped).
-fn parquet_files(dir: &Path) -> Vec<std::path::PathBuf> {
+pub fn parquet_files(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
