@@ -5,7 +5,9 @@
 
 pub mod cache;
 pub mod config;
+pub mod conformal;
 pub mod geometry;
+pub mod kmeans;
 pub mod mat;
 pub mod metrics;
 pub mod progress;

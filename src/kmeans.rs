@@ -1,0 +1,258 @@
+//! Seeded Lloyd k-means and nearest-centroid search in pure Rust (candle's gemm for the distance
+//! products), used by CCMA's subpool and final diversity, DropQuery, Alfa-mix and TypiClust.
+//!
+//! It follows faiss's `Kmeans` defaults: centroids start at distinct random points, training uses
+//! at most `max_points_per_centroid · k` sampled points, an empty cluster is re-seeded by splitting
+//! the largest one, and a final pass assigns every point. Distances are computed in blocks of rows,
+//! so memory stays at O(block · k + k · d) besides the data.
+
+use crate::mat::Mat;
+use crate::rng::{self, VRng};
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor};
+
+/// Rows per block of the blocked distance product: a block × k matrix stays ≤ 64 MiB.
+fn block_rows(k: usize) -> usize {
+    ((16usize << 20) / k.max(1)).clamp(64, 8192)
+}
+
+#[derive(Clone, Debug)]
+pub struct KMeansCfg {
+    pub k: usize,
+    pub iters: usize,
+    pub max_points_per_centroid: usize,
+}
+
+impl KMeansCfg {
+    pub fn new(k: usize) -> Self {
+        Self {
+            k,
+            iters: 20,
+            max_points_per_centroid: 256,
+        }
+    }
+}
+
+/// The result: `assign[i]` is the cluster of `rows[i]`, `dist[i]` its squared distance to the
+/// cluster's centroid.
+pub struct Clusters {
+    pub centroids: Mat,
+    pub assign: Vec<u32>,
+    pub dist: Vec<f32>,
+}
+
+impl Clusters {
+    pub fn k(&self) -> usize {
+        self.centroids.rows
+    }
+    pub fn sizes(&self) -> Vec<usize> {
+        let mut s = vec![0; self.k()];
+        self.assign.iter().for_each(|&a| s[a as usize] += 1);
+        s
+    }
+    /// For each non-empty cluster, the position (in the clustered rows) of its member nearest the
+    /// centroid; ties go to the lower position. Clusters in index order.
+    pub fn medoids(&self) -> Vec<usize> {
+        let mut best: Vec<Option<usize>> = vec![None; self.k()];
+        for (i, &a) in self.assign.iter().enumerate() {
+            let b = &mut best[a as usize];
+            if b.is_none_or(|j| self.dist[i] < self.dist[j]) {
+                *b = Some(i);
+            }
+        }
+        best.into_iter().flatten().collect()
+    }
+}
+
+/// For each row of `x` selected by `rows`, the nearest row of `centroids` and the squared
+/// distance to it (ties: lower centroid index).
+pub fn nearest(x: &Mat, rows: &[usize], centroids: &Mat) -> Result<(Vec<u32>, Vec<f32>)> {
+    if x.cols != centroids.cols {
+        bail!(
+            "k-means: points are {}-d, centroids {}-d",
+            x.cols,
+            centroids.cols
+        );
+    }
+    let dev = Device::Cpu;
+    let cn: Vec<f32> = (0..centroids.rows)
+        .map(|i| crate::geometry::dot(centroids.row(i), centroids.row(i)))
+        .collect();
+    let cn = Tensor::from_vec(cn, (1, centroids.rows), &dev)?;
+    let ct = centroids.to_tensor(&dev)?.t()?.contiguous()?;
+    let mut assign = Vec::with_capacity(rows.len());
+    let mut dist = Vec::with_capacity(rows.len());
+    for blk in rows.chunks(block_rows(centroids.rows)) {
+        let p = x.select_rows(blk);
+        // ‖x‖² does not change the argmin; it is added back for the distance.
+        let d = (p.to_tensor(&dev)?.matmul(&ct)? * -2.0)?.broadcast_add(&cn)?;
+        let a = d.argmin(1)?.to_vec1::<u32>()?;
+        let m = d.min(1)?.to_vec1::<f32>()?;
+        for (i, (&a, &m)) in a.iter().zip(&m).enumerate() {
+            assign.push(a);
+            dist.push((m + crate::geometry::dot(p.row(i), p.row(i))).max(0.0));
+        }
+    }
+    Ok((assign, dist))
+}
+
+/// Cluster the rows `rows` of `x` into `cfg.k` clusters (at most `rows.len()`).
+pub fn kmeans(x: &Mat, rows: &[usize], cfg: &KMeansCfg, rng: &mut VRng) -> Result<Clusters> {
+    let n = rows.len();
+    let k = cfg.k.min(n);
+    if k == 0 {
+        bail!("k-means: nothing to cluster (k = {}, {n} points)", cfg.k);
+    }
+    let cap = cfg.max_points_per_centroid.max(1).saturating_mul(k);
+    let train: Vec<usize> = if n > cap {
+        let mut s = rng::sample(rows, cap, rng);
+        s.sort_unstable();
+        s
+    } else {
+        rows.to_vec()
+    };
+    let init = rng::sample(&train, k, rng);
+    let mut centroids = x.select_rows(&init);
+    let d = x.cols;
+    let mut prev: Vec<u32> = Vec::new();
+    for _ in 0..cfg.iters {
+        let (assign, _) = nearest(x, &train, &centroids)?;
+        if assign == prev {
+            break;
+        }
+        let mut sums = vec![0f64; k * d];
+        let mut counts = vec![0usize; k];
+        for (&r, &a) in train.iter().zip(&assign) {
+            let a = a as usize;
+            counts[a] += 1;
+            let s = &mut sums[a * d..(a + 1) * d];
+            for (s, &v) in s.iter_mut().zip(x.row(r)) {
+                *s += v as f64;
+            }
+        }
+        for c in 0..k {
+            if counts[c] > 0 {
+                let inv = 1.0 / counts[c] as f64;
+                for (o, s) in centroids.row_mut(c).iter_mut().zip(&sums[c * d..]) {
+                    *o = (s * inv) as f32;
+                }
+            }
+        }
+        split_empty(&mut centroids, &mut counts);
+        prev = assign;
+    }
+    let (assign, dist) = nearest(x, rows, &centroids)?;
+    Ok(Clusters {
+        centroids,
+        assign,
+        dist,
+    })
+}
+
+/// faiss's fix for empty clusters: move each onto the largest cluster's centroid, nudged by ±ε
+/// per dimension in opposite directions, so the next assignment splits that cluster.
+fn split_empty(centroids: &mut Mat, counts: &mut [usize]) {
+    const EPS: f32 = 1.0 / 1024.0;
+    for c in 0..counts.len() {
+        if counts[c] > 0 {
+            continue;
+        }
+        let big = (0..counts.len())
+            .max_by(|&a, &b| counts[a].cmp(&counts[b]).then(b.cmp(&a)))
+            .expect("k > 0");
+        if counts[big] < 2 {
+            continue;
+        }
+        let src = centroids.row(big).to_vec();
+        for (j, v) in src.iter().enumerate() {
+            let s = if j % 2 == 0 { 1.0 + EPS } else { 1.0 - EPS };
+            centroids.row_mut(c)[j] = v * s;
+            centroids.row_mut(big)[j] = v * (2.0 - s);
+        }
+        counts[c] = counts[big] / 2;
+        counts[big] -= counts[c];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blobs(per: usize, centers: &[[f32; 2]], r: &mut VRng) -> Mat {
+        let mut rows = Vec::new();
+        for c in centers {
+            let noise = rng::uniform(per * 2, 0.2, r);
+            for i in 0..per {
+                rows.push(vec![c[0] + noise[2 * i], c[1] + noise[2 * i + 1]]);
+            }
+        }
+        Mat::from_rows(&rows).unwrap()
+    }
+
+    #[test]
+    fn recovers_separated_blobs_and_is_seeded() {
+        let mut r = rng::stream(1, "test", 0);
+        let x = blobs(50, &[[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]], &mut r);
+        let rows: Vec<usize> = (0..x.rows).collect();
+        let c = kmeans(&x, &rows, &KMeansCfg::new(3), &mut rng::stream(7, "km", 0)).unwrap();
+        // every blob is one cluster
+        for b in 0..3 {
+            let a = c.assign[b * 50];
+            assert!(c.assign[b * 50..(b + 1) * 50].iter().all(|&v| v == a));
+        }
+        assert_eq!(c.sizes().iter().filter(|&&s| s == 50).count(), 3);
+        let m = c.medoids();
+        assert_eq!(m.len(), 3);
+        let again = kmeans(&x, &rows, &KMeansCfg::new(3), &mut rng::stream(7, "km", 0)).unwrap();
+        assert_eq!(c.assign, again.assign);
+        assert_eq!(c.centroids.data, again.centroids.data);
+    }
+
+    #[test]
+    fn nearest_matches_direct_distances() {
+        let mut r = rng::stream(2, "test", 0);
+        let x = Mat::new(300, 7, rng::uniform(2100, 1.0, &mut r)).unwrap();
+        let c = Mat::new(13, 7, rng::uniform(91, 1.0, &mut r)).unwrap();
+        let rows: Vec<usize> = (0..300).rev().collect();
+        let (a, d) = nearest(&x, &rows, &c).unwrap();
+        for (i, &row) in rows.iter().enumerate() {
+            let direct: Vec<f32> = (0..13)
+                .map(|j| crate::geometry::sqdist(x.row(row), c.row(j)))
+                .collect();
+            let best = direct.iter().cloned().fold(f32::INFINITY, f32::min);
+            assert!((direct[a[i] as usize] - best).abs() < 1e-4);
+            assert!((d[i] - best).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn more_clusters_than_distinct_points_leaves_no_crash() {
+        // 10 points, 4 of them identical: clusters ≤ points, empty ones are split, all assigned.
+        let mut rows = vec![vec![1.0, 1.0]; 4];
+        rows.extend((0..6).map(|i| vec![i as f32, -(i as f32)]));
+        let x = Mat::from_rows(&rows).unwrap();
+        let all: Vec<usize> = (0..10).collect();
+        let c = kmeans(&x, &all, &KMeansCfg::new(20), &mut rng::stream(3, "km", 0)).unwrap();
+        assert_eq!(c.k(), 10);
+        assert_eq!(c.assign.len(), 10);
+        assert!(c.medoids().len() >= 7);
+        assert!(kmeans(&x, &[], &KMeansCfg::new(3), &mut rng::stream(3, "km", 0)).is_err());
+    }
+
+    #[test]
+    fn training_subsample_is_bounded() {
+        let mut r = rng::stream(4, "test", 0);
+        let x = blobs(400, &[[0.0, 0.0], [5.0, 5.0]], &mut r);
+        let rows: Vec<usize> = (0..x.rows).collect();
+        let cfg = KMeansCfg {
+            k: 2,
+            iters: 10,
+            max_points_per_centroid: 16,
+        };
+        let c = kmeans(&x, &rows, &cfg, &mut rng::stream(5, "km", 0)).unwrap();
+        assert_eq!(c.assign.len(), 800);
+        assert!(c.assign[..400].iter().all(|&a| a == c.assign[0]));
+        assert!(c.assign[400..].iter().all(|&a| a == c.assign[400]));
+        assert_ne!(c.assign[0], c.assign[400]);
+    }
+}
