@@ -47,16 +47,22 @@ impl DualHead {
     }
 
     pub fn predict(&self, x: &Mat) -> Result<Mat> {
-        predict_chunked(x, &self.dev, |t| {
-            let p_ce = candle_nn::ops::softmax_last_dim(&affine(t, &self.w_ce, &self.b_ce)?)?;
-            if self.alpha >= 1.0 {
-                return Ok(p_ce);
-            }
-            let p_kd = candle_nn::ops::softmax_last_dim(
-                &(affine(t, &self.w_kd, &self.b_kd)? / self.beta)?,
-            )?;
-            Ok(((p_ce * self.alpha)? + (p_kd * (1.0 - self.alpha))?)?)
-        })
+        predict_chunked(x, &self.dev, |t| self.probs_t(t))
+    }
+
+    /// α·softmax(g_CE(h)) + (1−α)·softmax(g_KD(h)/β), differentiable.
+    pub fn probs_t(&self, t: &Tensor) -> Result<Tensor> {
+        // the composed softmax (unlike softmax_last_dim) has a backward pass
+        let p_ce = candle_nn::ops::softmax(&affine(t, &self.w_ce, &self.b_ce)?, 1)?;
+        if self.alpha >= 1.0 {
+            return Ok(p_ce);
+        }
+        let p_kd = candle_nn::ops::softmax(&(affine(t, &self.w_kd, &self.b_kd)? / self.beta)?, 1)?;
+        Ok(((p_ce * self.alpha)? + (p_kd * (1.0 - self.alpha))?)?)
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.dev
     }
 
     /// (h, [a_CE | a_KD]): the shared feature and p − e_ŷ of each head's own softmax, with ŷ the

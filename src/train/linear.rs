@@ -42,9 +42,22 @@ impl LinearProbe {
 
     /// (h, a): the normalised input of the linear layer and p − e_ŷ.
     pub fn grad_factors(&self, x: &Mat) -> Result<(Mat, Mat)> {
-        let h = predict_chunked(x, &self.dev, |t| Ok(self.bn.forward_t(t, false)?))?;
+        let h = self.embed(x)?;
         let p = self.predict(x)?;
         Ok((h, super::minus_onehot(&p, &p)))
+    }
+
+    pub fn embed(&self, x: &Mat) -> Result<Mat> {
+        predict_chunked(x, &self.dev, |t| Ok(self.bn.forward_t(t, false)?))
+    }
+
+    pub fn probs_from_embedded(&self, h: &Tensor) -> Result<Tensor> {
+        // the composed softmax (unlike softmax_last_dim) has a backward pass
+        Ok(candle_nn::ops::softmax(&affine(h, &self.w, &self.b)?, 1)?)
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.dev
     }
 
     pub fn predict(&self, x: &Mat) -> Result<Mat> {

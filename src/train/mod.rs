@@ -37,6 +37,56 @@ impl Head {
         }
     }
 
+    /// The input of the head's last linear layer(s): BatchNorm-normalised features for the linear
+    /// probe, the features themselves for the dual head. Interpolating or dropping units here is
+    /// what MC dropout and Alfa-mix do.
+    pub fn embed(&self, x: &Mat) -> Result<Mat> {
+        match self {
+            Head::Linear(h) => h.embed(x),
+            Head::Dual(_) => Ok(x.clone()),
+        }
+    }
+
+    /// Class probabilities from embedded rows (differentiable).
+    pub fn probs_t(&self, h: &Tensor) -> Result<Tensor> {
+        match self {
+            Head::Linear(l) => l.probs_from_embedded(h),
+            Head::Dual(d) => d.probs_t(h),
+        }
+    }
+
+    fn dev(&self) -> &Device {
+        match self {
+            Head::Linear(l) => l.device(),
+            Head::Dual(d) => d.device(),
+        }
+    }
+
+    /// Class probabilities of embedded rows.
+    pub fn predict_embedded(&self, h: &Mat) -> Result<Mat> {
+        predict_chunked(h, self.dev(), |t| self.probs_t(t))
+    }
+
+    /// ∇_h of −log p_y(h) for each embedded row and its target class (Alfa-mix's gradient).
+    pub fn input_grad(&self, h: &Mat, y: &[u32]) -> Result<Mat> {
+        let dev = self.dev().clone();
+        let mut out = Vec::with_capacity(h.rows * h.cols);
+        let idx: Vec<usize> = (0..h.rows).collect();
+        for chunk in idx.chunks(4096) {
+            let v = Var::from_tensor(&rows(h, chunk, &dev)?)?;
+            let p = self.probs_t(v.as_tensor())?;
+            let t: Vec<u32> = chunk.iter().map(|&i| y[i]).collect();
+            let py = p.gather(&targets(&t, &dev)?.unsqueeze(1)?, 1)?;
+            let loss = (py + 1e-12)?.log()?.neg()?.sum_all()?;
+            let g = loss.backward()?;
+            let gv = g
+                .get(v.as_tensor())
+                .ok_or_else(|| anyhow::anyhow!("no gradient for the embedded input"))?;
+            out.extend(gv.flatten_all()?.to_vec1::<f32>()?);
+        }
+        Mat::new(h.rows, h.cols, out)
+    }
+
     /// Load a head written by [`Head::save`].
     pub fn load(path: &Path, dev: &Device) -> Result<Head> {
         let t = candle_core::safetensors::load(path, dev)
@@ -252,6 +302,26 @@ mod tests {
         (f, labeled, labels, t)
     }
 
+    /// ∇_h(−log p_y) against central finite differences.
+    fn check_input_grad(head: &Head, e: &Mat, trainer: &str) {
+        let y: Vec<u32> = (0..e.rows as u32).map(|i| i % 3).collect();
+        let g = head.input_grad(e, &y).unwrap();
+        let nll = |m: &Mat, i: usize| -> f64 {
+            let p = head.predict_embedded(m).unwrap();
+            -(p.row(i)[y[i] as usize] as f64).ln()
+        };
+        for (i, j) in [(0usize, 0usize), (4, 3), (17, 2)] {
+            let h = 1e-2f32;
+            let mut a = e.clone();
+            a.row_mut(i)[j] += h;
+            let mut b = e.clone();
+            b.row_mut(i)[j] -= h;
+            let fd = (nll(&a, i) - nll(&b, i)) / (2.0 * h as f64);
+            let an = g.row(i)[j] as f64;
+            assert!((fd - an).abs() < 2e-3 + 2e-2 * an.abs(), "{trainer}: fd {fd} vs {an}");
+        }
+    }
+
     #[test]
     fn heads_round_trip_through_safetensors() {
         let (f, l, y, t) = toy();
@@ -287,6 +357,12 @@ mod tests {
                 back.predict(&f).unwrap(),
                 "{trainer}"
             );
+            // embed → predict_embedded is predict
+            let e = back.embed(&f).unwrap();
+            let pe = back.predict_embedded(&e).unwrap();
+            let pd = back.predict(&f).unwrap();
+            assert!(pe.data.iter().zip(&pd.data).all(|(a, b)| (a - b).abs() < 1e-6));
+            check_input_grad(&back, &e, trainer);
             let (h, a) = back.grad_factors(&f).unwrap();
             assert_eq!(h.rows, 30);
             // one block of C for a single head, two for the dual head
