@@ -21,10 +21,21 @@ pub struct Part {
     pub index: HashMap<String, usize>,
 }
 
+impl Part {
+    /// Labels as class ids (calib and test rows always have one; see [`Cache::load`]).
+    pub fn label_ids(&self) -> Vec<u32> {
+        self.labels.iter().map(|l| l.unwrap_or(0) as u32).collect()
+    }
+}
+
 pub struct Cache {
     pub dataset: String,
     pub classes: Vec<String>,
     pub train: Part,
+    /// The labeled calibration split (conformal thresholds), when the manifest has one.
+    pub calib: Option<Part>,
+    /// Teacher logits of the calib rows (loaded with the train logits).
+    pub calib_logits: Option<Mat>,
     pub test: Part,
     pub student_model: String,
     pub teacher_model: String,
@@ -40,6 +51,8 @@ pub struct Cache {
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Need {
     pub logits: bool,
+    /// Teacher (CLIP) image embeddings of the train rows.
+    pub image: bool,
     pub clap: bool,
 }
 
@@ -48,10 +61,11 @@ impl Need {
         match trainer {
             "dho" => Need {
                 logits: true,
-                clap: false,
+                ..Need::default()
             },
             "dho-clap" => Need {
                 logits: true,
+                image: true,
                 clap: true,
             },
             _ => Need::default(),
@@ -60,6 +74,7 @@ impl Need {
     pub fn union(self, o: Need) -> Need {
         Need {
             logits: self.logits || o.logits,
+            image: self.image || o.image,
             clap: self.clap || o.clap,
         }
     }
@@ -181,20 +196,24 @@ impl Cache {
         };
         let mut parts = Vec::new();
         let mut student_model = String::new();
-        for split in ["train", "test"] {
+        for split in ["train", "calib", "test"] {
             let (ids, labels) = pick(split);
             if ids.is_empty() {
+                if split == "calib" {
+                    parts.push(None);
+                    continue;
+                }
                 bail!("{}: no '{split}' samples", manifest_path(root).display());
             }
             // Train labels may be unknown (a real pool, labeled with `label --from-file`);
-            // test labels are what eval scores against.
+            // test labels are what eval scores against, calib labels what conformal sets use.
             if let Some(i) = labels
                 .iter()
                 .position(|l| l.is_none())
-                .filter(|_| split == "test")
+                .filter(|_| split != "train")
             {
                 bail!(
-                    "{}: {split} sample '{}' has no label (eval needs one)",
+                    "{}: {split} sample '{}' has no label (eval and calibration need one)",
                     manifest_path(root).display(),
                     ids[i]
                 );
@@ -208,23 +227,24 @@ impl Cache {
                 .enumerate()
                 .map(|(i, s)| (s.clone(), i))
                 .collect();
-            parts.push(Part {
+            parts.push(Some(Part {
                 ids,
                 labels,
                 features,
                 index,
-            });
+            }));
         }
-        let test = parts.pop().expect("two parts");
-        let train = parts.pop().expect("two parts");
-        let (teacher_logits, tau, teacher_model) = if need.logits || need.clap {
-            let path = logits_path(root, &cfg.teacher, "train");
+        let test = parts.pop().flatten().expect("test part");
+        let calib = parts.pop().flatten();
+        let train = parts.pop().flatten().expect("train part");
+        let read_logits = |split: &str, ids: &[String]| -> Result<(Mat, f32, String)> {
+            let path = logits_path(root, &cfg.teacher, split);
             let frame = table::read(&path, Table::TeacherLogits)?;
             let tau: f32 = frame
                 .meta("tau")?
                 .parse()
                 .map_err(|_| anyhow::anyhow!("{}: metadata tau is not a number", path.display()))?;
-            let logits = aligned(&path, &frame, "logits", &train.ids)?;
+            let logits = aligned(&path, &frame, "logits", ids)?;
             if logits.cols != classes.len() {
                 bail!(
                     "{}: logits have {} classes, classes.parquet has {}",
@@ -233,18 +253,40 @@ impl Cache {
                     classes.len()
                 );
             }
-            (Some(logits), tau, model_id(&frame)?)
+            Ok((logits, tau, model_id(&frame)?))
+        };
+        let (teacher_logits, tau, teacher_model) = if need.logits || need.clap {
+            let (l, tau, model) = read_logits("train", &train.ids)?;
+            (Some(l), tau, model)
         } else {
             (None, 0.0, cfg.teacher.clone())
         };
-        let (teacher_image, prototypes) = if need.clap {
+        let calib_logits = match (&calib, need.logits) {
+            (Some(c), true) => {
+                let (l, t, _) = read_logits("calib", &c.ids)?;
+                if t != tau {
+                    bail!(
+                        "{}: tau {t} differs from the train logits' {tau}",
+                        logits_path(root, &cfg.teacher, "calib").display()
+                    );
+                }
+                Some(l)
+            }
+            _ => None,
+        };
+        let teacher_image = if need.clap || need.image {
             let path = embeddings_path(root, &cfg.teacher, "train");
-            let image = aligned(
+            Some(aligned(
                 &path,
                 &table::read(&path, Table::Embeddings)?,
                 "vector",
                 &train.ids,
-            )?;
+            )?)
+        } else {
+            None
+        };
+        let prototypes = if need.clap {
+            let image = teacher_image.as_ref().expect("loaded above");
             let ppath = prototypes_path(root, &cfg.teacher);
             let f = table::read(&ppath, Table::Prototypes)?;
             let ids = f.i32s("class_id")?;
@@ -273,14 +315,16 @@ impl Cache {
                     image.cols
                 );
             }
-            (Some(image), Some(protos))
+            Some(protos)
         } else {
-            (None, None)
+            None
         };
         Ok(Cache {
             dataset: cfg.name.clone(),
             classes,
             train,
+            calib,
+            calib_logits,
             test,
             student_model,
             teacher_model,
@@ -289,6 +333,32 @@ impl Cache {
             teacher_image,
             prototypes,
         })
+    }
+
+    /// Load for a pipeline: as [`Cache::load`], then re-temper the teacher's logits when the
+    /// pipeline sets `teacher.tau` (cos/τ_file → cos/τ).
+    pub fn for_pipeline(p: &crate::config::Pipeline, need: Need) -> Result<Cache> {
+        let mut c = Cache::load(&p.dataset, need)?;
+        if let (Some(t), true) = (p.teacher.tau, c.tau > 0.0) {
+            let s = c.tau / t as f32;
+            for m in [c.teacher_logits.as_mut(), c.calib_logits.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                m.data.iter_mut().for_each(|v| *v *= s);
+            }
+            c.tau = t as f32;
+        }
+        Ok(c)
+    }
+
+    /// Teacher probabilities softmax(cos/τ) of the train rows and of the calib rows.
+    pub fn teacher_probs(&self) -> (Option<Mat>, Option<Mat>) {
+        let sm = |m: &Mat| crate::mat::softmax_rows(m, 1.0);
+        (
+            self.teacher_logits.as_ref().map(sm),
+            self.calib_logits.as_ref().map(sm),
+        )
     }
 
     pub fn n_classes(&self) -> usize {

@@ -39,6 +39,189 @@ pub struct Pipeline {
     pub teacher: TeacherCfg,
     #[serde(default)]
     pub clap: ClapCfg,
+    /// Parameters of the acquisition strategies (`[select.ccma]`, `[select.mc]`, …).
+    #[serde(default)]
+    pub select: SelectCfg,
+}
+
+/// Strategy parameters, one table per method, with the defaults of METHODS.md and the papers.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SelectCfg {
+    /// Write CCMA's teacher–student diagnostics table every round (needs the teacher's logits).
+    pub diagnostics: bool,
+    pub ccma: CcmaCfg,
+    pub mc: McCfg,
+    pub dropquery: DropQueryCfg,
+    pub alfamix: AlfaMixCfg,
+    pub typiclust: TypiClustCfg,
+    pub probcover: ProbCoverCfg,
+    pub uherding: UHerdingCfg,
+}
+
+/// CCMA (METHODS.md): conformal sets, subpool, score, final diversity.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CcmaCfg {
+    /// Target mean set sizes of the size-targeted calibration.
+    pub k_student: f64,
+    pub k_teacher: f64,
+    /// "size" (bisection to k) or "coverage" (1 − alpha on the calib split).
+    pub calibration: String,
+    pub alpha: f64,
+    /// Oversampling factor: the top ρ·B scores go to the final diversity step.
+    pub rho: usize,
+    /// "selective" (k-means medoids on CLIP embeddings), "random" or "none" (whole pool).
+    pub subpool: String,
+    /// Subpool size: clusters ≤ min(subpool_size, |U|/3).
+    pub subpool_size: usize,
+    /// "kmeans" (K = B, point nearest each centroid), "uherding" or "none" (top B).
+    pub diversity: String,
+    pub kmeans_iters: usize,
+}
+
+impl Default for CcmaCfg {
+    fn default() -> Self {
+        Self {
+            k_student: 5.0,
+            k_teacher: 3.0,
+            calibration: "size".into(),
+            alpha: 0.1,
+            rho: 20,
+            subpool: "selective".into(),
+            subpool_size: 10_000,
+            diversity: "kmeans".into(),
+            kmeans_iters: 20,
+        }
+    }
+}
+
+/// MC dropout (BALD, PowerBALD): passes through the head's dropout.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct McCfg {
+    pub passes: usize,
+    /// Dropout rate; default: the linear probe's training rate.
+    pub dropout: Option<f32>,
+    /// PowerBALD's exponent β (sample ∝ I^β without replacement).
+    pub power_beta: f64,
+}
+
+impl Default for McCfg {
+    fn default() -> Self {
+        Self {
+            passes: 20,
+            dropout: None,
+            power_beta: 1.0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DropQueryCfg {
+    pub passes: usize,
+    /// Dropout rate; default: the linear probe's training rate.
+    pub dropout: Option<f32>,
+}
+
+impl Default for DropQueryCfg {
+    fn default() -> Self {
+        Self {
+            passes: 3,
+            dropout: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlfaMixCfg {
+    /// The cap ε of the interpolation factors α ∈ [0, ε] grows by this step …
+    pub eps_step: f32,
+    /// … until more than B candidates are found or it passes this value (released code).
+    pub eps_max: f32,
+}
+
+impl Default for AlfaMixCfg {
+    fn default() -> Self {
+        Self {
+            eps_step: 0.03125,
+            eps_max: 1.0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TypiClustCfg {
+    /// Neighbours of the typicality 1 / mean distance.
+    pub k_nn: usize,
+    /// Clusters smaller than this are never sampled.
+    pub min_cluster_size: usize,
+    pub max_clusters: usize,
+}
+
+impl Default for TypiClustCfg {
+    fn default() -> Self {
+        Self {
+            k_nn: 20,
+            min_cluster_size: 5,
+            max_clusters: 500,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbCoverCfg {
+    /// Ball radius δ (Euclidean on L2-normalised features); default: the largest δ on a grid
+    /// whose ball purity under k-means (K = C) pseudo-labels is ≥ `purity`.
+    pub delta: Option<f32>,
+    pub purity: f64,
+    /// Points used to estimate the purity.
+    pub purity_sample: usize,
+}
+
+impl Default for ProbCoverCfg {
+    fn default() -> Self {
+        Self {
+            delta: None,
+            purity: 0.95,
+            purity_sample: 5000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UHerdingCfg {
+    /// Candidates and coverage targets are a seeded sample of at most this many pool points
+    /// (the kernel matrix is max_points² floats).
+    pub max_points: usize,
+}
+
+impl Default for UHerdingCfg {
+    fn default() -> Self {
+        Self { max_points: 5000 }
+    }
+}
+
+impl SelectCfg {
+    /// The parameters a strategy reads (part of its run's config hash), or null.
+    pub fn params_for(&self, strategy: &str, teacher: &TeacherCfg) -> serde_json::Value {
+        let v = match strategy {
+            s if s.starts_with("ccma") => serde_json::to_value((&self.ccma, teacher.tau)),
+            "bald" | "power-bald" => serde_json::to_value(&self.mc),
+            "dropquery" => serde_json::to_value(&self.dropquery),
+            "alfa-mix" => serde_json::to_value(&self.alfamix),
+            "typiclust" => serde_json::to_value(&self.typiclust),
+            "probcover" => serde_json::to_value(&self.probcover),
+            "uherding" => serde_json::to_value(&self.uherding),
+            _ => Ok(serde_json::Value::Null),
+        };
+        v.expect("serialisable")
+    }
 }
 
 /// How the teacher's logits are used by the distilling trainers.
@@ -49,6 +232,9 @@ pub struct TeacherCfg {
     pub la: String,
     /// τ_LA of l' = l − τ_LA·log π.
     pub la_tau: f64,
+    /// Re-temper the cached logits to cos/τ (CCMA's code uses 0.03); default: the cache's τ.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tau: Option<f64>,
 }
 
 impl Default for TeacherCfg {
@@ -56,6 +242,7 @@ impl Default for TeacherCfg {
         Self {
             la: "none".into(),
             la_tau: 1.0,
+            tau: None,
         }
     }
 }
@@ -207,6 +394,28 @@ impl Pipeline {
                 self.teacher.la
             );
         }
+        let c = &self.select.ccma;
+        if !["size", "coverage"].contains(&c.calibration.as_str()) {
+            bail!(
+                "select.ccma.calibration must be size or coverage (got '{}')",
+                c.calibration
+            );
+        }
+        if !["selective", "random", "none"].contains(&c.subpool.as_str()) {
+            bail!(
+                "select.ccma.subpool must be selective, random or none (got '{}')",
+                c.subpool
+            );
+        }
+        if !["kmeans", "uherding", "none"].contains(&c.diversity.as_str()) {
+            bail!(
+                "select.ccma.diversity must be kmeans, uherding or none (got '{}')",
+                c.diversity
+            );
+        }
+        if self.teacher.tau.is_some_and(|t| t <= 0.0) {
+            bail!("teacher.tau must be positive");
+        }
         if self.budget == Some(0) {
             bail!("budget must be at least 1");
         }
@@ -249,6 +458,8 @@ struct Hashed<'a> {
     trainer: &'a str,
     trainer_params: serde_json::Value,
     strategy: &'a str,
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    strategy_params: serde_json::Value,
 }
 
 impl RunSpec {
@@ -286,6 +497,7 @@ impl RunSpec {
             trainer: &self.trainer,
             trainer_params,
             strategy: &self.strategy,
+            strategy_params: p.select.params_for(&self.strategy, &p.teacher),
         };
         let bytes = serde_json::to_vec(&h).expect("serialisable");
         let d = Sha256::digest(&bytes);

@@ -142,13 +142,7 @@ pub fn js_on_support(p: &[f32], q: &[f32], support: &[u32]) -> f64 {
     0.5 * kp + 0.5 * kq
 }
 
-/// Shannon entropy in nats.
-pub fn entropy(p: &[f32]) -> f64 {
-    p.iter()
-        .filter(|&&v| v > 0.0)
-        .map(|&v| -(v as f64) * (v as f64).ln())
-        .sum()
-}
+pub use crate::strategy::entropy;
 
 /// CCMA's score of one sample: the gate w = max p_T / (max p_T + max p_S) mixes the JS
 /// divergence on Γ_S ∪ Γ_T with the student's entropy. Returns (score, JS).
@@ -158,6 +152,58 @@ pub fn ccma_score(ps: &[f32], pt: &[f32], gs: &[u32], gt: &[u32]) -> (f64, f64) 
     let mt = pt.iter().cloned().fold(0f32, f32::max) as f64;
     let w = mt / (mt + ms + EPS);
     (w * js + (1.0 - w) * entropy(ps), js)
+}
+
+/// The two thresholds of a round and how they were calibrated ("size@calib", "coverage@calib",
+/// "size@pool").
+#[derive(Clone, Debug, PartialEq)]
+pub struct Calibrated {
+    pub student: Threshold,
+    pub teacher: Threshold,
+    pub how: String,
+}
+
+/// Calibrate student and teacher thresholds as `cfg` says: on the labeled calib split
+/// `calib` = (student probs, teacher probs, labels; row i ↔ labels[i]) when there is one, else
+/// size-targeted on `pool_rows` of (ps, pt) — the released code's choice.
+pub fn calibrate(
+    cfg: &crate::config::CcmaCfg,
+    ps: &Mat,
+    pt: &Mat,
+    pool_rows: &[usize],
+    calib: Option<(&Mat, &Mat, &[u32])>,
+) -> Result<Calibrated> {
+    let sized = |a: &Mat, b: &Mat, rows: &[usize], how: &str| -> Result<Calibrated> {
+        Ok(Calibrated {
+            student: size_threshold(a, rows, cfg.k_student)?,
+            teacher: size_threshold(b, rows, cfg.k_teacher)?,
+            how: how.into(),
+        })
+    };
+    match (cfg.calibration.as_str(), calib) {
+        ("coverage", Some((cs, ct, y))) => {
+            let rows: Vec<usize> = (0..y.len()).collect();
+            Ok(Calibrated {
+                student: coverage_threshold(cs, &rows, y, cfg.alpha)?,
+                teacher: coverage_threshold(ct, &rows, y, cfg.alpha)?,
+                how: "coverage@calib".into(),
+            })
+        }
+        (_, Some((cs, ct, y))) => {
+            let rows: Vec<usize> = (0..y.len()).collect();
+            sized(cs, ct, &rows, "size@calib")
+        }
+        (mode, None) => sized(
+            ps,
+            pt,
+            pool_rows,
+            if mode == "coverage" {
+                "size@pool (no labeled calib split for coverage)"
+            } else {
+                "size@pool"
+            },
+        ),
+    }
 }
 
 /// Teacher–student diagnostics of one round (METHODS.md "Diagnostics per round").

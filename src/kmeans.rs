@@ -21,6 +21,9 @@ pub struct KMeansCfg {
     pub k: usize,
     pub iters: usize,
     pub max_points_per_centroid: usize,
+    /// k-means++ seeding (sklearn's default) up to this k; above it, distinct random points
+    /// (faiss's default), since ++ seeding costs k sequential passes over the data.
+    pub plusplus_up_to: usize,
 }
 
 impl KMeansCfg {
@@ -29,6 +32,7 @@ impl KMeansCfg {
             k,
             iters: 20,
             max_points_per_centroid: 256,
+            plusplus_up_to: 1000,
         }
     }
 }
@@ -111,7 +115,11 @@ pub fn kmeans(x: &Mat, rows: &[usize], cfg: &KMeansCfg, rng: &mut VRng) -> Resul
     } else {
         rows.to_vec()
     };
-    let init = rng::sample(&train, k, rng);
+    let init = if k <= cfg.plusplus_up_to {
+        plusplus(x, &train, k, rng)
+    } else {
+        rng::sample(&train, k, rng)
+    };
     let mut centroids = x.select_rows(&init);
     let d = x.cols;
     let mut prev: Vec<u32> = Vec::new();
@@ -147,6 +155,60 @@ pub fn kmeans(x: &Mat, rows: &[usize], cfg: &KMeansCfg, rng: &mut VRng) -> Resul
         assign,
         dist,
     })
+}
+
+/// k-means with K = k on `rows`, then the member nearest each centroid: positions in `rows`,
+/// in cluster order (fewer than k only when clusters stay empty).
+pub fn centroid_picks(
+    x: &Mat,
+    rows: &[usize],
+    k: usize,
+    iters: usize,
+    rng: &mut VRng,
+) -> Result<Vec<usize>> {
+    let cfg = KMeansCfg {
+        iters,
+        ..KMeansCfg::new(k)
+    };
+    Ok(kmeans(x, rows, &cfg, rng)?.medoids())
+}
+
+/// k-means++ seeding: the first centre uniformly, each next one with probability ∝ D(x)².
+fn plusplus(x: &Mat, rows: &[usize], k: usize, rng: &mut VRng) -> Vec<usize> {
+    use rand::Rng;
+    use rayon::prelude::*;
+    let mut chosen = vec![rows[rng.random_range(0..rows.len())]];
+    let mut d: Vec<f32> = rows
+        .par_iter()
+        .map(|&r| crate::geometry::sqdist(x.row(r), x.row(chosen[0])))
+        .collect();
+    while chosen.len() < k {
+        let total: f64 = d.iter().map(|&v| v as f64).sum();
+        let next = if total <= 0.0 {
+            // every point sits on a centre: any point not chosen yet
+            match rows.iter().find(|r| !chosen.contains(r)) {
+                Some(&r) => r,
+                None => break,
+            }
+        } else {
+            let mut u = rng.random::<f64>() * total;
+            let mut pick = rows.len() - 1;
+            for (i, &v) in d.iter().enumerate() {
+                u -= v as f64;
+                if u < 0.0 {
+                    pick = i;
+                    break;
+                }
+            }
+            rows[pick]
+        };
+        chosen.push(next);
+        let c = x.row(next);
+        d.par_iter_mut().zip(rows).for_each(|(v, &r)| {
+            *v = v.min(crate::geometry::sqdist(x.row(r), c));
+        });
+    }
+    chosen
 }
 
 /// faiss's fix for empty clusters: move each onto the largest cluster's centroid, nudged by ±ε
@@ -248,6 +310,7 @@ mod tests {
             k: 2,
             iters: 10,
             max_points_per_centroid: 16,
+            plusplus_up_to: 0,
         };
         let c = kmeans(&x, &rows, &cfg, &mut rng::stream(5, "km", 0)).unwrap();
         assert_eq!(c.assign.len(), 800);

@@ -125,7 +125,7 @@ enum Cmd {
 }
 
 fn load(spec: &RunSpec) -> Result<Cache> {
-    Cache::load(&spec.pipeline.dataset, vlal::cache::Need::of(&spec.trainer))
+    Cache::for_pipeline(&spec.pipeline, stages::need_of(spec)?)
 }
 
 fn main_inner(cli: Cli) -> Result<()> {

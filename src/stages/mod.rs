@@ -101,6 +101,15 @@ pub fn labeled_rows(
 }
 
 /// Require a file that an earlier stage writes.
+/// The cache tables a run reads: its trainer's, its strategy's, and the teacher's logits when
+/// the pipeline writes diagnostics.
+pub fn need_of(spec: &crate::config::RunSpec) -> Result<crate::cache::Need> {
+    let mut n = crate::cache::Need::of(&spec.trainer)
+        .union(crate::strategy::by_name(&spec.strategy)?.needs());
+    n.logits |= spec.pipeline.select.diagnostics;
+    Ok(n)
+}
+
 pub fn require(path: &Path, made_by: &str) -> Result<()> {
     if !path.exists() {
         bail!("{}: missing (run `{made_by}` first)", path.display());

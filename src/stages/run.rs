@@ -43,10 +43,11 @@ pub fn run(p: &Pipeline, filter: &Filter) -> Result<()> {
         ));
         return Ok(());
     }
-    let need = todo
-        .iter()
-        .fold(Need::default(), |n, s| n.union(Need::of(&s.trainer)));
-    let cache = Cache::load(&p.dataset, need)?;
+    let mut need = Need::default();
+    for s in &todo {
+        need = need.union(super::need_of(s)?);
+    }
+    let cache = Cache::for_pipeline(p, need)?;
     let budget = p.budget.unwrap_or(cache.n_classes());
     let needed = p.initial_per_class * cache.n_classes() + p.rounds * budget;
     if needed > cache.train.ids.len() {

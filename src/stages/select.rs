@@ -13,10 +13,15 @@ use std::time::Instant;
 
 /// Student probabilities of the train rows from a predictions table, in train-pool order.
 pub fn train_probs(spec: &RunSpec, cache: &Cache, round: usize) -> Result<Mat> {
+    split_probs(spec, cache, round, &cache.train.ids)
+}
+
+/// Student probabilities of the rows `ids` (train, calib or test) from a round's predictions.
+pub fn split_probs(spec: &RunSpec, cache: &Cache, round: usize, ids: &[String]) -> Result<Mat> {
     let path = spec.predictions_path(round);
     require(&path, "vlal train")?;
     let f = table::read(&path, Table::Predictions)?;
-    let out = crate::cache::aligned(&path, &f, "probs", &cache.train.ids)?;
+    let out = crate::cache::aligned(&path, &f, "probs", ids)?;
     if out.cols != cache.n_classes() {
         bail!(
             "{}: probs have {} classes, the dataset has {}",
@@ -61,6 +66,21 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize, budget: usize) -> Result
     } else {
         None
     };
+    let needs = strat.needs();
+    let (teacher_probs, calib_teacher) = if needs.logits {
+        cache.teacher_probs()
+    } else {
+        (None, None)
+    };
+    let calib_student = match (&cache.calib, needs.logits) {
+        (Some(c), true) => Some(split_probs(spec, cache, round, &c.ids)?),
+        _ => None,
+    };
+    let calib_labels = cache
+        .calib
+        .as_ref()
+        .map(|c| c.label_ids())
+        .unwrap_or_default();
     let ctx = SelectContext {
         n_classes: cache.n_classes(),
         probs: &probs,
@@ -69,10 +89,21 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize, budget: usize) -> Result
         labels: &labels,
         pool: &pool,
         head: head.as_ref(),
+        teacher_probs: teacher_probs.as_ref(),
+        teacher_image: cache.teacher_image.as_ref(),
+        calib: calib_student.as_ref().map(|s| strategy::Calib {
+            student: s,
+            teacher: calib_teacher.as_ref(),
+            labels: &calib_labels,
+        }),
+        cfg: &spec.pipeline.select,
+        dropout: spec.pipeline.linear.dropout,
+        notes: Default::default(),
     };
     let start = Instant::now();
     let picks = strat.select(&ctx, budget, &mut rng::stream(spec.seed, "select", round))?;
     let select_s = start.elapsed().as_secs_f64();
+    let notes = ctx.notes.take();
     if picks.len() != budget {
         bail!(
             "strategy '{}' returned {} picks for a budget of {budget}",
@@ -108,7 +139,10 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize, budget: usize) -> Result
                 "batch_feature_diversity",
                 format!("{}", m.feature_diversity),
             ),
-        ],
+        ]
+        .into_iter()
+        .chain(notes.iter().map(|(k, v)| (k.as_str(), v.clone())))
+        .collect::<Vec<_>>(),
         table::Mode::Replace,
     )?;
     Ok(())
@@ -215,6 +249,12 @@ mod tests {
             labels: &[0],
             pool: &[1, 2, 3],
             head: None,
+            teacher_probs: None,
+            teacher_image: None,
+            calib: None,
+            cfg: &Default::default(),
+            dropout: 0.5,
+            notes: Default::default(),
         };
         let m = batch_metrics(&ctx, &[1, 3]);
         // distances to row 0 in the simplex: √2 and 0 → mean √2/2

@@ -43,30 +43,23 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize) -> Result<()> {
     };
     let mut r = rng::stream(spec.seed, "train", round);
     let (head, losses) = train::fit(&spec.trainer, p, &data, &mut r, &device)?;
-    let p_train = head.predict(&cache.train.features)?;
-    let p_test = head.predict(&cache.test.features)?;
+    let parts = [
+        ("train", Some(&cache.train)),
+        ("calib", cache.calib.as_ref()),
+        ("test", Some(&cache.test)),
+    ];
+    let mut probs = Vec::new();
+    let mut ids: Vec<&str> = Vec::new();
+    let mut splits: Vec<&str> = Vec::new();
+    for (name, part) in parts {
+        let Some(part) = part else { continue };
+        probs.extend(head.predict(&part.features)?.data);
+        ids.extend(part.ids.iter().map(String::as_str));
+        splits.extend(std::iter::repeat_n(name, part.ids.len()));
+    }
     let train_s = start.elapsed().as_secs_f64();
-
-    let n = p_train.rows + p_test.rows;
-    let mut probs = p_train.data;
-    probs.extend(p_test.data);
+    let n = ids.len();
     let probs = Mat::new(n, cache.n_classes(), probs)?;
-    let ids: Vec<&str> = cache
-        .train
-        .ids
-        .iter()
-        .chain(&cache.test.ids)
-        .map(String::as_str)
-        .collect();
-    let splits: Vec<&str> = (0..n)
-        .map(|i| {
-            if i < cache.train.ids.len() {
-                "train"
-            } else {
-                "test"
-            }
-        })
-        .collect();
     head.save(&spec.head_path(round))?;
     table::write(
         &spec.predictions_path(round),

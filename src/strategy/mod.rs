@@ -3,20 +3,56 @@
 //! order; ties are broken by lower pool position, and all randomness comes from the given seeded
 //! generator, so the same inputs give the same batch.
 
+mod alfa_mix;
 pub mod badge;
+mod bald;
+pub mod ccma;
 mod class_balanced;
 mod coreset;
+mod dropquery;
 mod entropy;
 pub use entropy::entropy;
 mod least_confidence;
 mod margin;
+pub mod mc;
 mod pcoreset;
 mod pcoreset_r;
+mod power_bald;
+mod probcover;
 mod random;
+mod typiclust;
+pub mod uherding;
 
+use crate::cache::Need;
+use crate::config::SelectCfg;
 use crate::mat::Mat;
 use crate::rng::VRng;
 use anyhow::{bail, Result};
+use std::sync::Mutex;
+
+/// The labeled calibration split as a strategy sees it: student and teacher probabilities of
+/// its rows (row i ↔ labels[i]).
+pub struct Calib<'a> {
+    pub student: &'a Mat,
+    pub teacher: Option<&'a Mat>,
+    pub labels: &'a [u32],
+}
+
+/// Key–value notes a strategy leaves about a selection (its calibration, a fallback); the select
+/// stage logs them and stores them in the queries file's metadata.
+#[derive(Default)]
+pub struct Notes(Mutex<Vec<(String, String)>>);
+
+impl Notes {
+    pub fn add(&self, key: &str, value: impl Into<String>) {
+        let v = value.into();
+        crate::progress::log(format!("{key}: {v}"));
+        self.0.lock().expect("notes lock").push((key.into(), v));
+    }
+    pub fn take(&self) -> Vec<(String, String)> {
+        std::mem::take(&mut *self.0.lock().expect("notes lock"))
+    }
+}
 
 /// Everything a strategy may look at. Row indices refer to the train pool's rows.
 pub struct SelectContext<'a> {
@@ -32,6 +68,31 @@ pub struct SelectContext<'a> {
     pub pool: &'a [usize],
     /// The round's trained head, for strategies that say [`Strategy::needs_head`].
     pub head: Option<&'a crate::train::Head>,
+    /// Teacher probabilities softmax(cos/τ) of every train row ([`Strategy::needs`] logits).
+    pub teacher_probs: Option<&'a Mat>,
+    /// Teacher (CLIP) image embeddings of every train row ([`Strategy::needs`] image).
+    pub teacher_image: Option<&'a Mat>,
+    pub calib: Option<Calib<'a>>,
+    pub cfg: &'a SelectCfg,
+    /// MC dropout rate when a strategy's table leaves it unset (the linear probe's).
+    pub dropout: f32,
+    pub notes: Notes,
+}
+
+impl SelectContext<'_> {
+    pub fn teacher_probs(&self, who: &str) -> Result<&Mat> {
+        self.teacher_probs
+            .ok_or_else(|| anyhow::anyhow!("{who} needs the teacher's logits in the cache"))
+    }
+    pub fn teacher_image(&self, who: &str) -> Result<&Mat> {
+        self.teacher_image.ok_or_else(|| {
+            anyhow::anyhow!("{who} needs the teacher's image embeddings in the cache")
+        })
+    }
+    pub fn head(&self, who: &str) -> Result<&crate::train::Head> {
+        self.head
+            .ok_or_else(|| anyhow::anyhow!("{who} needs the round's trained head"))
+    }
 }
 
 /// One pick: a position in `ctx.pool` and the strategy's score for it.
@@ -47,11 +108,15 @@ pub trait Strategy: Send + Sync {
     fn needs_head(&self) -> bool {
         false
     }
+    /// Which teacher tables the strategy reads.
+    fn needs(&self) -> Need {
+        Need::default()
+    }
     /// Pick `budget` distinct pool positions (`budget ≤ pool.len()` is checked by the caller).
     fn select(&self, ctx: &SelectContext, budget: usize, rng: &mut VRng) -> Result<Vec<Pick>>;
 }
 
-pub const NAMES: [&str; 9] = [
+pub const NAMES: [&str; 22] = [
     "random",
     "entropy",
     "margin",
@@ -61,6 +126,19 @@ pub const NAMES: [&str; 9] = [
     "pcoreset-r",
     "class-balanced",
     "badge",
+    "bald",
+    "power-bald",
+    "alfa-mix",
+    "typiclust",
+    "probcover",
+    "dropquery",
+    "uherding",
+    "ccma",
+    "ccma-v1",
+    "ccma-v2",
+    "ccma-v3",
+    "ccma-v4",
+    "ccma-v5",
 ];
 
 /// The registry: a strategy by its name.
@@ -75,6 +153,14 @@ pub fn by_name(name: &str) -> Result<Box<dyn Strategy>> {
         "pcoreset-r" => Box::new(pcoreset_r::PCoreSetR),
         "class-balanced" => Box::new(class_balanced::ClassBalanced),
         "badge" => Box::new(badge::Badge),
+        "bald" => Box::new(bald::Bald),
+        "power-bald" => Box::new(power_bald::PowerBald),
+        "alfa-mix" => Box::new(alfa_mix::AlfaMix),
+        "typiclust" => Box::new(typiclust::TypiClust),
+        "probcover" => Box::new(probcover::ProbCover),
+        "dropquery" => Box::new(dropquery::DropQuery),
+        "uherding" => Box::new(uherding::UHerding),
+        s if s.starts_with("ccma") => Box::new(ccma::Ccma::by_name(s)?),
         other => bail!("unknown strategy '{other}' (known: {})", NAMES.join(", ")),
     })
 }
@@ -107,9 +193,37 @@ pub fn pool_scores(ctx: &SelectContext, f: impl Fn(&[f32]) -> f64 + Sync) -> Vec
     ctx.pool.par_iter().map(|&r| f(ctx.probs.row(r))).collect()
 }
 
+/// Top up `picked` (pool positions) to `budget` with random unpicked pool positions, noting how
+/// many were drawn when the strategy ran short.
+pub fn fill_random(
+    ctx: &SelectContext,
+    picked: &mut Vec<usize>,
+    budget: usize,
+    rng: &mut VRng,
+    who: &str,
+    candidates: usize,
+) {
+    if picked.len() >= budget {
+        picked.truncate(budget);
+        return;
+    }
+    let mut taken = vec![false; ctx.pool.len()];
+    picked.iter().for_each(|&p| taken[p] = true);
+    let rest: Vec<usize> = (0..ctx.pool.len()).filter(|&p| !taken[p]).collect();
+    let need = budget - picked.len();
+    ctx.notes.add(
+        "fallback",
+        format!("{who}: {candidates} candidates for a budget of {budget}; {need} drawn at random"),
+    );
+    picked.extend(crate::rng::sample(&rest, need, rng));
+}
+
 #[cfg(test)]
 pub(crate) mod testutil {
     use super::*;
+
+    pub static DEFAULT_CFG: std::sync::LazyLock<SelectCfg> =
+        std::sync::LazyLock::new(SelectCfg::default);
 
     /// A context over `probs` where rows in `labeled` are labeled (label = argmax) and the rest form the pool.
     pub struct Owned {
@@ -140,6 +254,12 @@ pub(crate) mod testutil {
                 labels: &self.labels,
                 pool: &self.pool,
                 head: None,
+                teacher_probs: None,
+                teacher_image: None,
+                calib: None,
+                cfg: &DEFAULT_CFG,
+                dropout: 0.5,
+                notes: Notes::default(),
             }
         }
     }

@@ -318,7 +318,10 @@ mod tests {
             b.row_mut(i)[j] -= h;
             let fd = (nll(&a, i) - nll(&b, i)) / (2.0 * h as f64);
             let an = g.row(i)[j] as f64;
-            assert!((fd - an).abs() < 2e-3 + 2e-2 * an.abs(), "{trainer}: fd {fd} vs {an}");
+            assert!(
+                (fd - an).abs() < 2e-3 + 2e-2 * an.abs(),
+                "{trainer}: fd {fd} vs {an}"
+            );
         }
     }
 
@@ -361,7 +364,11 @@ mod tests {
             let e = back.embed(&f).unwrap();
             let pe = back.predict_embedded(&e).unwrap();
             let pd = back.predict(&f).unwrap();
-            assert!(pe.data.iter().zip(&pd.data).all(|(a, b)| (a - b).abs() < 1e-6));
+            assert!(pe
+                .data
+                .iter()
+                .zip(&pd.data)
+                .all(|(a, b)| (a - b).abs() < 1e-6));
             check_input_grad(&back, &e, trainer);
             let (h, a) = back.grad_factors(&f).unwrap();
             assert_eq!(h.rows, 30);

@@ -1,0 +1,225 @@
+//! CCMA, conformal cross-modal acquisition (METHODS.md "CCMA"): a diverse subpool by k-means on
+//! the teacher's image embeddings, conformal label sets of student and teacher, the gated
+//! JS-disagreement + student-entropy score, the top ρ·B, and a final diversity step (k-means
+//! centroid-nearest or UHerding's uncertainty-weighted coverage). `ccma-v1` … `ccma-v5` are the
+//! paper's ablation variants; `ccma` takes every switch from `[select.ccma]`.
+
+use super::{top_scores, uherding, Need, Pick, SelectContext, Strategy};
+use crate::conformal::{calibrate, ccma_score, set};
+use crate::rng::{self, VRng};
+use anyhow::{bail, Result};
+use rayon::prelude::*;
+
+pub struct Ccma {
+    name: &'static str,
+    /// Overrides of `[select.ccma]`: subpool kind, and whether the final diversity step runs.
+    subpool: Option<&'static str>,
+    diversity: Option<bool>,
+}
+
+impl Ccma {
+    pub fn by_name(name: &str) -> Result<Ccma> {
+        let (name, subpool, diversity) = match name {
+            "ccma" => ("ccma", None, None),
+            "ccma-v1" => ("ccma-v1", Some("selective"), Some(true)),
+            "ccma-v2" => ("ccma-v2", Some("none"), Some(true)),
+            "ccma-v3" => ("ccma-v3", Some("random"), Some(true)),
+            "ccma-v4" => ("ccma-v4", Some("selective"), Some(false)),
+            "ccma-v5" => ("ccma-v5", Some("none"), Some(false)),
+            other => bail!("unknown CCMA variant '{other}' (ccma, ccma-v1 … ccma-v5)"),
+        };
+        Ok(Ccma {
+            name,
+            subpool,
+            diversity,
+        })
+    }
+}
+
+impl Strategy for Ccma {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn needs(&self) -> Need {
+        Need {
+            logits: true,
+            image: true,
+            ..Need::default()
+        }
+    }
+    fn select(&self, ctx: &SelectContext, budget: usize, rng: &mut VRng) -> Result<Vec<Pick>> {
+        let cfg = &ctx.cfg.ccma;
+        let pt = ctx.teacher_probs(self.name)?;
+        let z = ctx.teacher_image(self.name)?;
+        let ps = ctx.probs;
+        let pool = ctx.pool;
+        let n = pool.len();
+        // 1. subpool (positions in the pool)
+        let k = cfg.subpool_size.min(n / 3).max(budget).min(n);
+        let sub: Vec<usize> = match self.subpool.unwrap_or(cfg.subpool.as_str()) {
+            "selective" => {
+                let mut s = crate::kmeans::centroid_picks(z, pool, k, cfg.kmeans_iters, rng)?;
+                s.sort_unstable();
+                s
+            }
+            "random" => {
+                let mut s = rng::sample(&(0..n).collect::<Vec<_>>(), k, rng);
+                s.sort_unstable();
+                s
+            }
+            _ => (0..n).collect(),
+        };
+        let rows: Vec<usize> = sub.iter().map(|&p| pool[p]).collect();
+        // 2–3. conformal thresholds
+        let calib = ctx
+            .calib
+            .as_ref()
+            .and_then(|c| c.teacher.map(|t| (c.student, t, c.labels)));
+        let cal = calibrate(cfg, ps, pt, &rows, calib)?;
+        ctx.notes.add("calibration", cal.how.clone());
+        ctx.notes.add("q_student", format!("{}", cal.student.q));
+        ctx.notes.add("q_teacher", format!("{}", cal.teacher.q));
+        // 4–6. scores on the subpool
+        let s: Vec<f64> = rows
+            .par_iter()
+            .map(|&r| {
+                let (a, b) = (ps.row(r), pt.row(r));
+                ccma_score(a, b, &set(a, cal.student, true), &set(b, cal.teacher, true)).0
+            })
+            .collect();
+        // 7. the top ρ·B, then the final diversity step
+        let top = top_scores(&s, (cfg.rho * budget).min(s.len()));
+        let trows: Vec<usize> = top.iter().map(|t| rows[t.pos]).collect();
+        let diversity = match self.diversity {
+            Some(false) => "none",
+            Some(true) if cfg.diversity == "none" => "kmeans",
+            _ => cfg.diversity.as_str(),
+        };
+        let chosen: Vec<usize> = match diversity {
+            "kmeans" if trows.len() > budget => {
+                let mut c =
+                    crate::kmeans::centroid_picks(z, &trows, budget, cfg.kmeans_iters, rng)?;
+                // a cluster left empty: top up in score order
+                for j in 0..trows.len() {
+                    if c.len() >= budget {
+                        break;
+                    }
+                    if !c.contains(&j) {
+                        c.push(j);
+                    }
+                }
+                c
+            }
+            "uherding" if trows.len() > budget => {
+                let u: Vec<f64> = top.iter().map(|t| t.score).collect();
+                let h = uherding::bandwidth(z, ctx.labeled, &trows);
+                uherding::herd(z, &trows, &u, ctx.labeled, h, budget)
+                    .into_iter()
+                    .map(|(j, _)| j)
+                    .collect()
+            }
+            _ => (0..budget.min(trows.len())).collect(),
+        };
+        Ok(chosen
+            .into_iter()
+            .map(|j| Pick {
+                pos: sub[top[j].pos],
+                score: top[j].score,
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mat::Mat;
+    use crate::strategy::testutil::Owned;
+
+    /// 40 pool points: rows 0..20 the teacher and student agree and are sure; rows 20..40 the
+    /// confident teacher disagrees with the student. Every variant must pick from the second half.
+    fn case() -> (Owned, Mat, Mat) {
+        let mut ps = Vec::new();
+        let mut pt = Vec::new();
+        let mut z = Vec::new();
+        for i in 0..40 {
+            if i < 20 {
+                ps.push(vec![0.97, 0.01, 0.01, 0.01]);
+                pt.push(vec![0.97, 0.01, 0.01, 0.01]);
+            } else {
+                ps.push(vec![0.7, 0.2, 0.05, 0.05]);
+                pt.push(vec![0.02, 0.02, 0.9, 0.06]);
+            }
+            let a = i as f32 * 0.37;
+            z.push(vec![a.cos(), a.sin()]);
+        }
+        let ps = Mat::from_rows(&ps).unwrap();
+        let pt = Mat::from_rows(&pt).unwrap();
+        let z = Mat::from_rows(&z).unwrap();
+        let mut o = Owned::new(ps, z.clone(), vec![], vec![]);
+        o.pool = (0..40).collect();
+        (o, pt, z)
+    }
+
+    #[test]
+    fn every_variant_picks_disagreement_and_is_seeded() {
+        let (o, pt, z) = case();
+        for diversity in ["kmeans", "uherding"] {
+            let mut cfg = crate::config::SelectCfg::default();
+            cfg.ccma.rho = 2;
+            cfg.ccma.diversity = diversity.into();
+            for v in [
+                "ccma", "ccma-v1", "ccma-v2", "ccma-v3", "ccma-v4", "ccma-v5",
+            ] {
+                let mut ctx = o.ctx();
+                ctx.teacher_probs = Some(&pt);
+                ctx.teacher_image = Some(&z);
+                ctx.cfg = &cfg;
+                let s = Ccma::by_name(v).unwrap();
+                let p = s.select(&ctx, 4, &mut rng::stream(1, "c", 0)).unwrap();
+                assert_eq!(p.len(), 4, "{v}");
+                let mut pos: Vec<usize> = p.iter().map(|p| p.pos).collect();
+                pos.sort();
+                pos.dedup();
+                assert_eq!(pos.len(), 4, "{v}: duplicates");
+                // the random subpool may hold few disagreeing points; the others must pick them
+                if v != "ccma-v3" {
+                    assert!(pos.iter().all(|&q| q >= 20), "{v}/{diversity}: {pos:?}");
+                }
+                let again = s.select(&ctx, 4, &mut rng::stream(1, "c", 0)).unwrap();
+                assert_eq!(p, again, "{v}");
+                let notes = ctx.notes.take();
+                assert!(notes
+                    .iter()
+                    .any(|(k, v)| k == "calibration" && v == "size@pool"));
+            }
+        }
+    }
+
+    #[test]
+    fn calibrates_on_the_calib_split_when_there_is_one() {
+        let (o, pt, z) = case();
+        let cs = Mat::from_rows(&vec![vec![0.7, 0.1, 0.1, 0.1]; 30]).unwrap();
+        let labels: Vec<u32> = (0..30).map(|i| (i % 4) as u32).collect();
+        let mut cfg = crate::config::SelectCfg::default();
+        cfg.ccma.calibration = "coverage".into();
+        let mut ctx = o.ctx();
+        ctx.teacher_probs = Some(&pt);
+        ctx.teacher_image = Some(&z);
+        ctx.cfg = &cfg;
+        ctx.calib = Some(super::super::Calib {
+            student: &cs,
+            teacher: Some(&cs),
+            labels: &labels,
+        });
+        Ccma::by_name("ccma-v2")
+            .unwrap()
+            .select(&ctx, 3, &mut rng::stream(1, "c", 0))
+            .unwrap();
+        let notes = ctx.notes.take();
+        assert!(notes
+            .iter()
+            .any(|(k, v)| k == "calibration" && v == "coverage@calib"));
+        assert!(Ccma::by_name("ccma-v9").is_err());
+    }
+}

@@ -1,0 +1,80 @@
+//! MC dropout through the head (BALD, PowerBALD, DropQuery): inverted-dropout masks on the
+//! embedded rows (the linear probe's own dropout position), drawn from the run's seeded stream.
+
+use crate::mat::Mat;
+use crate::rng::VRng;
+use crate::train::Head;
+use anyhow::Result;
+use rand::Rng;
+
+/// Run `passes` stochastic passes over the embedded rows `emb`, handing each pass's class
+/// probabilities (rows × C) to `each`.
+pub fn passes(
+    head: &Head,
+    emb: &Mat,
+    passes: usize,
+    rate: f32,
+    rng: &mut VRng,
+    mut each: impl FnMut(&Mat) -> Result<()>,
+) -> Result<()> {
+    let keep = if rate < 1.0 { 1.0 / (1.0 - rate) } else { 0.0 };
+    let mut x = emb.clone();
+    for _ in 0..passes {
+        for (o, &v) in x.data.iter_mut().zip(&emb.data) {
+            *o = if rng.random::<f32>() < rate {
+                0.0
+            } else {
+                v * keep
+            };
+        }
+        each(&head.predict_embedded(&x)?)?;
+    }
+    Ok(())
+}
+
+/// BALD's mutual information per row: H(mean p) − mean H(p) over the passes.
+pub fn bald_scores(
+    head: &Head,
+    emb: &Mat,
+    n: usize,
+    rate: f32,
+    rng: &mut VRng,
+) -> Result<Vec<f64>> {
+    let mut mean = vec![0f64; emb.rows * head_classes(head, emb)?];
+    let mut ent = vec![0f64; emb.rows];
+    passes(head, emb, n, rate, rng, |p| {
+        for i in 0..p.rows {
+            let r = p.row(i);
+            ent[i] += crate::conformal::entropy(r);
+            for (m, &v) in mean[i * p.cols..(i + 1) * p.cols].iter_mut().zip(r) {
+                *m += v as f64;
+            }
+        }
+        Ok(())
+    })?;
+    let t = n.max(1) as f64;
+    let c = mean.len() / emb.rows.max(1);
+    Ok((0..emb.rows)
+        .map(|i| {
+            let h: f64 = mean[i * c..(i + 1) * c]
+                .iter()
+                .map(|&m| m / t)
+                .filter(|&m| m > 0.0)
+                .map(|m| -m * m.ln())
+                .sum();
+            (h - ent[i] / t).max(0.0)
+        })
+        .collect())
+}
+
+fn head_classes(head: &Head, emb: &Mat) -> Result<usize> {
+    if emb.rows == 0 {
+        return Ok(0);
+    }
+    Ok(head.predict_embedded(&emb.select_rows(&[0]))?.cols)
+}
+
+/// The embedded student features of the pool rows.
+pub fn pool_embedding(head: &Head, features: &Mat, pool: &[usize]) -> Result<Mat> {
+    head.embed(&features.select_rows(pool))
+}

@@ -1,0 +1,228 @@
+//! ProbCover (Yehuda et al., NeurIPS 2022): a δ-ball graph on the student features of L ∪ U;
+//! points covered by a labeled ball are removed, then each pick is the pool point whose ball
+//! covers the most uncovered points. δ defaults to the largest grid value whose ball purity
+//! under k-means (K = C) pseudo-labels is ≥ `purity`. Once everything is covered the strategy
+//! says so and draws the rest at random, as the released code does.
+
+use super::{fill_random, Pick, SelectContext, Strategy};
+use crate::kmeans::{kmeans, KMeansCfg};
+use crate::mat::Mat;
+use crate::rng::{self, VRng};
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor};
+
+pub struct ProbCover;
+
+/// Edges kept at most (4 bytes each): a δ so large that the graph outgrows this is refused.
+const MAX_EDGES: usize = 200_000_000;
+
+impl Strategy for ProbCover {
+    fn name(&self) -> &'static str {
+        "probcover"
+    }
+    fn select(&self, ctx: &SelectContext, budget: usize, rng: &mut VRng) -> Result<Vec<Pick>> {
+        let cfg = &ctx.cfg.probcover;
+        let mut all: Vec<usize> = ctx.labeled.iter().chain(ctx.pool).copied().collect();
+        all.sort_unstable();
+        let delta = match cfg.delta {
+            Some(d) => d,
+            None => {
+                let d = auto_delta(ctx, &all, cfg.purity, cfg.purity_sample, rng)?;
+                ctx.notes.add("probcover_delta", format!("{d}"));
+                d
+            }
+        };
+        let graph = ball_graph(ctx.features, &all, delta)?;
+        let mut local = vec![usize::MAX; ctx.features.rows];
+        all.iter().enumerate().for_each(|(i, &r)| local[r] = i);
+        let mut covered = vec![false; all.len()];
+        for &l in ctx.labeled {
+            for &j in &graph[local[l]] {
+                covered[j as usize] = true;
+            }
+        }
+        let mut taken = vec![false; ctx.pool.len()];
+        let mut picks = Vec::with_capacity(budget);
+        while picks.len() < budget {
+            let (mut best, mut best_deg) = (usize::MAX, 0usize);
+            for (p, &r) in ctx.pool.iter().enumerate() {
+                if taken[p] {
+                    continue;
+                }
+                let deg = graph[local[r]]
+                    .iter()
+                    .filter(|&&j| !covered[j as usize])
+                    .count();
+                if deg > best_deg {
+                    (best, best_deg) = (p, deg);
+                }
+            }
+            if best_deg == 0 {
+                break;
+            }
+            taken[best] = true;
+            for &j in &graph[local[ctx.pool[best]]] {
+                covered[j as usize] = true;
+            }
+            picks.push(Pick {
+                pos: best,
+                score: best_deg as f64,
+            });
+        }
+        if picks.len() < budget {
+            let mut pos: Vec<usize> = picks.iter().map(|p| p.pos).collect();
+            let found = pos.len();
+            fill_random(
+                ctx,
+                &mut pos,
+                budget,
+                rng,
+                "probcover (all points covered)",
+                found,
+            );
+            picks.extend(pos[found..].iter().map(|&pos| Pick { pos, score: 0.0 }));
+        }
+        Ok(picks)
+    }
+}
+
+/// For each row of `rows` (local index i), the local indices j with ‖f_i − f_j‖ ≤ δ (self
+/// included), by blocked products.
+fn ball_graph(f: &Mat, rows: &[usize], delta: f32) -> Result<Vec<Vec<u32>>> {
+    let mut out = Vec::with_capacity(rows.len());
+    let mut edges = 0usize;
+    let d2 = delta * delta;
+    for_each_block(f, rows, rows, |_, d| {
+        for i in 0..d.rows {
+            let nb: Vec<u32> = (0..d.cols as u32)
+                .filter(|&j| d.row(i)[j as usize] <= d2)
+                .collect();
+            edges += nb.len();
+            out.push(nb);
+        }
+        if edges > MAX_EDGES {
+            bail!("probcover: δ = {delta} gives more than {MAX_EDGES} edges; set a smaller select.probcover.delta");
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Squared distances of blocks of `a` against all of `b`: `each(first row of the block, block)`.
+fn for_each_block(
+    f: &Mat,
+    a: &[usize],
+    b: &[usize],
+    mut each: impl FnMut(usize, &Mat) -> Result<()>,
+) -> Result<()> {
+    let dev = Device::Cpu;
+    let fb = f.select_rows(b);
+    let bn: Vec<f32> = (0..fb.rows)
+        .map(|i| crate::geometry::dot(fb.row(i), fb.row(i)))
+        .collect();
+    let bn = Tensor::from_vec(bn, (1, b.len()), &dev)?;
+    let bt = fb.to_tensor(&dev)?.t()?.contiguous()?;
+    let blk = ((8usize << 20) / b.len().max(1)).clamp(16, 4096);
+    for (k, chunk) in a.chunks(blk).enumerate() {
+        let fa = f.select_rows(chunk);
+        let an: Vec<f32> = (0..fa.rows)
+            .map(|i| crate::geometry::dot(fa.row(i), fa.row(i)))
+            .collect();
+        let an = Tensor::from_vec(an, (chunk.len(), 1), &dev)?;
+        let d = (fa.to_tensor(&dev)?.matmul(&bt)? * -2.0)?
+            .broadcast_add(&an)?
+            .broadcast_add(&bn)?
+            .clamp(0f32, f32::MAX)?;
+        each(k * blk, &Mat::from_tensor(&d)?)?;
+    }
+    Ok(())
+}
+
+/// The largest δ on a 0.05 grid (up to 1.0) whose purity — the share of sampled points with no
+/// point of another k-means (K = C) cluster within δ — is ≥ `purity`; the smallest grid value
+/// when none reaches it.
+fn auto_delta(
+    ctx: &SelectContext,
+    all: &[usize],
+    purity: f64,
+    sample: usize,
+    rng: &mut VRng,
+) -> Result<f32> {
+    let cl = kmeans(ctx.features, all, &KMeansCfg::new(ctx.n_classes), rng)?;
+    let mut pos: Vec<usize> = (0..all.len()).collect();
+    if pos.len() > sample {
+        pos = rng::sample(&pos, sample, rng);
+        pos.sort_unstable();
+    }
+    let probe: Vec<usize> = pos.iter().map(|&i| all[i]).collect();
+    // distance from each probe to the nearest point of another cluster
+    let mut nearest_other = Vec::with_capacity(probe.len());
+    for_each_block(ctx.features, &probe, all, |start, d| {
+        for i in 0..d.rows {
+            let own = cl.assign[pos[start + i]];
+            let m = (0..d.cols)
+                .filter(|&j| cl.assign[j] != own)
+                .map(|j| d.row(i)[j])
+                .fold(f32::INFINITY, f32::min);
+            nearest_other.push(m.sqrt());
+        }
+        Ok(())
+    })?;
+    let grid: Vec<f32> = (1..=20).map(|i| i as f32 * 0.05).collect();
+    let n = nearest_other.len().max(1) as f64;
+    let best = grid
+        .iter()
+        .copied()
+        .filter(|&d| nearest_other.iter().filter(|&&m| m > d).count() as f64 / n >= purity)
+        .fold(None, |_, d| Some(d));
+    Ok(best.unwrap_or(grid[0]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::strategy::testutil::{picked_rows, Owned};
+
+    #[test]
+    fn greedy_covers_the_densest_ball_first_and_falls_back_when_covered() {
+        // a ball of 5 points near (0,0), a pair near (3,0), and one isolated point at (9,9)
+        let rows = vec![
+            vec![0.0, 0.0],
+            vec![0.1, 0.0],
+            vec![0.0, 0.1],
+            vec![-0.1, 0.0],
+            vec![0.0, -0.1],
+            vec![3.0, 0.0],
+            vec![3.1, 0.0],
+            vec![9.0, 9.0],
+        ];
+        let f = Mat::from_rows(&rows).unwrap();
+        let probs = Mat::from_rows(&vec![vec![1.0]; 8]).unwrap();
+        let o = Owned::new(probs, f, vec![7], vec![0]);
+        let mut ctx = o.ctx();
+        let cfg = crate::config::SelectCfg {
+            probcover: crate::config::ProbCoverCfg {
+                delta: Some(0.15),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        ctx.cfg = &cfg;
+        let p = ProbCover
+            .select(&ctx, 2, &mut crate::rng::stream(0, "p", 0))
+            .unwrap();
+        // the centre (0,0) reaches all 5; then one of the pair
+        assert_eq!(picked_rows(&o, &p), vec![0, 5]);
+        assert_eq!(p[0].score, 5.0);
+        // budget 4: after the two balls everything is covered → 2 at random, noted
+        let p = ProbCover
+            .select(&ctx, 4, &mut crate::rng::stream(0, "p", 0))
+            .unwrap();
+        assert_eq!(p.len(), 4);
+        assert!(ctx
+            .notes
+            .take()
+            .iter()
+            .any(|(k, v)| k == "fallback" && v.contains("covered")));
+    }
+}
