@@ -29,6 +29,9 @@ pub struct Pipeline {
     /// Root of the Hive-partitioned results table.
     #[serde(default = "default_results")]
     pub results_dir: PathBuf,
+    /// Root of the Hive-partitioned diagnostics table (`select.diagnostics = true`).
+    #[serde(default = "default_diagnostics")]
+    pub diagnostics_dir: PathBuf,
     #[serde(default = "default_device")]
     pub device: String,
     #[serde(default)]
@@ -349,6 +352,9 @@ fn default_runs() -> PathBuf {
 fn default_results() -> PathBuf {
     "results".into()
 }
+fn default_diagnostics() -> PathBuf {
+    "diagnostics".into()
+}
 fn default_device() -> String {
     "cpu".into()
 }
@@ -542,9 +548,15 @@ impl RunSpec {
             .join(format!("round-{round:03}.parquet"))
     }
     pub fn results_path(&self, round: usize) -> PathBuf {
-        self.pipeline
-            .results_dir
-            .join(format!("pipeline={}", self.pipeline.name))
+        self.partition(&self.pipeline.results_dir, round)
+    }
+
+    pub fn diagnostics_path(&self, round: usize) -> PathBuf {
+        self.partition(&self.pipeline.diagnostics_dir, round)
+    }
+
+    fn partition(&self, root: &Path, round: usize) -> PathBuf {
+        root.join(format!("pipeline={}", self.pipeline.name))
             .join(format!("strategy={}", self.strategy))
             .join(format!("seed={}", self.seed))
             .join(format!("{}-round-{round:03}.parquet", self.run_id()))

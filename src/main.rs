@@ -188,6 +188,10 @@ fn main_inner(cli: Cli) -> Result<()> {
         } => {
             let df = stages::report::summary(&results, pipeline.as_deref())?;
             print!("{}", stages::report::render(&df, stat)?);
+            print!(
+                "{}",
+                stages::report::aulc_report(&results, pipeline.as_deref())?
+            );
             Ok(())
         }
         Cmd::Paths { run, round } => {

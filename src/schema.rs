@@ -21,6 +21,7 @@ pub enum Table {
     Predictions,
     Queries,
     Results,
+    Diagnostics,
 }
 
 #[derive(Debug, Deserialize)]
@@ -47,7 +48,7 @@ pub struct ColumnDef {
 }
 
 impl Table {
-    pub const ALL: [Table; 9] = [
+    pub const ALL: [Table; 10] = [
         Table::Manifest,
         Table::Classes,
         Table::Embeddings,
@@ -57,6 +58,7 @@ impl Table {
         Table::Predictions,
         Table::Queries,
         Table::Results,
+        Table::Diagnostics,
     ];
 
     fn json(self) -> &'static str {
@@ -70,6 +72,7 @@ impl Table {
             Table::Predictions => include_str!("../schemas/predictions.json"),
             Table::Queries => include_str!("../schemas/queries.json"),
             Table::Results => include_str!("../schemas/results.json"),
+            Table::Diagnostics => include_str!("../schemas/diagnostics.json"),
         }
     }
 

@@ -5,7 +5,7 @@ use super::{read_labels, require};
 use crate::cache::Cache;
 use crate::config::RunSpec;
 use crate::schema::Table;
-use crate::{metrics, progress, table, TOOL_VERSION};
+use crate::{conformal, metrics, progress, table, TOOL_VERSION};
 use anyhow::Result;
 
 pub fn run(spec: &RunSpec, cache: &Cache, round: usize) -> Result<()> {
@@ -46,6 +46,9 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize) -> Result<()> {
     };
     let select_s = qmeta("select_s");
     let p = &spec.pipeline;
+    if p.select.diagnostics {
+        diagnostics(spec, cache, round, &labels)?;
+    }
     let one = |v: &str| table::utf8(&[v]);
     table::write(
         &out,
@@ -96,5 +99,95 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize) -> Result<()> {
         s.macro_f1,
         labels.len()
     ));
+    Ok(())
+}
+
+/// CCMA's teacher–student diagnostics over the round's unlabeled pool, appended like results.
+fn diagnostics(
+    spec: &RunSpec,
+    cache: &Cache,
+    round: usize,
+    labels: &[super::LabelRow],
+) -> Result<()> {
+    let out = spec.diagnostics_path(round);
+    if out.exists() {
+        return Ok(());
+    }
+    let (Some(pt), calib_t) = cache.teacher_probs() else {
+        anyhow::bail!("select.diagnostics needs the teacher's logits in the cache");
+    };
+    let ps = super::select::train_probs(spec, cache, round)?;
+    let mut labeled = vec![false; cache.train.ids.len()];
+    for r in labels {
+        if let Some(&i) = cache.train.index.get(&r.sample_id) {
+            labeled[i] = true;
+        }
+    }
+    let pool: Vec<usize> = (0..labeled.len()).filter(|&i| !labeled[i]).collect();
+    let calib_s = match &cache.calib {
+        Some(c) => Some(super::select::split_probs(spec, cache, round, &c.ids)?),
+        None => None,
+    };
+    let calib_y = cache
+        .calib
+        .as_ref()
+        .map(|c| c.label_ids())
+        .unwrap_or_default();
+    let calib = match (&calib_s, &calib_t) {
+        (Some(s), Some(t)) => Some((s, t, calib_y.as_slice())),
+        _ => None,
+    };
+    let cal = conformal::calibrate(&spec.pipeline.select.ccma, &ps, &pt, &pool, calib)?;
+    let rows: Vec<usize> = (0..calib_y.len()).collect();
+    let d = conformal::diagnostics(
+        &ps,
+        &pt,
+        &pool,
+        cal.student,
+        cal.teacher,
+        calib.map(|(s, t, y)| (s, t, rows.as_slice(), y)),
+    );
+    let p = &spec.pipeline;
+    let one = |v: &str| table::utf8(&[v]);
+    let f = |v: f64| table::f64s(&[v]);
+    table::write(
+        &out,
+        Table::Diagnostics,
+        vec![
+            ("run_id", one(&spec.run_id())),
+            ("pipeline", one(&p.name)),
+            ("dataset", one(&cache.dataset)),
+            ("strategy", one(&spec.strategy)),
+            ("trainer", one(&spec.trainer)),
+            ("seed", table::i64s(&[spec.seed as i64])),
+            ("round", table::i32s(&[round as i32])),
+            ("n_labeled", table::i64s(&[labels.len() as i64])),
+            ("calibration", one(&cal.how)),
+            ("q_student", f(cal.student.q)),
+            ("q_teacher", f(cal.teacher.q)),
+            ("set_overlap", f(d.set_overlap)),
+            ("set_symdiff", f(d.set_symdiff)),
+            ("mean_set_student", f(d.mean_set_student)),
+            ("mean_set_teacher", f(d.mean_set_teacher)),
+            ("top1_disagreement", f(d.top1_disagreement)),
+            ("mean_js", f(d.mean_js)),
+            ("mean_max_student", f(d.mean_max_student)),
+            ("mean_max_teacher", f(d.mean_max_teacher)),
+            (
+                "calib_coverage_student",
+                table::opt_f64s(&[d.calib_coverage_student]),
+            ),
+            (
+                "calib_coverage_teacher",
+                table::opt_f64s(&[d.calib_coverage_teacher]),
+            ),
+            ("config_hash", one(&spec.config_hash())),
+            ("student_model", one(&cache.student_model)),
+            ("teacher_model", one(&cache.teacher_model)),
+            ("tool_version", one(TOOL_VERSION)),
+        ],
+        &[],
+        table::Mode::NoClobber,
+    )?;
     Ok(())
 }

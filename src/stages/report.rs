@@ -12,13 +12,6 @@ use std::path::Path;
 /// Files written by older versions may lack newer columns, so each file is scanned for the
 /// columns the summary needs and the scans are concatenated.
 pub fn summary(results_dir: &Path, pipeline: Option<&str>) -> Result<DataFrame> {
-    let files = parquet_files(results_dir);
-    if files.is_empty() {
-        bail!(
-            "{}: no results files (*.parquet) found",
-            results_dir.display()
-        );
-    }
     let cols = [
         "pipeline",
         "trainer",
@@ -28,21 +21,7 @@ pub fn summary(results_dir: &Path, pipeline: Option<&str>) -> Result<DataFrame> 
         "accuracy",
         "n_labeled",
     ];
-    let mut scans = Vec::with_capacity(files.len());
-    for f in &files {
-        let lf = LazyFrame::scan_parquet(
-            PlRefPath::new(f.to_string_lossy().as_ref()),
-            ScanArgsParquet::default(),
-        )
-        .map_err(|e| anyhow!("{}: {e}", f.display()))?;
-        scans.push(lf.select(cols.iter().map(|c| col(*c)).collect::<Vec<_>>()));
-    }
-    let lf = concat(scans, UnionArgs::default())
-        .map_err(|e| anyhow!("{}: {e}", results_dir.display()))?;
-    let lf = match pipeline {
-        Some(p) => lf.filter(col("pipeline").eq(lit(p))),
-        None => lf,
-    };
+    let lf = scan(results_dir, pipeline, &cols)?;
     let df = lf
         .group_by([
             col("pipeline"),
@@ -63,6 +42,122 @@ pub fn summary(results_dir: &Path, pipeline: Option<&str>) -> Result<DataFrame> 
         .collect()
         .map_err(|e| anyhow!("{}: {e}", results_dir.display()))?;
     Ok(df)
+}
+
+/// A lazy scan of `cols` of every results file under `results_dir` (optionally one pipeline).
+fn scan(results_dir: &Path, pipeline: Option<&str>, cols: &[&str]) -> Result<LazyFrame> {
+    let files = parquet_files(results_dir);
+    if files.is_empty() {
+        bail!(
+            "{}: no results files (*.parquet) found",
+            results_dir.display()
+        );
+    }
+    let mut scans = Vec::with_capacity(files.len());
+    for f in &files {
+        let lf = LazyFrame::scan_parquet(
+            PlRefPath::new(f.to_string_lossy().as_ref()),
+            ScanArgsParquet::default(),
+        )
+        .map_err(|e| anyhow!("{}: {e}", f.display()))?;
+        scans.push(lf.select(cols.iter().map(|c| col(*c)).collect::<Vec<_>>()));
+    }
+    let lf = concat(scans, UnionArgs::default())
+        .map_err(|e| anyhow!("{}: {e}", results_dir.display()))?;
+    Ok(match pipeline {
+        Some(p) => lf.filter(col("pipeline").eq(lit(p))),
+        None => lf,
+    })
+}
+
+/// Area under the learning curve of one run: the trapezoid area of accuracy over labels,
+/// divided by the label range (so in [0, 1]); a single point gives its accuracy.
+pub fn aulc(points: &mut [(f64, f64)]) -> f64 {
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (Some(first), Some(last)) = (points.first(), points.last()) else {
+        return f64::NAN;
+    };
+    let range = last.0 - first.0;
+    if range <= 0.0 {
+        return points.iter().map(|p| p.1).sum::<f64>() / points.len() as f64;
+    }
+    let area: f64 = points
+        .windows(2)
+        .map(|w| (w[1].0 - w[0].0) * (w[0].1 + w[1].1) / 2.0)
+        .sum();
+    area / range
+}
+
+/// AULC per (pipeline, trainer, strategy): mean and std over runs (seeds), the runs' round
+/// counts, as text.
+pub fn aulc_report(results_dir: &Path, pipeline: Option<&str>) -> Result<String> {
+    let cols = [
+        "run_id",
+        "pipeline",
+        "trainer",
+        "strategy",
+        "accuracy",
+        "n_labeled",
+    ];
+    let df = scan(results_dir, pipeline, &cols)?
+        .collect()
+        .map_err(|e| anyhow!("{}: {e}", results_dir.display()))?;
+    let s = |n: &str| -> Result<Vec<String>> {
+        let c = df.column(n)?.as_materialized_series().str()?.clone();
+        Ok((0..c.len())
+            .map(|i| c.get(i).unwrap_or("").to_string())
+            .collect())
+    };
+    let f = |n: &str| -> Result<Vec<f64>> {
+        let c = df
+            .column(n)?
+            .as_materialized_series()
+            .cast(&DataType::Float64)?;
+        let c = c.f64()?;
+        Ok((0..c.len()).map(|i| c.get(i).unwrap_or(f64::NAN)).collect())
+    };
+    let (run, pipe, trainer, strat) = (s("run_id")?, s("pipeline")?, s("trainer")?, s("strategy")?);
+    let (acc, nl) = (f("accuracy")?, f("n_labeled")?);
+    let mut runs: BTreeMap<(String, String, String, String), Vec<(f64, f64)>> = BTreeMap::new();
+    for i in 0..df.height() {
+        runs.entry((
+            pipe[i].clone(),
+            trainer[i].clone(),
+            strat[i].clone(),
+            run[i].clone(),
+        ))
+        .or_default()
+        .push((nl[i], acc[i]));
+    }
+    let mut groups: BTreeMap<(String, String, String), Vec<(f64, usize)>> = BTreeMap::new();
+    for ((p, t, s, _), mut pts) in runs {
+        let n = pts.len();
+        groups
+            .entry((p, t, s))
+            .or_default()
+            .push((aulc(&mut pts), n));
+    }
+    let mut out =
+        String::from("AULC (area under accuracy vs labels, normalised), mean ± std over seeds\n");
+    out += &format!(
+        "{:<16} {:<10} {:<18} {:>8} {:>8} {:>6} {:>7}\n",
+        "pipeline", "trainer", "strategy", "aulc", "std", "seeds", "rounds"
+    );
+    for ((p, t, s), v) in &groups {
+        let n = v.len() as f64;
+        let mean = v.iter().map(|x| x.0).sum::<f64>() / n;
+        let sd = if v.len() > 1 {
+            (v.iter().map(|x| (x.0 - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+        } else {
+            0.0
+        };
+        let rounds = v.iter().map(|x| x.1).min().unwrap_or(0);
+        out += &format!(
+            "{p:<16} {t:<10} {s:<18} {mean:>8.4} {sd:>8.4} {:>6} {rounds:>7}\n",
+            v.len()
+        );
+    }
+    Ok(out)
 }
 
 /// Two-sided 95% Student-t quantile t_{0.975, df}.
@@ -186,4 +281,21 @@ pub fn parquet_files(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out.sort();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aulc_is_the_normalised_trapezoid_area() {
+        // accuracy 0.5 → 1.0 linearly over 10 → 30 labels: mean height 0.75
+        let mut p = vec![(30.0, 1.0), (10.0, 0.5), (20.0, 0.75)];
+        assert!((aulc(&mut p) - 0.75).abs() < 1e-12);
+        // a step: 0.2 on [0, 10], then 0.8 at 20 → (10·0.2 + 10·0.5)/20
+        let mut q = vec![(0.0, 0.2), (10.0, 0.2), (20.0, 0.8)];
+        assert!((aulc(&mut q) - 0.35).abs() < 1e-12);
+        assert_eq!(aulc(&mut [(5.0, 0.4)]), 0.4);
+        assert!(aulc(&mut []).is_nan());
+    }
 }

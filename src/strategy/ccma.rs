@@ -2,7 +2,9 @@
 //! the teacher's image embeddings, conformal label sets of student and teacher, the gated
 //! JS-disagreement + student-entropy score, the top ρ·B, and a final diversity step (k-means
 //! centroid-nearest or UHerding's uncertainty-weighted coverage). `ccma-v1` … `ccma-v5` are the
-//! paper's ablation variants; `ccma` takes every switch from `[select.ccma]`.
+//! paper's ablation variants (V1 = selective subpool + diversity, V2 = whole pool + diversity,
+//! V3 = random subpool + diversity, V4 = selective subpool alone, V5 = neither), `ccma-uherding`
+//! is V1 with the UHerding final step; `ccma` takes every switch from `[select.ccma]`.
 
 use super::{top_scores, uherding, Need, Pick, SelectContext, Strategy};
 use crate::conformal::{calibrate, ccma_score, set};
@@ -26,6 +28,7 @@ impl Ccma {
             "ccma-v3" => ("ccma-v3", Some("random"), Some(true)),
             "ccma-v4" => ("ccma-v4", Some("selective"), Some(false)),
             "ccma-v5" => ("ccma-v5", Some("none"), Some(false)),
+            "ccma-uherding" => ("ccma-uherding", Some("selective"), None),
             other => bail!("unknown CCMA variant '{other}' (ccma, ccma-v1 … ccma-v5)"),
         };
         Ok(Ccma {
@@ -91,6 +94,7 @@ impl Strategy for Ccma {
         let top = top_scores(&s, (cfg.rho * budget).min(s.len()));
         let trows: Vec<usize> = top.iter().map(|t| rows[t.pos]).collect();
         let diversity = match self.diversity {
+            _ if self.name == "ccma-uherding" => "uherding",
             Some(false) => "none",
             Some(true) if cfg.diversity == "none" => "kmeans",
             _ => cfg.diversity.as_str(),
@@ -169,7 +173,13 @@ mod tests {
             cfg.ccma.rho = 2;
             cfg.ccma.diversity = diversity.into();
             for v in [
-                "ccma", "ccma-v1", "ccma-v2", "ccma-v3", "ccma-v4", "ccma-v5",
+                "ccma",
+                "ccma-v1",
+                "ccma-v2",
+                "ccma-v3",
+                "ccma-v4",
+                "ccma-v5",
+                "ccma-uherding",
             ] {
                 let mut ctx = o.ctx();
                 ctx.teacher_probs = Some(&pt);

@@ -116,7 +116,7 @@ pub trait Strategy: Send + Sync {
     fn select(&self, ctx: &SelectContext, budget: usize, rng: &mut VRng) -> Result<Vec<Pick>>;
 }
 
-pub const NAMES: [&str; 22] = [
+pub const NAMES: [&str; 23] = [
     "random",
     "entropy",
     "margin",
@@ -139,6 +139,7 @@ pub const NAMES: [&str; 22] = [
     "ccma-v3",
     "ccma-v4",
     "ccma-v5",
+    "ccma-uherding",
 ];
 
 /// The registry: a strategy by its name.
