@@ -784,3 +784,148 @@ fn bad_inputs_fail_with_one_line_and_write_nothing() {
     let e = fails(d, &["run", &p4]);
     assert!(e.contains("bad.toml: unknown strategy 'nope'"), "{e}");
 }
+
+#[test]
+fn ccma_baselines_diagnostics_and_aulc() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let data = d.join("data/cal");
+    ok(
+        d,
+        &[
+            "-q",
+            "synth",
+            "--out",
+            data.to_str().unwrap(),
+            "--classes",
+            "4",
+            "--dim",
+            "16",
+            "--teacher-dim",
+            "8",
+            "--latent",
+            "8",
+            "--train",
+            "400",
+            "--calib",
+            "80",
+            "--test",
+            "200",
+        ],
+    );
+    let strategies = [
+        "ccma-v1",
+        "ccma-v2",
+        "ccma-v3",
+        "ccma-v4",
+        "ccma-v5",
+        "ccma-uherding",
+        "bald",
+        "power-bald",
+        "alfa-mix",
+        "typiclust",
+        "probcover",
+        "dropquery",
+        "uherding",
+    ];
+    let body = format!(
+        "seeds = [3]\nrounds = 2\nbudget = 4\nstrategies = {strategies:?}\ntrainers = [\"linear\"]\n\
+         [teacher]\ntau = 0.03\n[select]\ndiagnostics = true\n[select.ccma]\nsubpool_size = 60\nrho = 5\n\
+         [select.mc]\npasses = 5\n"
+    );
+    let p = pipeline(d, "ccma.toml", &data, &body);
+    ok(d, &["-q", "run", &p]);
+    let n = strategies.len() * 3;
+    assert_eq!(results_rows(&d.join("results")).len(), n);
+    // one diagnostics row per (run, round), calibrated on the calib split
+    let diag = parquet_files(&d.join("diagnostics"));
+    assert_eq!(diag.len(), n);
+    for f in &diag {
+        let t = table::read(f, Table::Diagnostics).unwrap();
+        assert_eq!(t.strings("calibration").unwrap()[0], "size@calib");
+        let overlap = t.f64s("set_overlap").unwrap()[0].unwrap();
+        let student = t.f64s("mean_set_student").unwrap()[0].unwrap();
+        let teacher = t.f64s("mean_set_teacher").unwrap()[0].unwrap();
+        assert!(
+            overlap >= 1.0 && overlap <= student.min(teacher),
+            "{}",
+            f.display()
+        );
+        let dis = t.f64s("top1_disagreement").unwrap()[0].unwrap();
+        assert!((0.0..=1.0).contains(&dis));
+        assert!(t.f64s("calib_coverage_student").unwrap()[0].is_some());
+    }
+    // CCMA's queries say how it calibrated; the pool-size fallback is never needed here
+    let q = paths(
+        d,
+        &[
+            "--pipeline",
+            &p,
+            "--strategy",
+            "ccma-v1",
+            "--seed",
+            "3",
+            "--round",
+            "1",
+        ],
+    );
+    let qt = table::read(&q["QUERIES"], Table::Queries).unwrap();
+    assert_eq!(qt.meta("calibration").unwrap(), "size@calib");
+    // AULC for every strategy in the report
+    let out = vlal(
+        d,
+        &["report", "--results", d.join("results").to_str().unwrap()],
+        &[],
+    );
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let aulc: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("AULC"))
+        .collect();
+    for s in strategies {
+        let line = aulc
+            .iter()
+            .find(|l| l.split_whitespace().nth(2) == Some(s))
+            .unwrap_or_else(|| panic!("no AULC row for {s}: {text}"));
+        let v: f64 = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+        assert!(v > 0.25 && v <= 1.0, "{line}");
+    }
+    // same config + seed ⇒ the same selections, MC dropout and k-means included
+    let first = queries(&d.join("runs"));
+    std::fs::remove_dir_all(d.join("runs")).unwrap();
+    std::fs::remove_dir_all(d.join("results")).unwrap();
+    std::fs::remove_dir_all(d.join("diagnostics")).unwrap();
+    ok(d, &["-q", "run", &p]);
+    assert_eq!(first, queries(&d.join("runs")));
+
+    // coverage-targeted calibration on the calib split: in-sample coverage ≥ 1 − α
+    let body = "seeds = [3]\nrounds = 1\nbudget = 4\nstrategies = [\"ccma-v2\"]\n\
+         [select]\ndiagnostics = true\n[select.ccma]\ncalibration = \"coverage\"\nalpha = 0.2\n";
+    let p2 = pipeline(d, "cov.toml", &data, body);
+    let p2_text = std::fs::read_to_string(&p2)
+        .unwrap()
+        .replace("name = \"e2e\"", "name = \"cov\"");
+    std::fs::write(&p2, p2_text).unwrap();
+    ok(d, &["-q", "run", &p2]);
+    let cov: Vec<PathBuf> = parquet_files(&d.join("diagnostics/pipeline=cov"));
+    assert_eq!(cov.len(), 2);
+    for f in cov {
+        let t = table::read(&f, Table::Diagnostics).unwrap();
+        assert_eq!(t.strings("calibration").unwrap()[0], "coverage@calib");
+        for c in ["calib_coverage_student", "calib_coverage_teacher"] {
+            let v = t.f64s(c).unwrap()[0].unwrap();
+            assert!(v >= 0.8, "{c} = {v}");
+        }
+    }
+
+    // MC dropout and Alfa-mix's gradients through the dual head
+    let body = "seeds = [0]\nrounds = 1\nbudget = 4\nstrategies = [\"bald\", \"alfa-mix\", \"dropquery\"]\n\
+         trainers = [\"dho\"]\n[dho]\nepochs = 20\n";
+    let p3 = pipeline(d, "dual.toml", &data, body);
+    let t3 = std::fs::read_to_string(&p3)
+        .unwrap()
+        .replace("name = \"e2e\"", "name = \"dual\"");
+    std::fs::write(&p3, t3).unwrap();
+    ok(d, &["-q", "run", &p3]);
+}
