@@ -13,9 +13,15 @@ use vlal::strategy::badge::kmeanspp;
 
 #[derive(Parser)]
 struct Args {
-    /// pcoreset | badge
+    /// pcoreset | badge | ccma-v1 … ccma-v5 | ccma-uherding
     #[arg(long)]
     strategy: String,
+    /// Teacher (CLIP) embedding dimension (CCMA).
+    #[arg(long, default_value_t = 768)]
+    teacher_dim: usize,
+    /// Labeled calibration rows (CCMA).
+    #[arg(long, default_value_t = 1000)]
+    calib: usize,
     #[arg(long, default_value_t = 100_000)]
     pool: usize,
     #[arg(long, default_value_t = 1000)]
@@ -42,6 +48,77 @@ fn peak_rss_mib() -> f64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// CCMA on generated CLIP-like data: class means in the teacher space, images = normalised
+/// mean + noise, prototypes = normalised mean + smaller noise, teacher p = softmax(cos/0.03);
+/// student p = softmax(3·N(0,1) + 4·e_y). Rows: pool, then labeled, then calib.
+fn ccma(a: &Args, name: &str, r: &mut rng::VRng) -> Result<f64> {
+    use rand::Rng;
+    use vlal::strategy::{Calib, SelectContext};
+    let (c, dt) = (a.classes, a.teacher_dim);
+    let n = a.pool + a.labeled + a.calib;
+    let means = Mat::new(c, dt, normal(c * dt, r))?;
+    let y: Vec<usize> = (0..n).map(|_| r.random_range(0..c)).collect();
+    let mut z = Mat::new(n, dt, normal(n * dt, r).iter().map(|v| v * 1.5).collect())?;
+    for i in 0..n {
+        for (o, m) in z.row_mut(i).iter_mut().zip(means.row(y[i])) {
+            *o += m;
+        }
+    }
+    z.normalize_rows();
+    let mut protos = Mat::new(c, dt, normal(c * dt, r).iter().map(|v| v * 0.5).collect())?;
+    for k in 0..c {
+        for (o, m) in protos.row_mut(k).iter_mut().zip(means.row(k)) {
+            *o += m;
+        }
+    }
+    protos.normalize_rows();
+    let mut cos = Mat::zeros(n, c);
+    for i in 0..n {
+        for k in 0..c {
+            cos.row_mut(i)[k] = vlal::geometry::dot(z.row(i), protos.row(k));
+        }
+    }
+    let pt = softmax_rows(&cos, 1.0 / 0.03);
+    let mut sl = Mat::new(n, c, normal(n * c, r).iter().map(|v| v * 3.0).collect())?;
+    for i in 0..n {
+        sl.row_mut(i)[y[i]] += 4.0;
+    }
+    let ps = softmax_rows(&sl, 1.0);
+    let student = Mat::new(n, a.dim, normal(n * a.dim, r))?;
+    let pool: Vec<usize> = (0..a.pool).collect();
+    let labeled: Vec<usize> = (a.pool..a.pool + a.labeled).collect();
+    let labels: Vec<u32> = labeled.iter().map(|&i| y[i] as u32).collect();
+    let cal: Vec<usize> = (a.pool + a.labeled..n).collect();
+    let (cs, ct) = (ps.select_rows(&cal), pt.select_rows(&cal));
+    let cy: Vec<u32> = cal.iter().map(|&i| y[i] as u32).collect();
+    let cfg = vlal::config::SelectCfg::default();
+    let ctx = SelectContext {
+        n_classes: c,
+        probs: &ps,
+        features: &student,
+        labeled: &labeled,
+        labels: &labels,
+        pool: &pool,
+        head: None,
+        teacher_probs: Some(&pt),
+        teacher_image: Some(&z),
+        calib: Some(Calib {
+            student: &cs,
+            teacher: Some(&ct),
+            labels: &cy,
+        }),
+        cfg: &cfg,
+        dropout: 0.75,
+        notes: Default::default(),
+    };
+    let s = vlal::strategy::by_name(name)?;
+    let t = Instant::now();
+    let picks = s.select(&ctx, a.budget, &mut rng::stream(a.seed, "select", 0))?;
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(picks.len(), a.budget);
+    Ok(secs)
 }
 
 fn main() -> Result<()> {
@@ -90,7 +167,8 @@ fn main() -> Result<()> {
             assert_eq!(picks.len(), a.budget);
             t.elapsed().as_secs_f64()
         }
-        other => bail!("unknown strategy '{other}' (pcoreset or badge)"),
+        s if s.starts_with("ccma") => ccma(&a, s, &mut r)?,
+        other => bail!("unknown strategy '{other}' (pcoreset, badge or ccma-*)"),
     };
     println!(
         "{{\"impl\": \"vlal\", \"strategy\": \"{}\", \"pool\": {}, \"classes\": {}, \"dim\": {}, \"budget\": {}, \"seconds\": {secs:.3}, \"peak_rss_mib\": {:.0}}}",

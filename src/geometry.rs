@@ -41,6 +41,65 @@ pub fn sqdist(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+#[cfg(feature = "blas")]
+#[link(name = "openblas")]
+extern "C" {}
+
+/// a·bᵀ for row-major `a` (m × d) and `b` (n × d): an m × n matrix. Through OpenBLAS's sgemm
+/// with the `blas` feature, else candle's gemm.
+pub fn matmul_nt(a: &Mat, b: &Mat) -> anyhow::Result<Mat> {
+    anyhow::ensure!(
+        a.cols == b.cols,
+        "matmul: {}-d rows against {}-d rows",
+        a.cols,
+        b.cols
+    );
+    #[cfg(feature = "blas")]
+    {
+        let (m, n, k) = (a.rows, b.rows, a.cols);
+        // small products: OpenBLAS's thread start-up costs more than it saves
+        if m * n * k < 1 << 22 {
+            return matmul_nt_candle(a, b);
+        }
+        let mut out = vec![0f32; m * n];
+        if m > 0 && n > 0 && k > 0 {
+            let i = |v: usize| i32::try_from(v).expect("matrix side fits in i32");
+            // SAFETY: the slices hold m·k, n·k and m·n floats, matching the dimensions and
+            // leading dimensions given for row-major A (no transpose), B (transposed) and C.
+            unsafe {
+                cblas_sys::cblas_sgemm(
+                    cblas_sys::CBLAS_LAYOUT::CblasRowMajor,
+                    cblas_sys::CBLAS_TRANSPOSE::CblasNoTrans,
+                    cblas_sys::CBLAS_TRANSPOSE::CblasTrans,
+                    i(m),
+                    i(n),
+                    i(k),
+                    1.0,
+                    a.data.as_ptr(),
+                    i(k),
+                    b.data.as_ptr(),
+                    i(k),
+                    0.0,
+                    out.as_mut_ptr(),
+                    i(n),
+                );
+            }
+        }
+        Mat::new(m, n, out)
+    }
+    #[cfg(not(feature = "blas"))]
+    {
+        matmul_nt_candle(a, b)
+    }
+}
+
+/// a·bᵀ by candle's gemm (the fallback without BLAS, and the cross-check of the BLAS path).
+pub fn matmul_nt_candle(a: &Mat, b: &Mat) -> anyhow::Result<Mat> {
+    let dev = candle_core::Device::Cpu;
+    let bt = b.to_tensor(&dev)?.t()?;
+    Mat::from_tensor(&a.to_tensor(&dev)?.matmul(&bt)?)
+}
+
 /// For each row index in `points`, the squared distance to the nearest row in `centers`
 /// (+inf when there is no center). Large cases go through a blocked matrix product
 /// (‖x‖² + ‖c‖² − 2x·c, clamped at 0); small ones are computed directly.
@@ -65,23 +124,45 @@ pub fn min_sqdist(f: &Mat, points: &[usize], centers: &[usize]) -> Vec<f32> {
 }
 
 fn min_sqdist_gemm(f: &Mat, points: &[usize], centers: &[usize]) -> anyhow::Result<Vec<f32>> {
-    use candle_core::{Device, Tensor};
-    let dev = Device::Cpu;
-    let c = f.select_rows(centers);
-    let cn: Vec<f32> = (0..c.rows).map(|i| dot(c.row(i), c.row(i))).collect();
-    let ct = c.to_tensor(&dev)?.t()?.contiguous()?;
-    let cn = Tensor::from_vec(cn, (1, centers.len()), &dev)?;
     let mut out = Vec::with_capacity(points.len());
-    for blk in points.chunks(4096) {
-        let p = f.select_rows(blk);
-        let pn: Vec<f32> = (0..p.rows).map(|i| dot(p.row(i), p.row(i))).collect();
-        let pn = Tensor::from_vec(pn, (blk.len(), 1), &dev)?;
-        let d = (p.to_tensor(&dev)?.matmul(&ct)? * -2.0)?
-            .broadcast_add(&pn)?
-            .broadcast_add(&cn)?;
-        out.extend(d.min(1)?.to_vec1::<f32>()?.into_iter().map(|v| v.max(0.0)));
-    }
+    sqdist_blocks(f, points, &f.select_rows(centers), |_, d| {
+        out.par_extend(
+            d.data
+                .par_chunks(d.cols)
+                .map(|r| r.iter().fold(f32::INFINITY, |m, &v| m.min(v))),
+        );
+        Ok(())
+    })?;
     Ok(out)
+}
+
+/// Squared distances ‖x − c‖² (clamped at 0) of the rows `rows` of `x` against every row of `c`,
+/// by blocks of rows through [`matmul_nt`] (a block × |c| matrix stays ≤ 64 MiB):
+/// `each(position of the block's first row in rows, block × |c| distances)`.
+pub fn sqdist_blocks(
+    x: &Mat,
+    rows: &[usize],
+    c: &Mat,
+    mut each: impl FnMut(usize, &Mat) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let cn: Vec<f32> = (0..c.rows).map(|i| dot(c.row(i), c.row(i))).collect();
+    let blk = ((16usize << 20) / c.rows.max(1)).clamp(16, 8192);
+    for (k, b) in rows.chunks(blk).enumerate() {
+        let p = x.select_rows(b);
+        let mut d = matmul_nt(&p, c)?;
+        let cols = d.cols;
+        d.data
+            .par_chunks_mut(cols.max(1))
+            .enumerate()
+            .for_each(|(i, r)| {
+                let pn = dot(p.row(i), p.row(i));
+                for (v, &cn) in r.iter_mut().zip(&cn) {
+                    *v = (pn + cn - 2.0 * *v).max(0.0);
+                }
+            });
+        each(k * blk, &d)?;
+    }
+    Ok(())
 }
 
 /// k-center greedy (Sener & Savarese): starting from `centers`, repeatedly add the pool point

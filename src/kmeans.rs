@@ -9,12 +9,6 @@
 use crate::mat::Mat;
 use crate::rng::{self, VRng};
 use anyhow::{bail, Result};
-use candle_core::{Device, Tensor};
-
-/// Rows per block of the blocked distance product: a block × k matrix stays ≤ 64 MiB.
-fn block_rows(k: usize) -> usize {
-    ((16usize << 20) / k.max(1)).clamp(64, 8192)
-}
 
 #[derive(Clone, Debug)]
 pub struct KMeansCfg {
@@ -78,25 +72,29 @@ pub fn nearest(x: &Mat, rows: &[usize], centroids: &Mat) -> Result<(Vec<u32>, Ve
             centroids.cols
         );
     }
-    let dev = Device::Cpu;
-    let cn: Vec<f32> = (0..centroids.rows)
-        .map(|i| crate::geometry::dot(centroids.row(i), centroids.row(i)))
-        .collect();
-    let cn = Tensor::from_vec(cn, (1, centroids.rows), &dev)?;
-    let ct = centroids.to_tensor(&dev)?.t()?.contiguous()?;
+    use rayon::prelude::*;
     let mut assign = Vec::with_capacity(rows.len());
     let mut dist = Vec::with_capacity(rows.len());
-    for blk in rows.chunks(block_rows(centroids.rows)) {
-        let p = x.select_rows(blk);
-        // ‖x‖² does not change the argmin; it is added back for the distance.
-        let d = (p.to_tensor(&dev)?.matmul(&ct)? * -2.0)?.broadcast_add(&cn)?;
-        let a = d.argmin(1)?.to_vec1::<u32>()?;
-        let m = d.min(1)?.to_vec1::<f32>()?;
-        for (i, (&a, &m)) in a.iter().zip(&m).enumerate() {
+    crate::geometry::sqdist_blocks(x, rows, centroids, |_, d| {
+        let best: Vec<(u32, f32)> = d
+            .data
+            .par_chunks(d.cols)
+            .map(|r| {
+                let (mut bj, mut bv) = (0u32, f32::INFINITY);
+                for (j, &v) in r.iter().enumerate() {
+                    if v < bv {
+                        (bj, bv) = (j as u32, v);
+                    }
+                }
+                (bj, bv)
+            })
+            .collect();
+        for (a, d) in best {
             assign.push(a);
-            dist.push((m + crate::geometry::dot(p.row(i), p.row(i))).max(0.0));
+            dist.push(d);
         }
-    }
+        Ok(())
+    })?;
     Ok((assign, dist))
 }
 
@@ -124,8 +122,16 @@ pub fn kmeans(x: &Mat, rows: &[usize], cfg: &KMeansCfg, rng: &mut VRng) -> Resul
     let d = x.cols;
     let mut prev: Vec<u32> = Vec::new();
     for _ in 0..cfg.iters {
-        let (assign, _) = nearest(x, &train, &centroids)?;
+        let (assign, dist) = nearest(x, &train, &centroids)?;
         if assign == prev {
+            // converged: without subsampling this pass already is the final assignment
+            if train.len() == n {
+                return Ok(Clusters {
+                    centroids,
+                    assign,
+                    dist,
+                });
+            }
             break;
         }
         let mut sums = vec![0f64; k * d];
@@ -268,6 +274,23 @@ mod tests {
         let again = kmeans(&x, &rows, &KMeansCfg::new(3), &mut rng::stream(7, "km", 0)).unwrap();
         assert_eq!(c.assign, again.assign);
         assert_eq!(c.centroids.data, again.centroids.data);
+    }
+
+    #[test]
+    fn matmul_paths_agree() {
+        let mut r = rng::stream(9, "test", 0);
+        // 300·200·80 ≥ 2²² goes through BLAS when the feature is on
+        let a = Mat::new(300, 80, rng::uniform(300 * 80, 1.0, &mut r)).unwrap();
+        let b = Mat::new(200, 80, rng::uniform(200 * 80, 1.0, &mut r)).unwrap();
+        let x = crate::geometry::matmul_nt(&a, &b).unwrap();
+        let y = crate::geometry::matmul_nt_candle(&a, &b).unwrap();
+        assert_eq!((x.rows, x.cols), (300, 200));
+        for i in (0..300).step_by(7) {
+            for j in (0..200).step_by(3) {
+                let d = crate::geometry::dot(a.row(i), b.row(j));
+                assert!((x.row(i)[j] - d).abs() < 1e-4 && (y.row(i)[j] - d).abs() < 1e-4);
+            }
+        }
     }
 
     #[test]

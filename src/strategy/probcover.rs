@@ -9,7 +9,6 @@ use crate::kmeans::{kmeans, KMeansCfg};
 use crate::mat::Mat;
 use crate::rng::{self, VRng};
 use anyhow::{bail, Result};
-use candle_core::{Device, Tensor};
 
 pub struct ProbCover;
 
@@ -108,34 +107,14 @@ fn ball_graph(f: &Mat, rows: &[usize], delta: f32) -> Result<Vec<Vec<u32>>> {
     Ok(out)
 }
 
-/// Squared distances of blocks of `a` against all of `b`: `each(first row of the block, block)`.
+/// Squared distances of blocks of rows `a` against all rows `b` of `f`.
 fn for_each_block(
     f: &Mat,
     a: &[usize],
     b: &[usize],
-    mut each: impl FnMut(usize, &Mat) -> Result<()>,
+    each: impl FnMut(usize, &Mat) -> Result<()>,
 ) -> Result<()> {
-    let dev = Device::Cpu;
-    let fb = f.select_rows(b);
-    let bn: Vec<f32> = (0..fb.rows)
-        .map(|i| crate::geometry::dot(fb.row(i), fb.row(i)))
-        .collect();
-    let bn = Tensor::from_vec(bn, (1, b.len()), &dev)?;
-    let bt = fb.to_tensor(&dev)?.t()?.contiguous()?;
-    let blk = ((8usize << 20) / b.len().max(1)).clamp(16, 4096);
-    for (k, chunk) in a.chunks(blk).enumerate() {
-        let fa = f.select_rows(chunk);
-        let an: Vec<f32> = (0..fa.rows)
-            .map(|i| crate::geometry::dot(fa.row(i), fa.row(i)))
-            .collect();
-        let an = Tensor::from_vec(an, (chunk.len(), 1), &dev)?;
-        let d = (fa.to_tensor(&dev)?.matmul(&bt)? * -2.0)?
-            .broadcast_add(&an)?
-            .broadcast_add(&bn)?
-            .clamp(0f32, f32::MAX)?;
-        each(k * blk, &Mat::from_tensor(&d)?)?;
-    }
-    Ok(())
+    crate::geometry::sqdist_blocks(f, a, &f.select_rows(b), each)
 }
 
 /// The largest δ on a 0.05 grid (up to 1.0) whose purity — the share of sampled points with no
