@@ -15,7 +15,7 @@ DATA     ?= data/synth
 RUN_ARGS := --pipeline $(PIPELINE) --trainer $(TRAINER) --strategy $(STRATEGY) --seed $(SEED)
 PATHS_MK := .make/$(notdir $(basename $(PIPELINE)))-$(TRAINER)-$(STRATEGY)-$(SEED)-$(ROUND).mk
 
-.PHONY: all build test extract init train select label eval round sweep report bench-round clean-runs
+.PHONY: all build test extract init train select label eval round sweep report bench-round bench-ccma clean-runs
 all: build
 
 build: $(VLAL)
@@ -77,5 +77,9 @@ bench-round: $(VLAL)
 	$(VLAL) run pipelines/bench-50k.toml
 	$(VLAL) report --pipeline bench-50k
 
+# CCMA select time at 50k × 100 classes next to numpy + faiss (needs python3 with numpy).
+bench-ccma: $(VLAL)
+	python3 bench/ccma_bench.py --bin $(dir $(VLAL))vlal-bench --variants ccma-v1,ccma-v2,ccma-v3,ccma-v4,ccma-v5
+
 clean-runs:
-	rm -rf runs results .make
+	rm -rf runs results diagnostics .make

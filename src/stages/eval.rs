@@ -49,46 +49,38 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize) -> Result<()> {
     if p.select.diagnostics {
         diagnostics(spec, cache, round, &labels)?;
     }
-    let one = |v: &str| table::utf8(&[v]);
     table::write(
         &out,
         Table::Results,
-        vec![
-            ("run_id", one(&spec.run_id())),
-            ("pipeline", one(&p.name)),
-            ("dataset", one(&cache.dataset)),
-            ("strategy", one(&spec.strategy)),
-            ("trainer", one(&spec.trainer)),
-            ("seed", table::i64s(&[spec.seed as i64])),
-            ("round", table::i32s(&[round as i32])),
-            ("n_labeled", table::i64s(&[labels.len() as i64])),
-            ("budget_spent", table::f64s(&[budget_spent])),
-            ("accuracy", table::f64s(&[s.accuracy])),
-            ("macro_f1", table::f64s(&[s.macro_f1])),
-            ("per_class_acc", table::list_f64(&[s.per_class_acc])),
-            ("train_s", table::f64s(&[train_s])),
-            ("select_s", table::opt_f64s(&[select_s])),
-            (
-                "batch_prob_coverage",
-                table::opt_f64s(&[qmeta("batch_prob_coverage")]),
-            ),
-            (
-                "batch_class_entropy",
-                table::opt_f64s(&[qmeta("batch_class_entropy")]),
-            ),
-            (
-                "batch_uncertainty",
-                table::opt_f64s(&[qmeta("batch_uncertainty")]),
-            ),
-            (
-                "batch_feature_diversity",
-                table::opt_f64s(&[qmeta("batch_feature_diversity")]),
-            ),
-            ("config_hash", one(&spec.config_hash())),
-            ("student_model", one(&cache.student_model)),
-            ("teacher_model", one(&cache.teacher_model)),
-            ("tool_version", one(TOOL_VERSION)),
-        ],
+        [
+            id_columns(spec, cache, round, labels.len()),
+            vec![
+                ("budget_spent", table::f64s(&[budget_spent])),
+                ("accuracy", table::f64s(&[s.accuracy])),
+                ("macro_f1", table::f64s(&[s.macro_f1])),
+                ("per_class_acc", table::list_f64(&[s.per_class_acc])),
+                ("train_s", table::f64s(&[train_s])),
+                ("select_s", table::opt_f64s(&[select_s])),
+                (
+                    "batch_prob_coverage",
+                    table::opt_f64s(&[qmeta("batch_prob_coverage")]),
+                ),
+                (
+                    "batch_class_entropy",
+                    table::opt_f64s(&[qmeta("batch_class_entropy")]),
+                ),
+                (
+                    "batch_uncertainty",
+                    table::opt_f64s(&[qmeta("batch_uncertainty")]),
+                ),
+                (
+                    "batch_feature_diversity",
+                    table::opt_f64s(&[qmeta("batch_feature_diversity")]),
+                ),
+            ],
+            provenance_columns(spec, cache),
+        ]
+        .concat(),
         &[],
         table::Mode::NoClobber,
     )?;
@@ -147,47 +139,73 @@ fn diagnostics(
         cal.teacher,
         calib.map(|(s, t, y)| (s, t, rows.as_slice(), y)),
     );
-    let p = &spec.pipeline;
     let one = |v: &str| table::utf8(&[v]);
     let f = |v: f64| table::f64s(&[v]);
     table::write(
         &out,
         Table::Diagnostics,
-        vec![
-            ("run_id", one(&spec.run_id())),
-            ("pipeline", one(&p.name)),
-            ("dataset", one(&cache.dataset)),
-            ("strategy", one(&spec.strategy)),
-            ("trainer", one(&spec.trainer)),
-            ("seed", table::i64s(&[spec.seed as i64])),
-            ("round", table::i32s(&[round as i32])),
-            ("n_labeled", table::i64s(&[labels.len() as i64])),
-            ("calibration", one(&cal.how)),
-            ("q_student", f(cal.student.q)),
-            ("q_teacher", f(cal.teacher.q)),
-            ("set_overlap", f(d.set_overlap)),
-            ("set_symdiff", f(d.set_symdiff)),
-            ("mean_set_student", f(d.mean_set_student)),
-            ("mean_set_teacher", f(d.mean_set_teacher)),
-            ("top1_disagreement", f(d.top1_disagreement)),
-            ("mean_js", f(d.mean_js)),
-            ("mean_max_student", f(d.mean_max_student)),
-            ("mean_max_teacher", f(d.mean_max_teacher)),
-            (
-                "calib_coverage_student",
-                table::opt_f64s(&[d.calib_coverage_student]),
-            ),
-            (
-                "calib_coverage_teacher",
-                table::opt_f64s(&[d.calib_coverage_teacher]),
-            ),
-            ("config_hash", one(&spec.config_hash())),
-            ("student_model", one(&cache.student_model)),
-            ("teacher_model", one(&cache.teacher_model)),
-            ("tool_version", one(TOOL_VERSION)),
-        ],
+        [
+            id_columns(spec, cache, round, labels.len()),
+            vec![
+                ("calibration", one(&cal.how)),
+                ("q_student", f(cal.student.q)),
+                ("q_teacher", f(cal.teacher.q)),
+                ("set_overlap", f(d.set_overlap)),
+                ("set_symdiff", f(d.set_symdiff)),
+                ("mean_set_student", f(d.mean_set_student)),
+                ("mean_set_teacher", f(d.mean_set_teacher)),
+                ("top1_disagreement", f(d.top1_disagreement)),
+                ("mean_js", f(d.mean_js)),
+                ("mean_max_student", f(d.mean_max_student)),
+                ("mean_max_teacher", f(d.mean_max_teacher)),
+                (
+                    "calib_coverage_student",
+                    table::opt_f64s(&[d.calib_coverage_student]),
+                ),
+                (
+                    "calib_coverage_teacher",
+                    table::opt_f64s(&[d.calib_coverage_teacher]),
+                ),
+            ],
+            provenance_columns(spec, cache),
+        ]
+        .concat(),
         &[],
         table::Mode::NoClobber,
     )?;
     Ok(())
+}
+
+/// The columns that open a results or diagnostics row: which run, round and labels.
+fn id_columns(
+    spec: &RunSpec,
+    cache: &Cache,
+    round: usize,
+    n_labeled: usize,
+) -> Vec<(&'static str, arrow::array::ArrayRef)> {
+    let one = |v: &str| table::utf8(&[v]);
+    vec![
+        ("run_id", one(&spec.run_id())),
+        ("pipeline", one(&spec.pipeline.name)),
+        ("dataset", one(&cache.dataset)),
+        ("strategy", one(&spec.strategy)),
+        ("trainer", one(&spec.trainer)),
+        ("seed", table::i64s(&[spec.seed as i64])),
+        ("round", table::i32s(&[round as i32])),
+        ("n_labeled", table::i64s(&[n_labeled as i64])),
+    ]
+}
+
+/// The columns that close it: config hash, model ids, tool version.
+fn provenance_columns(
+    spec: &RunSpec,
+    cache: &Cache,
+) -> Vec<(&'static str, arrow::array::ArrayRef)> {
+    let one = |v: &str| table::utf8(&[v]);
+    vec![
+        ("config_hash", one(&spec.config_hash())),
+        ("student_model", one(&cache.student_model)),
+        ("teacher_model", one(&cache.teacher_model)),
+        ("tool_version", one(TOOL_VERSION)),
+    ]
 }

@@ -102,20 +102,8 @@ pub fn aulc_report(results_dir: &Path, pipeline: Option<&str>) -> Result<String>
     let df = scan(results_dir, pipeline, &cols)?
         .collect()
         .map_err(|e| anyhow!("{}: {e}", results_dir.display()))?;
-    let s = |n: &str| -> Result<Vec<String>> {
-        let c = df.column(n)?.as_materialized_series().str()?.clone();
-        Ok((0..c.len())
-            .map(|i| c.get(i).unwrap_or("").to_string())
-            .collect())
-    };
-    let f = |n: &str| -> Result<Vec<f64>> {
-        let c = df
-            .column(n)?
-            .as_materialized_series()
-            .cast(&DataType::Float64)?;
-        let c = c.f64()?;
-        Ok((0..c.len()).map(|i| c.get(i).unwrap_or(f64::NAN)).collect())
-    };
+    let s = |n: &str| str_col(&df, n);
+    let f = |n: &str| f64_col(&df, n);
     let (run, pipe, trainer, strat) = (s("run_id")?, s("pipeline")?, s("trainer")?, s("strategy")?);
     let (acc, nl) = (f("accuracy")?, f("n_labeled")?);
     let mut runs: BTreeMap<(String, String, String, String), Vec<(f64, f64)>> = BTreeMap::new();
@@ -160,6 +148,22 @@ pub fn aulc_report(results_dir: &Path, pipeline: Option<&str>) -> Result<String>
     Ok(out)
 }
 
+fn str_col(df: &DataFrame, n: &str) -> Result<Vec<String>> {
+    let c = df.column(n)?.as_materialized_series().str()?.clone();
+    Ok((0..c.len())
+        .map(|i| c.get(i).unwrap_or("").to_string())
+        .collect())
+}
+
+fn f64_col(df: &DataFrame, n: &str) -> Result<Vec<f64>> {
+    let c = df
+        .column(n)?
+        .as_materialized_series()
+        .cast(&DataType::Float64)?;
+    let c = c.f64()?;
+    Ok((0..c.len()).map(|i| c.get(i).unwrap_or(f64::NAN)).collect())
+}
+
 /// Two-sided 95% Student-t quantile t_{0.975, df}.
 pub fn t975(df: usize) -> f64 {
     const T: [f64; 30] = [
@@ -185,20 +189,8 @@ pub enum Spread {
 
 /// The summary as text: one block per (pipeline, trainer); rows = rounds, columns = strategies.
 pub fn render(df: &DataFrame, spread: Spread) -> Result<String> {
-    let s = |n: &str| -> Result<Vec<String>> {
-        let c = df.column(n)?.as_materialized_series().str()?.clone();
-        Ok((0..c.len())
-            .map(|i| c.get(i).unwrap_or("").to_string())
-            .collect())
-    };
-    let f = |n: &str| -> Result<Vec<f64>> {
-        let c = df
-            .column(n)?
-            .as_materialized_series()
-            .cast(&DataType::Float64)?;
-        let c = c.f64()?;
-        Ok((0..c.len()).map(|i| c.get(i).unwrap_or(f64::NAN)).collect())
-    };
+    let s = |n: &str| str_col(df, n);
+    let f = |n: &str| f64_col(df, n);
     let (pipe, trainer, strat) = (s("pipeline")?, s("trainer")?, s("strategy")?);
     let (round, mean, std, seeds, nl) = (
         f("round")?,

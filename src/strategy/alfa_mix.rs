@@ -4,7 +4,7 @@
 //! candidates. ε grows until more than B candidates appear; k-means with K = B on the candidates
 //! and the candidate nearest each centroid is queried; short of candidates, the rest is random.
 
-use super::{fill_random, Pick, SelectContext, Strategy};
+use super::{representatives, Pick, SelectContext, Strategy};
 use crate::mat::{argmax, Mat};
 use crate::rng::VRng;
 use anyhow::Result;
@@ -47,15 +47,8 @@ impl Strategy for AlfaMix {
             eps += cfg.eps_step;
         }
         let cand: Vec<usize> = (0..n).filter(|&i| min_alpha[i].is_finite()).collect();
-        let mut picked: Vec<usize> = if cand.len() > budget {
-            crate::kmeans::centroid_picks(&emb, &cand, budget, 20, rng)?
-                .into_iter()
-                .map(|j| cand[j])
-                .collect()
-        } else {
-            cand.clone()
-        };
-        fill_random(ctx, &mut picked, budget, rng, "alfa-mix", cand.len());
+        // emb's rows are pool positions
+        let picked = representatives(ctx, &emb, &cand, &cand, budget, rng, "alfa-mix")?;
         // smaller α needed to flip the prediction = more uncertain
         Ok(picked
             .into_iter()

@@ -2,7 +2,7 @@
 //! than half of a few dropout passes; k-means with K = B on the candidates' features, and the
 //! candidate nearest each centroid is queried. Short of candidates, the rest is drawn at random.
 
-use super::{fill_random, mc, Pick, SelectContext, Strategy};
+use super::{mc, representatives, Pick, SelectContext, Strategy};
 use crate::mat::argmax;
 use crate::rng::VRng;
 use anyhow::Result;
@@ -33,15 +33,7 @@ impl Strategy for DropQuery {
             .filter(|&i| 2 * changed[i] > cfg.passes)
             .collect();
         let rows: Vec<usize> = cand.iter().map(|&i| ctx.pool[i]).collect();
-        let mut picked: Vec<usize> = if cand.len() > budget {
-            crate::kmeans::centroid_picks(ctx.features, &rows, budget, 20, rng)?
-                .into_iter()
-                .map(|j| cand[j])
-                .collect()
-        } else {
-            cand.clone()
-        };
-        fill_random(ctx, &mut picked, budget, rng, "dropquery", cand.len());
+        let picked = representatives(ctx, ctx.features, &rows, &cand, budget, rng, "dropquery")?;
         Ok(picked
             .into_iter()
             .map(|pos| Pick {

@@ -194,6 +194,56 @@ pub fn pool_scores(ctx: &SelectContext, f: impl Fn(&[f32]) -> f64 + Sync) -> Vec
     ctx.pool.par_iter().map(|&r| f(ctx.probs.row(r))).collect()
 }
 
+impl SelectContext<'_> {
+    /// Labeled and unlabeled rows together, ascending (the space the coverage methods cluster).
+    pub fn all_rows(&self) -> Vec<usize> {
+        let mut all: Vec<usize> = self.labeled.iter().chain(self.pool).copied().collect();
+        all.sort_unstable();
+        all
+    }
+}
+
+/// B representatives of candidate pool positions `cand` (their vectors: rows `rows` of `x`):
+/// all of them when there are ≤ B, else k-means with K = B and the candidate nearest each
+/// centroid; topped up at random (with a note) when short.
+pub fn representatives(
+    ctx: &SelectContext,
+    x: &Mat,
+    rows: &[usize],
+    cand: &[usize],
+    budget: usize,
+    rng: &mut VRng,
+    who: &str,
+) -> Result<Vec<usize>> {
+    let mut picked: Vec<usize> = if cand.len() > budget {
+        crate::kmeans::centroid_picks(x, rows, budget, 20, rng)?
+            .into_iter()
+            .map(|j| cand[j])
+            .collect()
+    } else {
+        cand.to_vec()
+    };
+    fill_random(ctx, &mut picked, budget, rng, who, cand.len());
+    Ok(picked)
+}
+
+/// Complete `picks` to `budget` with random pool positions (score 0), noting the shortfall.
+pub fn finish_at_random(
+    ctx: &SelectContext,
+    mut picks: Vec<Pick>,
+    budget: usize,
+    rng: &mut VRng,
+    who: &str,
+) -> Vec<Pick> {
+    if picks.len() < budget {
+        let mut pos: Vec<usize> = picks.iter().map(|p| p.pos).collect();
+        let found = pos.len();
+        fill_random(ctx, &mut pos, budget, rng, who, found);
+        picks.extend(pos[found..].iter().map(|&pos| Pick { pos, score: 0.0 }));
+    }
+    picks
+}
+
 /// Top up `picked` (pool positions) to `budget` with random unpicked pool positions, noting how
 /// many were drawn when the strategy ran short.
 pub fn fill_random(

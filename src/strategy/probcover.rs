@@ -4,7 +4,7 @@
 //! under k-means (K = C) pseudo-labels is ≥ `purity`. Once everything is covered the strategy
 //! says so and draws the rest at random, as the released code does.
 
-use super::{fill_random, Pick, SelectContext, Strategy};
+use super::{finish_at_random, Pick, SelectContext, Strategy};
 use crate::kmeans::{kmeans, KMeansCfg};
 use crate::mat::Mat;
 use crate::rng::{self, VRng};
@@ -21,8 +21,7 @@ impl Strategy for ProbCover {
     }
     fn select(&self, ctx: &SelectContext, budget: usize, rng: &mut VRng) -> Result<Vec<Pick>> {
         let cfg = &ctx.cfg.probcover;
-        let mut all: Vec<usize> = ctx.labeled.iter().chain(ctx.pool).copied().collect();
-        all.sort_unstable();
+        let all = ctx.all_rows();
         let delta = match cfg.delta {
             Some(d) => d,
             None => {
@@ -68,20 +67,13 @@ impl Strategy for ProbCover {
                 score: best_deg as f64,
             });
         }
-        if picks.len() < budget {
-            let mut pos: Vec<usize> = picks.iter().map(|p| p.pos).collect();
-            let found = pos.len();
-            fill_random(
-                ctx,
-                &mut pos,
-                budget,
-                rng,
-                "probcover (all points covered)",
-                found,
-            );
-            picks.extend(pos[found..].iter().map(|&pos| Pick { pos, score: 0.0 }));
-        }
-        Ok(picks)
+        Ok(finish_at_random(
+            ctx,
+            picks,
+            budget,
+            rng,
+            "probcover (all points covered)",
+        ))
     }
 }
 

@@ -4,7 +4,7 @@
 //! unlabeled point, typicality = 1 / mean distance to its k nearest neighbours in the cluster.
 //! When no cluster qualifies any more the strategy says so and draws the rest at random.
 
-use super::{fill_random, Pick, SelectContext, Strategy};
+use super::{finish_at_random, Pick, SelectContext, Strategy};
 use crate::geometry::sqdist;
 use crate::kmeans::{kmeans, KMeansCfg};
 use crate::mat::Mat;
@@ -24,8 +24,7 @@ impl Strategy for TypiClust {
     }
     fn select(&self, ctx: &SelectContext, budget: usize, rng: &mut VRng) -> Result<Vec<Pick>> {
         let cfg = &ctx.cfg.typiclust;
-        let mut all: Vec<usize> = ctx.labeled.iter().chain(ctx.pool).copied().collect();
-        all.sort_unstable();
+        let all = ctx.all_rows();
         let mut pool_pos = vec![usize::MAX; ctx.features.rows];
         ctx.pool
             .iter()
@@ -72,20 +71,13 @@ impl Strategy for TypiClust {
             n_labeled[c] += 1;
             picks.push(Pick { pos: bi, score: bt });
         }
-        if picks.len() < budget {
-            let mut pos: Vec<usize> = picks.iter().map(|p| p.pos).collect();
-            let found = pos.len();
-            fill_random(
-                ctx,
-                &mut pos,
-                budget,
-                rng,
-                "typiclust (clusters exhausted)",
-                found,
-            );
-            picks.extend(pos[found..].iter().map(|&pos| Pick { pos, score: 0.0 }));
-        }
-        Ok(picks)
+        Ok(finish_at_random(
+            ctx,
+            picks,
+            budget,
+            rng,
+            "typiclust (clusters exhausted)",
+        ))
     }
 }
 
