@@ -63,6 +63,10 @@ impl Frame {
         Ok(self.typed::<Int32Array>(name)?.iter().collect())
     }
 
+    pub fn i64s(&self, name: &str) -> Result<Vec<Option<i64>>> {
+        Ok(self.typed::<Int64Array>(name)?.iter().collect())
+    }
+
     pub fn f64s(&self, name: &str) -> Result<Vec<Option<f64>>> {
         Ok(self.typed::<Float64Array>(name)?.iter().collect())
     }

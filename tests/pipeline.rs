@@ -891,6 +891,32 @@ fn ccma_baselines_diagnostics_and_aulc() {
         let v: f64 = line.split_whitespace().nth(3).unwrap().parse().unwrap();
         assert!(v > 0.25 && v <= 1.0, "{line}");
     }
+    // every results row carries its run's AULC so far; the last round's is the run's AULC
+    let mut runs: BTreeMap<String, Vec<(i32, f64, f64, Option<f64>)>> = BTreeMap::new();
+    for f in parquet_files(&d.join("results")) {
+        let t = table::read(&f, Table::Results).unwrap();
+        runs.entry(t.strings("run_id").unwrap()[0].clone())
+            .or_default()
+            .push((
+                t.i32s("round").unwrap()[0].unwrap(),
+                t.i64s("n_labeled").unwrap()[0].unwrap() as f64,
+                t.f64s("accuracy").unwrap()[0].unwrap(),
+                t.f64s("aulc").unwrap()[0],
+            ));
+    }
+    assert_eq!(runs.len(), strategies.len());
+    for (run, mut rows) in runs {
+        rows.sort_by_key(|r| r.0);
+        let mut pts: Vec<(f64, f64)> = rows.iter().map(|r| (r.1, r.2)).collect();
+        let whole = vlal::stages::report::aulc(&mut pts);
+        let last = rows.last().unwrap().3.unwrap();
+        assert!((whole - last).abs() < 1e-12, "{run}: {whole} vs {last}");
+        assert_eq!(
+            rows[0].3,
+            Some(rows[0].2),
+            "{run}: one point's AULC is its accuracy"
+        );
+    }
     // same config + seed ⇒ the same selections, MC dropout and k-means included
     let first = queries(&d.join("runs"));
     std::fs::remove_dir_all(d.join("runs")).unwrap();

@@ -77,6 +77,10 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize) -> Result<()> {
                     "batch_feature_diversity",
                     table::opt_f64s(&[qmeta("batch_feature_diversity")]),
                 ),
+                (
+                    "aulc",
+                    table::opt_f64s(&[run_aulc(spec, round, labels.len(), s.accuracy)]),
+                ),
             ],
             provenance_columns(spec, cache),
         ]
@@ -208,4 +212,17 @@ fn provenance_columns(
         ("teacher_model", one(&cache.teacher_model)),
         ("tool_version", one(TOOL_VERSION)),
     ]
+}
+
+/// AULC of the run over rounds 0..=round from its earlier results rows and this round's point;
+/// None when an earlier row is missing or unreadable.
+fn run_aulc(spec: &RunSpec, round: usize, n_labeled: usize, accuracy: f64) -> Option<f64> {
+    let mut pts = vec![(n_labeled as f64, accuracy)];
+    for r in 0..round {
+        let t = table::read(&spec.results_path(r), Table::Results).ok()?;
+        let n = t.i64s("n_labeled").ok()?.first().copied().flatten()?;
+        let a = t.f64s("accuracy").ok()?.first().copied().flatten()?;
+        pts.push((n as f64, a));
+    }
+    Some(super::report::aulc(&mut pts))
 }
