@@ -60,6 +60,10 @@ fn paths(dir: &Path, args: &[&str]) -> std::collections::HashMap<String, PathBuf
 }
 
 fn synth(dir: &Path, name: &str, train: &str) -> PathBuf {
+    synth_with_calib(dir, name, train, "0")
+}
+
+fn synth_with_calib(dir: &Path, name: &str, train: &str, calib: &str) -> PathBuf {
     let out = dir.join("data").join(name);
     let out_s = out.to_str().unwrap().to_string();
     let mut args = vec![
@@ -75,7 +79,7 @@ fn synth(dir: &Path, name: &str, train: &str) -> PathBuf {
         "8",
     ];
     args.extend_from_slice(&[
-        "--latent", "8", "--train", train, "--calib", "0", "--test", "300",
+        "--latent", "8", "--train", train, "--calib", calib, "--test", "300",
     ]);
     ok(dir, &args);
     out
@@ -789,30 +793,7 @@ fn bad_inputs_fail_with_one_line_and_write_nothing() {
 fn ccma_baselines_diagnostics_and_aulc() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let data = d.join("data/cal");
-    ok(
-        d,
-        &[
-            "-q",
-            "synth",
-            "--out",
-            data.to_str().unwrap(),
-            "--classes",
-            "4",
-            "--dim",
-            "16",
-            "--teacher-dim",
-            "8",
-            "--latent",
-            "8",
-            "--train",
-            "400",
-            "--calib",
-            "80",
-            "--test",
-            "200",
-        ],
-    );
+    let data = synth_with_calib(d, "cal", "400", "80");
     let strategies = [
         "ccma-v1",
         "ccma-v2",

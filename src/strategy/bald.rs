@@ -15,10 +15,6 @@ impl Strategy for Bald {
         true
     }
     fn select(&self, ctx: &SelectContext, budget: usize, rng: &mut VRng) -> Result<Vec<Pick>> {
-        let head = ctx.head("bald")?;
-        let emb = mc::pool_embedding(head, ctx.features, ctx.pool)?;
-        let m = &ctx.cfg.mc;
-        let s = mc::bald_scores(head, &emb, m.passes, m.dropout.unwrap_or(ctx.dropout), rng)?;
-        Ok(top_scores(&s, budget))
+        Ok(top_scores(&mc::pool_bald(ctx, "bald", rng)?, budget))
     }
 }

@@ -74,6 +74,14 @@ fn head_classes(head: &Head, emb: &Mat) -> Result<usize> {
     Ok(head.predict_embedded(&emb.select_rows(&[0]))?.cols)
 }
 
+/// BALD scores of the pool rows with the `[select.mc]` settings (`who` names the strategy).
+pub fn pool_bald(ctx: &super::SelectContext, who: &str, rng: &mut VRng) -> Result<Vec<f64>> {
+    let head = ctx.head(who)?;
+    let emb = pool_embedding(head, ctx.features, ctx.pool)?;
+    let m = &ctx.cfg.mc;
+    bald_scores(head, &emb, m.passes, m.dropout.unwrap_or(ctx.dropout), rng)
+}
+
 /// The embedded student features of the pool rows.
 pub fn pool_embedding(head: &Head, features: &Mat, pool: &[usize]) -> Result<Mat> {
     head.embed(&features.select_rows(pool))

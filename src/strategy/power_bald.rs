@@ -16,11 +16,8 @@ impl Strategy for PowerBald {
         true
     }
     fn select(&self, ctx: &SelectContext, budget: usize, rng: &mut VRng) -> Result<Vec<Pick>> {
-        let head = ctx.head("power-bald")?;
-        let emb = mc::pool_embedding(head, ctx.features, ctx.pool)?;
-        let m = &ctx.cfg.mc;
-        let s = mc::bald_scores(head, &emb, m.passes, m.dropout.unwrap_or(ctx.dropout), rng)?;
-        Ok(gumbel_top_k(&s, m.power_beta, budget, rng))
+        let s = mc::pool_bald(ctx, "power-bald", rng)?;
+        Ok(gumbel_top_k(&s, ctx.cfg.mc.power_beta, budget, rng))
     }
 }
 
