@@ -212,11 +212,23 @@ impl Default for UHerdingCfg {
 
 impl SelectCfg {
     /// The parameters a strategy reads (part of its run's config hash), or null.
-    pub fn params_for(&self, strategy: &str, teacher: &TeacherCfg) -> serde_json::Value {
+    /// `default_dropout` is the MC-dropout rate used when a table leaves it unset (the linear
+    /// probe's), so it is hashed as the rate in effect.
+    pub fn params_for(
+        &self,
+        strategy: &str,
+        teacher: &TeacherCfg,
+        default_dropout: f32,
+    ) -> serde_json::Value {
         let v = match strategy {
             s if s.starts_with("ccma") => serde_json::to_value((&self.ccma, teacher.tau)),
-            "bald" | "power-bald" => serde_json::to_value(&self.mc),
-            "dropquery" => serde_json::to_value(&self.dropquery),
+            "bald" | "power-bald" => {
+                serde_json::to_value((&self.mc, self.mc.dropout.unwrap_or(default_dropout)))
+            }
+            "dropquery" => serde_json::to_value((
+                &self.dropquery,
+                self.dropquery.dropout.unwrap_or(default_dropout),
+            )),
             "alfa-mix" => serde_json::to_value(&self.alfamix),
             "typiclust" => serde_json::to_value(&self.typiclust),
             "probcover" => serde_json::to_value(&self.probcover),
@@ -503,7 +515,9 @@ impl RunSpec {
             trainer: &self.trainer,
             trainer_params,
             strategy: &self.strategy,
-            strategy_params: p.select.params_for(&self.strategy, &p.teacher),
+            strategy_params: p
+                .select
+                .params_for(&self.strategy, &p.teacher, p.linear.dropout),
         };
         let bytes = serde_json::to_vec(&h).expect("serialisable");
         let d = Sha256::digest(&bytes);
@@ -612,6 +626,21 @@ teacher = "t@v1"
                 .config_hash()
         );
         assert_eq!(p.runs().len(), 4);
+    }
+
+    #[test]
+    fn strategy_tables_enter_only_their_strategies_hash() {
+        let h = |p: &Pipeline, t: &str, s: &str| RunSpec::new(p, t, s, 0).unwrap().config_hash();
+        let base = pipe("");
+        let mut rho = base.clone();
+        rho.select.ccma.rho = 5;
+        assert_ne!(h(&base, "linear", "ccma-v1"), h(&rho, "linear", "ccma-v1"));
+        assert_eq!(h(&base, "linear", "random"), h(&rho, "linear", "random"));
+        // BALD's dropout defaults to the linear probe's: changing that changes a dho run's hash
+        let mut drop = base.clone();
+        drop.linear.dropout = 0.5;
+        assert_ne!(h(&base, "dho", "bald"), h(&drop, "dho", "bald"));
+        assert_eq!(h(&base, "dho", "entropy"), h(&drop, "dho", "entropy"));
     }
 
     #[test]
