@@ -10,6 +10,7 @@ pub mod geometry;
 pub mod kmeans;
 pub mod mat;
 pub mod metrics;
+pub mod models;
 pub mod progress;
 pub mod rng;
 pub mod schema;

@@ -1,0 +1,562 @@
+//! CLIP image and text towers in the Hugging Face `CLIPModel` layout (`config.json` +
+//! `model.safetensors` with `vision_model.*`, `text_model.*`, `visual_projection`,
+//! `text_projection`), candle-transformers style: [`Config`], [`Clip::load`], and forwards that
+//! return the projected embeddings. Unlike candle-transformers' CLIP it reads the activation
+//! from the config (`quick_gelu` for OpenAI, `gelu` for OpenCLIP conversions) and its text tower
+//! also takes token *embeddings*, which prompt learning (CoOp) feeds it.
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
+use candle_nn::{LayerNorm, Linear, VarBuilder};
+use serde::Deserialize;
+use std::path::Path;
+
+/// Activation of the MLPs, by its Hugging Face name.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Act {
+    #[default]
+    QuickGelu,
+    Gelu,
+    #[serde(alias = "gelu_new")]
+    GeluPytorchTanh,
+}
+
+impl Act {
+    fn forward(self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Act::QuickGelu => x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,
+            Act::Gelu => x.gelu_erf(),
+            Act::GeluPytorchTanh => x.gelu(),
+        }
+    }
+}
+
+/// `text_config` of a CLIP `config.json` (defaults: transformers' `CLIPTextConfig`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct TextConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub max_position_embeddings: usize,
+    pub hidden_act: Act,
+    pub layer_norm_eps: f64,
+    /// 2 in configs written before transformers 4.31: then the pooled token is the argmax id.
+    pub eos_token_id: u32,
+}
+
+impl Default for TextConfig {
+    fn default() -> Self {
+        Self {
+            vocab_size: 49408,
+            hidden_size: 512,
+            intermediate_size: 2048,
+            num_hidden_layers: 12,
+            num_attention_heads: 8,
+            max_position_embeddings: 77,
+            hidden_act: Act::QuickGelu,
+            layer_norm_eps: 1e-5,
+            eos_token_id: 49407,
+        }
+    }
+}
+
+/// `vision_config` of a CLIP `config.json` (defaults: transformers' `CLIPVisionConfig`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct VisionConfig {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_channels: usize,
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub hidden_act: Act,
+    pub layer_norm_eps: f64,
+}
+
+impl Default for VisionConfig {
+    fn default() -> Self {
+        Self {
+            hidden_size: 768,
+            intermediate_size: 3072,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            num_channels: 3,
+            image_size: 224,
+            patch_size: 32,
+            hidden_act: Act::QuickGelu,
+            layer_norm_eps: 1e-5,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Config {
+    #[serde(default)]
+    pub text_config: TextConfig,
+    #[serde(default)]
+    pub vision_config: VisionConfig,
+    #[serde(default = "default_projection")]
+    pub projection_dim: usize,
+}
+
+fn default_projection() -> usize {
+    512
+}
+
+impl Config {
+    /// Parse a Hugging Face `config.json`.
+    pub fn from_file(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read the model config", path.display()))?;
+        let c: Config = serde_json::from_str(&text)
+            .map_err(|e| anyhow!("{}: not a CLIP config ({e})", path.display()))?;
+        for (what, h, n) in [
+            (
+                "text",
+                c.text_config.hidden_size,
+                c.text_config.num_attention_heads,
+            ),
+            (
+                "vision",
+                c.vision_config.hidden_size,
+                c.vision_config.num_attention_heads,
+            ),
+        ] {
+            if n == 0 || h % n != 0 {
+                bail!(
+                    "{}: {what} hidden_size {h} is not divisible by {n} heads",
+                    path.display()
+                );
+            }
+        }
+        Ok(c)
+    }
+}
+
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+    heads: usize,
+}
+
+impl Attention {
+    fn new(vb: VarBuilder, h: usize, heads: usize) -> candle_core::Result<Self> {
+        Ok(Self {
+            q: candle_nn::linear(h, h, vb.pp("q_proj"))?,
+            k: candle_nn::linear(h, h, vb.pp("k_proj"))?,
+            v: candle_nn::linear(h, h, vb.pp("v_proj"))?,
+            out: candle_nn::linear(h, h, vb.pp("out_proj"))?,
+            heads,
+        })
+    }
+
+    /// Multi-head self-attention; `mask` is added to the scores (−∞ above the diagonal for text).
+    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let (b, n, h) = x.dims3()?;
+        let hd = h / self.heads;
+        let split = |t: Tensor| -> candle_core::Result<Tensor> {
+            t.reshape((b, n, self.heads, hd))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = split((self.q.forward(x)? * (hd as f64).powf(-0.5))?)?;
+        let k = split(self.k.forward(x)?)?;
+        let v = split(self.v.forward(x)?)?;
+        let mut s = q.matmul(&k.t()?)?;
+        if let Some(m) = mask {
+            s = s.broadcast_add(m)?;
+        }
+        let p = candle_nn::ops::softmax_last_dim(&s)?;
+        let o = p.matmul(&v)?.transpose(1, 2)?.reshape((b, n, h))?;
+        self.out.forward(&o)
+    }
+}
+
+struct Layer {
+    ln1: LayerNorm,
+    attn: Attention,
+    ln2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    act: Act,
+}
+
+impl Layer {
+    fn new(
+        vb: VarBuilder,
+        h: usize,
+        inter: usize,
+        heads: usize,
+        act: Act,
+        eps: f64,
+    ) -> candle_core::Result<Self> {
+        Ok(Self {
+            ln1: candle_nn::layer_norm(h, eps, vb.pp("layer_norm1"))?,
+            attn: Attention::new(vb.pp("self_attn"), h, heads)?,
+            ln2: candle_nn::layer_norm(h, eps, vb.pp("layer_norm2"))?,
+            fc1: candle_nn::linear(h, inter, vb.pp("mlp.fc1"))?,
+            fc2: candle_nn::linear(inter, h, vb.pp("mlp.fc2"))?,
+            act,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let x = (x + self.attn.forward(&self.ln1.forward(x)?, mask)?)?;
+        let m = self.fc2.forward(
+            &self
+                .act
+                .forward(&self.fc1.forward(&self.ln2.forward(&x)?)?)?,
+        )?;
+        x + m
+    }
+}
+
+fn encoder(
+    vb: VarBuilder,
+    n: usize,
+    h: usize,
+    inter: usize,
+    heads: usize,
+    act: Act,
+    eps: f64,
+) -> candle_core::Result<Vec<Layer>> {
+    (0..n)
+        .map(|i| {
+            Layer::new(
+                vb.pp(format!("encoder.layers.{i}")),
+                h,
+                inter,
+                heads,
+                act,
+                eps,
+            )
+        })
+        .collect()
+}
+
+/// Initialiser of tensors created (not loaded) through a `VarMap`: random test checkpoints.
+const RANDN: candle_nn::Init = candle_nn::Init::Randn {
+    mean: 0.0,
+    stdev: 0.02,
+};
+
+/// The two towers and their projections.
+pub struct Clip {
+    pub config: Config,
+    // vision
+    class_embedding: Tensor,
+    patch_embedding: candle_nn::Conv2d,
+    vision_positions: Tensor,
+    pre_ln: LayerNorm,
+    vision_layers: Vec<Layer>,
+    post_ln: LayerNorm,
+    visual_projection: Linear,
+    // text
+    token_embedding: candle_nn::Embedding,
+    text_positions: Tensor,
+    text_layers: Vec<Layer>,
+    final_ln: LayerNorm,
+    text_projection: Linear,
+    device: Device,
+}
+
+impl Clip {
+    /// Build from a var builder in the Hugging Face layout.
+    pub fn new(vb: VarBuilder, config: Config) -> candle_core::Result<Clip> {
+        let (v, t) = (&config.vision_config, &config.text_config);
+        let vv = vb.pp("vision_model");
+        let patches = (v.image_size / v.patch_size).pow(2);
+        let conv = candle_nn::Conv2dConfig {
+            stride: v.patch_size,
+            ..Default::default()
+        };
+        let vision_layers = encoder(
+            vv.clone(),
+            v.num_hidden_layers,
+            v.hidden_size,
+            v.intermediate_size,
+            v.num_attention_heads,
+            v.hidden_act,
+            v.layer_norm_eps,
+        )?;
+        let tv = vb.pp("text_model");
+        let text_layers = encoder(
+            tv.clone(),
+            t.num_hidden_layers,
+            t.hidden_size,
+            t.intermediate_size,
+            t.num_attention_heads,
+            t.hidden_act,
+            t.layer_norm_eps,
+        )?;
+        Ok(Clip {
+            class_embedding: vv.get_with_hints(
+                v.hidden_size,
+                "embeddings.class_embedding",
+                RANDN,
+            )?,
+            patch_embedding: candle_nn::conv2d_no_bias(
+                v.num_channels,
+                v.hidden_size,
+                v.patch_size,
+                conv,
+                vv.pp("embeddings.patch_embedding"),
+            )?,
+            vision_positions: vv.get_with_hints(
+                (patches + 1, v.hidden_size),
+                "embeddings.position_embedding.weight",
+                RANDN,
+            )?,
+            pre_ln: candle_nn::layer_norm(v.hidden_size, v.layer_norm_eps, vv.pp("pre_layrnorm"))?,
+            vision_layers,
+            post_ln: candle_nn::layer_norm(
+                v.hidden_size,
+                v.layer_norm_eps,
+                vv.pp("post_layernorm"),
+            )?,
+            visual_projection: candle_nn::linear_no_bias(
+                v.hidden_size,
+                config.projection_dim,
+                vb.pp("visual_projection"),
+            )?,
+            token_embedding: candle_nn::embedding(
+                t.vocab_size,
+                t.hidden_size,
+                tv.pp("embeddings.token_embedding"),
+            )?,
+            text_positions: tv.get_with_hints(
+                (t.max_position_embeddings, t.hidden_size),
+                "embeddings.position_embedding.weight",
+                RANDN,
+            )?,
+            text_layers,
+            final_ln: candle_nn::layer_norm(
+                t.hidden_size,
+                t.layer_norm_eps,
+                tv.pp("final_layer_norm"),
+            )?,
+            text_projection: candle_nn::linear_no_bias(
+                t.hidden_size,
+                config.projection_dim,
+                vb.pp("text_projection"),
+            )?,
+            device: vb.device().clone(),
+            config,
+        })
+    }
+
+    /// Load `config.json` and `model.safetensors` from a directory in the Hugging Face layout;
+    /// a missing file, a missing tensor or a shape that does not match the config is an error
+    /// naming the file.
+    pub fn load(dir: &Path, device: &Device) -> Result<Clip> {
+        let config = Config::from_file(&dir.join("config.json"))?;
+        let weights = dir.join("model.safetensors");
+        if !weights.exists() {
+            bail!("{}: missing (the CLIP weights)", weights.display());
+        }
+        // SAFETY: the file is memory-mapped read-only for the model's lifetime; it is a cache
+        // file this process does not modify.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, device) }
+            .map_err(|e| anyhow!("{}: {e}", weights.display()))?;
+        Clip::new(vb, config).map_err(|e| {
+            anyhow!(
+                "{}: does not match {} ({e})",
+                weights.display(),
+                dir.join("config.json").display()
+            )
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Projected image embeddings (not normalised) of pixel batches (B, C, S, S), already
+    /// resized, cropped and normalised.
+    pub fn image_features(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
+        let x = self.patch_embedding.forward(pixels)?; // (B, H, g, g)
+        let (b, h, _, _) = x.dims4()?;
+        let x = x.flatten_from(2)?.transpose(1, 2)?; // (B, N, H)
+        let cls = self.class_embedding.reshape((1, 1, h))?.expand((b, 1, h))?;
+        let x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.vision_positions)?;
+        let mut x = self.pre_ln.forward(&x)?;
+        for l in &self.vision_layers {
+            x = l.forward(&x, None)?;
+        }
+        let pooled = self.post_ln.forward(&x.i((.., 0, ..))?)?;
+        self.visual_projection.forward(&pooled)
+    }
+
+    /// Token embeddings of ids (B, L): the input [`Clip::text_features_from_embeddings`] takes.
+    pub fn token_embeddings(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        self.token_embedding.forward(ids)
+    }
+
+    /// Projected text embeddings (not normalised) of token ids (B, L), L ≤ max positions.
+    pub fn text_features(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        let rows = ids.to_vec2::<u32>()?;
+        let eos: Vec<usize> = rows.iter().map(|r| self.eos_position(r)).collect();
+        self.text_features_from_embeddings(&self.token_embeddings(ids)?, &eos)
+    }
+
+    /// The pooled position of a token row: the first `eos_token_id`, or (configs with
+    /// eos_token_id = 2, as transformers does) the largest id.
+    pub fn eos_position(&self, ids: &[u32]) -> usize {
+        let eos = self.config.text_config.eos_token_id;
+        let argmax = || {
+            ids.iter()
+                .enumerate()
+                .fold((0, 0u32), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+                .0
+        };
+        if eos == 2 {
+            argmax()
+        } else {
+            ids.iter().position(|&v| v == eos).unwrap_or_else(argmax)
+        }
+    }
+
+    /// Text tower from token embeddings (B, L, H) — learned context vectors included — pooled at
+    /// `eos[b]` for row b: causal self-attention, final LayerNorm, projection.
+    pub fn text_features_from_embeddings(
+        &self,
+        emb: &Tensor,
+        eos: &[usize],
+    ) -> candle_core::Result<Tensor> {
+        let (b, l, _) = emb.dims3()?;
+        let pos = self.text_positions.narrow(0, 0, l)?;
+        let mut x = emb.broadcast_add(&pos)?;
+        let mask: Vec<f32> = (0..l * l)
+            .map(|k| {
+                if k % l > k / l {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (1, 1, l, l), &self.device)?.to_dtype(x.dtype())?;
+        for layer in &self.text_layers {
+            x = layer.forward(&x, Some(&mask))?;
+        }
+        let x = self.final_ln.forward(&x)?;
+        let idx: Vec<u32> = (0..b).map(|i| (i * l + eos[i]) as u32).collect();
+        let idx = Tensor::from_vec(idx, b, &self.device)?;
+        let pooled = x.reshape((b * l, ()))?.index_select(&idx, 0)?;
+        self.text_projection.forward(&pooled)
+    }
+}
+
+/// Rows divided by their L2 norm.
+pub fn l2_normalize(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.broadcast_div(
+        &x.sqr()?
+            .sum_keepdim(D::Minus1)?
+            .sqrt()?
+            .clamp(1e-12, f64::MAX)?,
+    )
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use candle_nn::VarMap;
+
+    pub const TINY: &str = r#"{
+      "projection_dim": 12,
+      "text_config": {"vocab_size": 50, "hidden_size": 16, "intermediate_size": 24,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 10,
+        "eos_token_id": 49},
+      "vision_config": {"hidden_size": 20, "intermediate_size": 28, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "image_size": 32, "patch_size": 8, "hidden_act": "gelu"}
+    }"#;
+
+    /// A random-weight checkpoint in the HF layout: config.json + model.safetensors.
+    pub fn tiny_checkpoint(dir: &Path) -> Clip {
+        std::fs::write(dir.join("config.json"), TINY).unwrap();
+        let c: Config = serde_json::from_str(TINY).unwrap();
+        let vm = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        let m = Clip::new(vb, c).unwrap();
+        vm.save(dir.join("model.safetensors")).unwrap();
+        m
+    }
+
+    #[test]
+    fn loads_the_hf_layout_and_is_deterministic() {
+        let dir = tempfile::tempdir().unwrap();
+        let built = tiny_checkpoint(dir.path());
+        let m = Clip::load(dir.path(), &Device::Cpu).unwrap();
+        assert_eq!(m.config.vision_config.hidden_act, Act::Gelu);
+        assert_eq!(m.config.text_config.hidden_act, Act::QuickGelu);
+        let px = Tensor::randn(0f32, 1.0, (3, 3, 32, 32), &Device::Cpu).unwrap();
+        let a = m.image_features(&px).unwrap();
+        assert_eq!(a.dims(), &[3, 12]);
+        let b = built.image_features(&px).unwrap();
+        let d = (a.clone() - b).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0, "loaded = built");
+        let n = l2_normalize(&a).unwrap().sqr().unwrap().sum(1).unwrap();
+        for v in n.to_vec1::<f32>().unwrap() {
+            assert!((v - 1.0).abs() < 1e-5);
+        }
+        // text: padding after EOS does not change the pooled output (causal mask)
+        let ids =
+            Tensor::new(&[[1u32, 5, 7, 49, 0, 0], [1, 5, 7, 49, 3, 9]], &Device::Cpu).unwrap();
+        let t = m.text_features(&ids).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(t[0].len(), 12);
+        for (x, y) in t[0].iter().zip(&t[1]) {
+            assert!((x - y).abs() < 1e-5);
+        }
+        assert_eq!(m.eos_position(&[1, 5, 49, 0]), 2);
+    }
+
+    #[test]
+    fn embeddings_input_equals_ids_input() {
+        let dir = tempfile::tempdir().unwrap();
+        tiny_checkpoint(dir.path());
+        let m = Clip::load(dir.path(), &Device::Cpu).unwrap();
+        let ids = Tensor::new(&[[1u32, 8, 49, 0]], &Device::Cpu).unwrap();
+        let a = m.text_features(&ids).unwrap();
+        let e = m.token_embeddings(&ids).unwrap();
+        let b = m.text_features_from_embeddings(&e, &[2]).unwrap();
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
+    }
+
+    #[test]
+    fn mismatched_or_missing_files_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        tiny_checkpoint(dir.path());
+        // a config that disagrees with the checkpoint
+        let wrong = TINY.replace("\"hidden_size\": 16", "\"hidden_size\": 32");
+        std::fs::write(dir.path().join("config.json"), wrong).unwrap();
+        let e = Clip::load(dir.path(), &Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("model.safetensors: does not match") && e.contains("config.json"),
+            "{e}"
+        );
+        std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+        let e = Clip::load(dir.path(), &Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("model.safetensors: missing"), "{e}");
+        std::fs::write(dir.path().join("config.json"), "{ not json").unwrap();
+        let e = Clip::load(dir.path(), &Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("config.json: not a CLIP config"), "{e}");
+    }
+}
