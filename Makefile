@@ -15,7 +15,7 @@ DATA     ?= data/synth
 RUN_ARGS := --pipeline $(PIPELINE) --trainer $(TRAINER) --strategy $(STRATEGY) --seed $(SEED)
 PATHS_MK := .make/$(notdir $(basename $(PIPELINE)))-$(TRAINER)-$(STRATEGY)-$(SEED)-$(ROUND).mk
 
-.PHONY: all build test extract init train select label eval round sweep report bench-round bench-ccma clean-runs
+.PHONY: all build test parity parity-reference extract init train select label eval round sweep report bench-round bench-ccma clean-runs
 all: build
 
 build: $(VLAL)
@@ -23,8 +23,20 @@ $(VLAL): Cargo.toml Cargo.lock $(shell find src schemas -type f)
 	$(CARGO) build
 	@touch $@
 
-test:
-	$(CARGO) test
+# Unit, end-to-end and parity tests. The parity tests compare the candle models with Python
+# transformers on tiny random checkpoints that tests/parity/reference.py writes (needs python3
+# with torch, transformers and safetensors: `pip install torch transformers safetensors`).
+PARITY_DIR ?= target/parity
+test: parity-reference
+	VLAL_PARITY_DIR=$(abspath $(PARITY_DIR)) $(CARGO) test
+
+parity-reference: $(PARITY_DIR)/io.safetensors
+$(PARITY_DIR)/io.safetensors: tests/parity/reference.py
+	python3 tests/parity/reference.py $(PARITY_DIR).tmp && rm -rf $(PARITY_DIR) && mv $(PARITY_DIR).tmp $(PARITY_DIR)
+
+# Only the parity tests.
+parity: parity-reference
+	VLAL_PARITY_DIR=$(abspath $(PARITY_DIR)) $(CARGO) test --test parity -- --nocapture
 
 # The run's file names (RUN_DIR, LABELS, PREDICTIONS, QUERIES, NEXT_LABELS, RESULTS) come from
 # `vlal paths`; make rebuilds this include and restarts when it is missing or stale.

@@ -5,8 +5,8 @@
 //! from the config (`quick_gelu` for OpenAI, `gelu` for OpenCLIP conversions) and its text tower
 //! also takes token *embeddings*, which prompt learning (CoOp) feeds it.
 
-use anyhow::{anyhow, bail, Context, Result};
-use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
+use anyhow::{bail, Result};
+use candle_core::{Device, IndexOp, Module, Tensor, D};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 use serde::Deserialize;
 use std::path::Path;
@@ -23,7 +23,7 @@ pub enum Act {
 }
 
 impl Act {
-    fn forward(self, x: &Tensor) -> candle_core::Result<Tensor> {
+    pub fn forward(self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Act::QuickGelu => x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,
             Act::Gelu => x.gelu_erf(),
@@ -59,7 +59,7 @@ impl Default for TextConfig {
             max_position_embeddings: 77,
             hidden_act: Act::QuickGelu,
             layer_norm_eps: 1e-5,
-            eos_token_id: 49407,
+            eos_token_id: 2,
         }
     }
 }
@@ -112,10 +112,7 @@ fn default_projection() -> usize {
 impl Config {
     /// Parse a Hugging Face `config.json`.
     pub fn from_file(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("{}: cannot read the model config", path.display()))?;
-        let c: Config = serde_json::from_str(&text)
-            .map_err(|e| anyhow!("{}: not a CLIP config ({e})", path.display()))?;
+        let c: Config = super::read_config(path, "CLIP")?;
         for (what, h, n) in [
             (
                 "text",
@@ -358,21 +355,7 @@ impl Clip {
     /// naming the file.
     pub fn load(dir: &Path, device: &Device) -> Result<Clip> {
         let config = Config::from_file(&dir.join("config.json"))?;
-        let weights = dir.join("model.safetensors");
-        if !weights.exists() {
-            bail!("{}: missing (the CLIP weights)", weights.display());
-        }
-        // SAFETY: the file is memory-mapped read-only for the model's lifetime; it is a cache
-        // file this process does not modify.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, device) }
-            .map_err(|e| anyhow!("{}: {e}", weights.display()))?;
-        Clip::new(vb, config).map_err(|e| {
-            anyhow!(
-                "{}: does not match {} ({e})",
-                weights.display(),
-                dir.join("config.json").display()
-            )
-        })
+        super::load_weights(dir, device, "CLIP", |vb| Clip::new(vb, config))
     }
 
     pub fn device(&self) -> &Device {
@@ -468,7 +451,6 @@ pub fn l2_normalize(x: &Tensor) -> candle_core::Result<Tensor> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use candle_nn::VarMap;
 
     pub const TINY: &str = r#"{
       "projection_dim": 12,
@@ -481,13 +463,8 @@ pub(crate) mod tests {
 
     /// A random-weight checkpoint in the HF layout: config.json + model.safetensors.
     pub fn tiny_checkpoint(dir: &Path) -> Clip {
-        std::fs::write(dir.join("config.json"), TINY).unwrap();
         let c: Config = serde_json::from_str(TINY).unwrap();
-        let vm = VarMap::new();
-        let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
-        let m = Clip::new(vb, c).unwrap();
-        vm.save(dir.join("model.safetensors")).unwrap();
-        m
+        crate::models::random_checkpoint(dir, TINY, |vb| Clip::new(vb, c))
     }
 
     #[test]

@@ -1,0 +1,64 @@
+//! Parity of the candle models with Python `transformers` (CPU torch): `tests/parity/reference.py`
+//! builds tiny random-weight CLIPModel / Dinov2Model checkpoints with `save_pretrained`, runs them
+//! on random inputs and saves inputs and outputs; the Rust models load the same checkpoints and
+//! must agree within 1e-4. `make parity` (part of `make test`) generates the references into
+//! `target/parity` and sets VLAL_PARITY_DIR; without it this test fails, naming the command.
+
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use vlal::models::{clip::Clip, dinov2::Dinov2};
+
+fn reference() -> (PathBuf, HashMap<String, Tensor>) {
+    let dir = std::env::var("VLAL_PARITY_DIR").map(PathBuf::from).expect(
+        "VLAL_PARITY_DIR is unset: run `make parity` (needs python3 with torch and transformers)",
+    );
+    let io = candle_core::safetensors::load(dir.join("io.safetensors"), &Device::Cpu)
+        .expect("io.safetensors from tests/parity/reference.py");
+    (dir, io)
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn clip_matches_transformers() {
+    let (dir, io) = reference();
+    for name in ["clip", "clip_legacy"] {
+        let m = Clip::load(&dir.join(name), &Device::Cpu).unwrap();
+        let img = m.image_features(&io[&format!("{name}.pixels")]).unwrap();
+        let d = max_abs_diff(&img, &io[&format!("{name}.image")]);
+        eprintln!("{name}: image features max |Δ| = {d:e}");
+        assert!(d < 1e-4, "{name} image: {d}");
+        let ids = io[&format!("{name}.ids")].to_dtype(DType::U32).unwrap();
+        let txt = m.text_features(&ids).unwrap();
+        let d = max_abs_diff(&txt, &io[&format!("{name}.text")]);
+        eprintln!("{name}: text features max |Δ| = {d:e}");
+        assert!(d < 1e-4, "{name} text: {d}");
+    }
+}
+
+#[test]
+fn dinov2_matches_transformers() {
+    let (dir, io) = reference();
+    for name in ["dinov2", "dinov2_swiglu"] {
+        let m = Dinov2::load(&dir.join(name), &Device::Cpu).unwrap();
+        for px in [28, 42] {
+            let t = m.forward(&io[&format!("{name}.pixels{px}")]).unwrap();
+            let d = max_abs_diff(&t, &io[&format!("{name}.tokens{px}")]);
+            eprintln!("{name} at {px} px: tokens max |Δ| = {d:e}");
+            assert!(d < 1e-4, "{name} at {px} px: {d}");
+        }
+    }
+}
