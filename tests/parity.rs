@@ -62,3 +62,28 @@ fn dinov2_matches_transformers() {
         }
     }
 }
+
+#[test]
+fn clip_tokenizer_matches_openai_reference() {
+    let (dir, _) = reference();
+    let tok = vlal::models::clip_tokenizer::ClipTokenizer::from_bpe_gz(
+        &dir.join("bpe_simple_vocab_16e6.txt.gz"),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(dir.join("tokens.json")).unwrap();
+    let expect: std::collections::BTreeMap<String, Vec<u32>> = serde_json::from_str(&text).unwrap();
+    assert!(expect.len() >= 9);
+    for (prompt, ids) in &expect {
+        let got = tok.encode(prompt).unwrap();
+        assert_eq!(got.len(), 77);
+        assert_eq!(&got[..ids.len()], &ids[..], "{prompt:?}");
+        assert!(
+            got[ids.len()..].iter().all(|&v| v == 0),
+            "{prompt:?}: zero padding"
+        );
+    }
+    assert_eq!(
+        tok.encode("a photo of a cat").unwrap()[..7],
+        [49406, 320, 1125, 539, 320, 2368, 49407]
+    );
+}

