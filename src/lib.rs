@@ -11,6 +11,7 @@ pub mod kmeans;
 pub mod mat;
 pub mod metrics;
 pub mod models;
+pub mod preprocess;
 pub mod progress;
 pub mod rng;
 pub mod schema;

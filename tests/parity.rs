@@ -87,3 +87,35 @@ fn clip_tokenizer_matches_openai_reference() {
         [49406, 320, 1125, 539, 320, 2368, 49407]
     );
 }
+
+/// Decoding + resize + crop + normalisation against PIL with torchvision's semantics. The
+/// resamplers differ in rounding (both bicubic, a = −0.5, antialiased), so the bound is on the
+/// mean error and ≤ 3 u8 steps (one step ≈ 0.015 after normalisation).
+#[test]
+fn preprocessing_matches_pil() {
+    use vlal::preprocess::{load_rgb, Preprocess};
+    let (dir, io) = reference();
+    for img in ["rgb", "grey"] {
+        let rgb = load_rgb(&dir.join(format!("{img}.png"))).unwrap();
+        for (name, pre) in [
+            ("clip", Preprocess::clip(224)),
+            ("dinov2", Preprocess::dinov2()),
+        ] {
+            let v = pre.apply(&rgb);
+            let r = io[&format!("pre.{img}.{name}")]
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            assert_eq!(v.len(), r.len());
+            let diffs: Vec<f32> = v.iter().zip(&r).map(|(a, b)| (a - b).abs()).collect();
+            let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
+            let max = diffs.iter().cloned().fold(0f32, f32::max);
+            eprintln!("{img}/{name}: mean |Δ| = {mean:.5}, max |Δ| = {max:.4}");
+            assert!(
+                mean < 0.01 && max < 0.1,
+                "{img}/{name}: mean {mean}, max {max}"
+            );
+        }
+    }
+}

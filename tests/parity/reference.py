@@ -104,6 +104,35 @@ def tokenizer_reference(out):
     ids = {p: [sot] + tok.encode(p)[:75] + [eot] for p in PROMPTS}
     json.dump(ids, open(os.path.join(out, "tokens.json"), "w"), ensure_ascii=False, indent=0)
 
+def preprocess_reference(out, io):
+    """OpenAI CLIP's transform (torchvision Resize(224, BICUBIC) + CenterCrop on a PIL image,
+    then normalise) and DINOv2's (256 → 224, ImageNet statistics), in PIL, on two generated
+    images: a smooth RGB 97×61 with noise and a grey 50×80."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:61, 0:97]
+    rgb = np.stack([128 + 100 * np.sin(xx / 9.0), 128 + 90 * np.cos(yy / 7.0),
+                    255 * xx / 97.0], -1) + rng.normal(0, 12, (61, 97, 3))
+    Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB").save(os.path.join(out, "rgb.png"))
+    yy, xx = np.mgrid[0:80, 0:50]
+    grey = 128 + 120 * np.sin((xx + yy) / 11.0) + rng.normal(0, 8, (80, 50))
+    Image.fromarray(np.clip(grey, 0, 255).astype(np.uint8), "L").save(os.path.join(out, "grey.png"))
+    specs = {"clip": (224, 224, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+             "dinov2": (256, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
+    for img in ("rgb", "grey"):
+        im = Image.open(os.path.join(out, f"{img}.png")).convert("RGB")
+        for name, (size, crop, mean, std) in specs.items():
+            w, h = im.size
+            short, long = min(w, h), max(w, h)
+            new = (size, int(size * long / short))
+            nw, nh = new if w <= h else new[::-1]
+            r = im.resize((nw, nh), Image.BICUBIC)
+            top, left = int(round((nh - crop) / 2.0)), int(round((nw - crop) / 2.0))
+            r = r.crop((left, top, left + crop, top + crop))
+            a = (np.asarray(r, np.float32) / 255.0 - np.array(mean, np.float32)) / np.array(std, np.float32)
+            io[f"pre.{img}.{name}"] = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
+
 def pooled(o):
     return o if isinstance(o, torch.Tensor) else o.pooler_output
 
@@ -149,6 +178,7 @@ def main(out):
             io[f"{name}.pixels{px}"] = pixels
             io[f"{name}.tokens{px}"] = o
     tokenizer_reference(out)
+    preprocess_reference(out, io)
     save_file({k: v.contiguous() for k, v in io.items()}, os.path.join(out, "io.safetensors"))
     print(f"wrote reference models and io.safetensors to {out}")
 

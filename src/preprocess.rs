@@ -1,0 +1,146 @@
+//! Image decoding and model preprocessing: decode with the `image` crate (JPEG, PNG), grey or
+//! alpha images to 3 channels, bicubic resize of the shortest side, centre crop, scale to [0, 1]
+//! and normalise per channel — OpenAI CLIP's transform (224, CLIP mean/std) and DINOv2's
+//! (256 → 224, ImageNet mean/std). Output: one CHW f32 vector per image.
+
+use anyhow::{anyhow, Result};
+use image::imageops::FilterType;
+use image::RgbImage;
+use std::path::Path;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Preprocess {
+    /// The shortest side is resized to this many pixels (the long side keeps the aspect ratio).
+    pub resize: u32,
+    /// Centre crop (square).
+    pub crop: u32,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+impl Preprocess {
+    /// CLIP at `size` px (224 for ViT-B/32, B/16, L/14).
+    pub fn clip(size: u32) -> Self {
+        Self {
+            resize: size,
+            crop: size,
+            mean: CLIP_MEAN,
+            std: CLIP_STD,
+        }
+    }
+
+    /// DINOv2's evaluation transform: shortest side 256, centre crop 224, ImageNet statistics.
+    pub fn dinov2() -> Self {
+        Self {
+            resize: 256,
+            crop: 224,
+            mean: IMAGENET_MEAN,
+            std: IMAGENET_STD,
+        }
+    }
+
+    /// A short description for cache metadata.
+    pub fn describe(&self) -> String {
+        format!(
+            "bicubic shortest side {} → centre crop {} → /255 → mean {:?} std {:?}",
+            self.resize, self.crop, self.mean, self.std
+        )
+    }
+
+    /// CHW floats (3 × crop × crop) of a decoded image.
+    pub fn apply(&self, img: &RgbImage) -> Vec<f32> {
+        let (w, h) = img.dimensions();
+        let short = w.min(h).max(1);
+        // torchvision's Resize(int): short side → resize, long side → int(resize · long / short)
+        let scale = |v: u32| {
+            if v == short {
+                self.resize
+            } else {
+                ((self.resize as u64 * v as u64) / short as u64) as u32
+            }
+        };
+        let (nw, nh) = if w <= h {
+            (self.resize, scale(h))
+        } else {
+            (scale(w), self.resize)
+        };
+        let r = image::imageops::resize(img, nw, nh, FilterType::CatmullRom);
+        // torchvision's CenterCrop: offsets round((size − crop) / 2), ties to even
+        let off = |n: u32| {
+            ((n as f64 - self.crop as f64) / 2.0)
+                .round_ties_even()
+                .max(0.0) as u32
+        };
+        let (x0, y0) = (off(nw), off(nh));
+        let c = self.crop as usize;
+        let mut out = vec![0f32; 3 * c * c];
+        for y in 0..c {
+            for x in 0..c {
+                let px = r.get_pixel((x0 + x as u32).min(nw - 1), (y0 + y as u32).min(nh - 1));
+                for ch in 0..3 {
+                    out[ch * c * c + y * c + x] =
+                        (px[ch] as f32 / 255.0 - self.mean[ch]) / self.std[ch];
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Decode an image file to RGB (grey, grey+alpha and RGBA become 3 channels); an unreadable or
+/// corrupt file is an error naming it.
+pub fn load_rgb(path: &Path) -> Result<RgbImage> {
+    let img = image::ImageReader::open(path)
+        .map_err(|e| anyhow!("{}: cannot open ({e})", path.display()))?
+        .with_guessed_format()
+        .map_err(|e| anyhow!("{}: cannot read ({e})", path.display()))?
+        .decode()
+        .map_err(|e| anyhow!("{}: not a decodable image ({e})", path.display()))?;
+    Ok(img.to_rgb8())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_crop_offsets_and_grey_to_rgb() {
+        let dir = tempfile::tempdir().unwrap();
+        // a grey 40×20 image whose left half is black and right half white
+        let g =
+            image::GrayImage::from_fn(40, 20, |x, _| image::Luma([if x < 20 { 0 } else { 255 }]));
+        let p = dir.path().join("g.png");
+        g.save(&p).unwrap();
+        let rgb = load_rgb(&p).unwrap();
+        assert_eq!(rgb.dimensions(), (40, 20));
+        let pre = Preprocess {
+            resize: 10,
+            crop: 10,
+            mean: [0.0; 3],
+            std: [1.0; 3],
+        };
+        // 40×20 → 20×10, crop the middle 10×10: left half 0, right half 1, all channels equal
+        let v = pre.apply(&rgb);
+        assert_eq!(v.len(), 300);
+        for ch in 0..3 {
+            assert!(v[ch * 100] < 0.05 && v[ch * 100 + 9] > 0.95);
+        }
+        assert_eq!(&v[..100], &v[100..200]);
+        let e = load_rgb(&dir.path().join("nope.jpg"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("nope.jpg: cannot open"), "{e}");
+        std::fs::write(dir.path().join("bad.png"), b"\x89PNG\r\n\x1a\ngarbage").unwrap();
+        let e = load_rgb(&dir.path().join("bad.png"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("bad.png: not a decodable image"), "{e}");
+    }
+}
