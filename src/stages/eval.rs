@@ -1,7 +1,7 @@
 //! `vlal eval`: score a round's predictions on the test split and append one `results` row
 //! (a new file in the run's Hive partition; an existing row is never rewritten).
 
-use super::{read_labels, require};
+use super::read_labels;
 use crate::cache::Cache;
 use crate::config::RunSpec;
 use crate::schema::Table;
@@ -17,11 +17,10 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize) -> Result<()> {
         ));
         return Ok(());
     }
-    let ppath = spec.predictions_path(round);
-    require(&ppath, "vlal train")?;
-    let f = table::read(&ppath, Table::Predictions)?;
+    let preds = super::select::Predictions::read(spec, round)?;
+    let f = &preds.frame;
     let train_s: f64 = f.meta("train_s")?.parse().unwrap_or(f64::NAN);
-    let pred = crate::cache::aligned(&ppath, &f, "probs", &cache.test.ids)?.argmax_rows();
+    let pred = crate::cache::aligned(&preds.path, f, "probs", &cache.test.ids)?.argmax_rows();
     let truth: Vec<usize> = cache
         .test
         .labels
@@ -47,7 +46,7 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize) -> Result<()> {
     let select_s = qmeta("select_s");
     let p = &spec.pipeline;
     if p.select.diagnostics {
-        diagnostics(spec, cache, round, &labels)?;
+        diagnostics(spec, cache, round, &labels, &preds)?;
     }
     table::write(
         &out,
@@ -104,6 +103,7 @@ fn diagnostics(
     cache: &Cache,
     round: usize,
     labels: &[super::LabelRow],
+    preds: &super::select::Predictions,
 ) -> Result<()> {
     let out = spec.diagnostics_path(round);
     if out.exists() {
@@ -112,16 +112,11 @@ fn diagnostics(
     let (Some(pt), calib_t) = cache.teacher_probs() else {
         anyhow::bail!("select.diagnostics needs the teacher's logits in the cache");
     };
-    let ps = super::select::train_probs(spec, cache, round)?;
-    let mut labeled = vec![false; cache.train.ids.len()];
-    for r in labels {
-        if let Some(&i) = cache.train.index.get(&r.sample_id) {
-            labeled[i] = true;
-        }
-    }
-    let pool: Vec<usize> = (0..labeled.len()).filter(|&i| !labeled[i]).collect();
+    let ps = preds.probs(cache, &cache.train.ids)?;
+    let (labeled, _) = super::labeled_rows(&spec.labels_path(round), cache, labels)?;
+    let pool = super::pool_rows(cache, &labeled);
     let calib_s = match &cache.calib {
-        Some(c) => Some(super::select::split_probs(spec, cache, round, &c.ids)?),
+        Some(c) => Some(preds.probs(cache, &c.ids)?),
         None => None,
     };
     let calib_y = cache

@@ -67,6 +67,13 @@ pub fn write_labels(path: &Path, rows: &[LabelRow]) -> Result<bool> {
     )
 }
 
+/// The unlabeled train rows, ascending.
+pub fn pool_rows(cache: &Cache, labeled: &[usize]) -> Vec<usize> {
+    let mut is_labeled = vec![false; cache.train.ids.len()];
+    labeled.iter().for_each(|&i| is_labeled[i] = true);
+    (0..is_labeled.len()).filter(|&i| !is_labeled[i]).collect()
+}
+
 /// The train rows and labels of a labels table; every id must be in the train pool and every
 /// label in 0..C.
 pub fn labeled_rows(

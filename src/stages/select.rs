@@ -11,26 +11,33 @@ use crate::{rng, table};
 use anyhow::{bail, Result};
 use std::time::Instant;
 
-/// Student probabilities of the train rows from a predictions table, in train-pool order.
-pub fn train_probs(spec: &RunSpec, cache: &Cache, round: usize) -> Result<Mat> {
-    split_probs(spec, cache, round, &cache.train.ids)
+/// A round's predictions table, read once.
+pub struct Predictions {
+    pub path: std::path::PathBuf,
+    pub frame: table::Frame,
 }
 
-/// Student probabilities of the rows `ids` (train, calib or test) from a round's predictions.
-pub fn split_probs(spec: &RunSpec, cache: &Cache, round: usize, ids: &[String]) -> Result<Mat> {
-    let path = spec.predictions_path(round);
-    require(&path, "vlal train")?;
-    let f = table::read(&path, Table::Predictions)?;
-    let out = crate::cache::aligned(&path, &f, "probs", ids)?;
-    if out.cols != cache.n_classes() {
-        bail!(
-            "{}: probs have {} classes, the dataset has {}",
-            path.display(),
-            out.cols,
-            cache.n_classes()
-        );
+impl Predictions {
+    pub fn read(spec: &RunSpec, round: usize) -> Result<Predictions> {
+        let path = spec.predictions_path(round);
+        require(&path, "vlal train")?;
+        let frame = table::read(&path, Table::Predictions)?;
+        Ok(Predictions { path, frame })
     }
-    Ok(out)
+
+    /// Student probabilities of the rows `ids` (train, calib or test), in that order.
+    pub fn probs(&self, cache: &Cache, ids: &[String]) -> Result<Mat> {
+        let out = crate::cache::aligned(&self.path, &self.frame, "probs", ids)?;
+        if out.cols != cache.n_classes() {
+            bail!(
+                "{}: probs have {} classes, the dataset has {}",
+                self.path.display(),
+                out.cols,
+                cache.n_classes()
+            );
+        }
+        Ok(out)
+    }
 }
 
 pub fn run(spec: &RunSpec, cache: &Cache, round: usize, budget: usize) -> Result<()> {
@@ -38,10 +45,9 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize, budget: usize) -> Result
     require(&lpath, "vlal label")?;
     let rows = read_labels(&lpath)?;
     let (labeled, labels) = labeled_rows(&lpath, cache, &rows)?;
-    let probs = train_probs(spec, cache, round)?;
-    let mut is_labeled = vec![false; cache.train.ids.len()];
-    labeled.iter().for_each(|&i| is_labeled[i] = true);
-    let pool: Vec<usize> = (0..is_labeled.len()).filter(|&i| !is_labeled[i]).collect();
+    let preds = Predictions::read(spec, round)?;
+    let probs = preds.probs(cache, &cache.train.ids)?;
+    let pool = super::pool_rows(cache, &labeled);
     if pool.is_empty() {
         bail!(
             "{}: pool exhausted: every train sample is labeled",
@@ -73,7 +79,7 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize, budget: usize) -> Result
         (None, None)
     };
     let calib_student = match (&cache.calib, needs.logits) {
-        (Some(c), true) => Some(split_probs(spec, cache, round, &c.ids)?),
+        (Some(c), true) => Some(preds.probs(cache, &c.ids)?),
         _ => None,
     };
     let calib_labels = cache

@@ -40,9 +40,13 @@ pub fn bald_scores(
     rate: f32,
     rng: &mut VRng,
 ) -> Result<Vec<f64>> {
-    let mut mean = vec![0f64; emb.rows * head_classes(head, emb)?];
+    // sized by the first pass's class count
+    let mut mean: Vec<f64> = Vec::new();
     let mut ent = vec![0f64; emb.rows];
     passes(head, emb, n, rate, rng, |p| {
+        if mean.is_empty() {
+            mean = vec![0f64; p.rows * p.cols];
+        }
         for i in 0..p.rows {
             let r = p.row(i);
             ent[i] += crate::conformal::entropy(r);
@@ -65,13 +69,6 @@ pub fn bald_scores(
             (h - ent[i] / t).max(0.0)
         })
         .collect())
-}
-
-fn head_classes(head: &Head, emb: &Mat) -> Result<usize> {
-    if emb.rows == 0 {
-        return Ok(0);
-    }
-    Ok(head.predict_embedded(&emb.select_rows(&[0]))?.cols)
 }
 
 /// BALD scores of the pool rows with the `[select.mc]` settings (`who` names the strategy).
