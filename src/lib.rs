@@ -6,6 +6,7 @@
 pub mod cache;
 pub mod config;
 pub mod conformal;
+pub mod dataset;
 pub mod geometry;
 pub mod kmeans;
 pub mod mat;

@@ -54,6 +54,9 @@ impl RunArgs {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run the teacher (CLIP) and the student (DINOv2 or CLIP) over an image folder or manifest
+    /// once, caching embeddings, class prototypes and teacher logits.
+    Extract(stages::extract::ExtractArgs),
     /// Generate the example feature cache (the layout `extract` writes).
     Synth(stages::synth::SynthArgs),
     /// Fit the student head on a round's labels; write predictions and the head.
@@ -131,6 +134,7 @@ fn load(spec: &RunSpec) -> Result<Cache> {
 fn main_inner(cli: Cli) -> Result<()> {
     vlal::progress::set_quiet(cli.quiet);
     match cli.cmd {
+        Cmd::Extract(a) => stages::extract::run(&a),
         Cmd::Synth(a) => stages::synth::run(&a),
         Cmd::Train { run, round } => {
             let spec = run.spec()?;

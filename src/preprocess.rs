@@ -3,7 +3,7 @@
 //! and normalise per channel — OpenAI CLIP's transform (224, CLIP mean/std) and DINOv2's
 //! (256 → 224, ImageNet mean/std). Output: one CHW f32 vector per image.
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use image::imageops::FilterType;
 use image::RgbImage;
 use std::path::Path;
@@ -42,6 +42,80 @@ impl Preprocess {
             mean: IMAGENET_MEAN,
             std: IMAGENET_STD,
         }
+    }
+
+    /// The transform a Hugging Face `preprocessor_config.json` describes (`size` as an int,
+    /// `{"shortest_edge": n}` or `{"height", "width"}`; `crop_size` likewise; `image_mean`,
+    /// `image_std`), on top of `default` for what it leaves out; `default` when there is no file.
+    pub fn from_hf(path: &Path, default: Preprocess) -> Result<Preprocess> {
+        if !path.exists() {
+            return Ok(default);
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow!("{}: cannot read ({e})", path.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| anyhow!("{}: not JSON ({e})", path.display()))?;
+        let side = |key: &str| -> Result<Option<u32>> {
+            let Some(s) = v.get(key).filter(|s| !s.is_null()) else {
+                return Ok(None);
+            };
+            let n = s
+                .as_u64()
+                .or_else(|| s.get("shortest_edge").and_then(|x| x.as_u64()))
+                .or_else(|| {
+                    let (h, w) = (s.get("height")?.as_u64()?, s.get("width")?.as_u64()?);
+                    (h == w).then_some(h)
+                });
+            match n {
+                Some(n) if n > 0 => Ok(Some(n as u32)),
+                _ => bail!(
+                    "{}: {key} {s} is not a square size or a shortest edge",
+                    path.display()
+                ),
+            }
+        };
+        let stats = |key: &str| -> Result<Option<[f32; 3]>> {
+            let Some(s) = v.get(key).filter(|s| !s.is_null()) else {
+                return Ok(None);
+            };
+            match s
+                .as_array()
+                .map(|a| a.iter().filter_map(|x| x.as_f64()).collect::<Vec<_>>())
+            {
+                Some(a) if a.len() == 3 => Ok(Some([a[0] as f32, a[1] as f32, a[2] as f32])),
+                _ => bail!("{}: {key} must be three numbers", path.display()),
+            }
+        };
+        let mut p = default;
+        if let Some(n) = side("size")? {
+            p.resize = n;
+        }
+        match (
+            v.get("do_center_crop").and_then(|b| b.as_bool()),
+            side("crop_size")?,
+        ) {
+            (Some(false), _) => p.crop = p.resize,
+            (_, Some(n)) => p.crop = n,
+            _ => {}
+        }
+        if p.crop > p.resize {
+            bail!(
+                "{}: crop {} is larger than the resized side {}",
+                path.display(),
+                p.crop,
+                p.resize
+            );
+        }
+        if let Some(m) = stats("image_mean")? {
+            p.mean = m;
+        }
+        if let Some(s) = stats("image_std")? {
+            if s.iter().any(|&x| x <= 0.0) {
+                bail!("{}: image_std must be positive", path.display());
+            }
+            p.std = s;
+        }
+        Ok(p)
     }
 
     /// A short description for cache metadata.
@@ -142,5 +216,46 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("bad.png: not a decodable image"), "{e}");
+    }
+
+    #[test]
+    fn reads_hf_preprocessor_configs() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("preprocessor_config.json");
+        // absent: the default
+        assert_eq!(
+            Preprocess::from_hf(&p, Preprocess::dinov2()).unwrap(),
+            Preprocess::dinov2()
+        );
+        // DINOv2's hub file
+        std::fs::write(&p, r#"{"size": {"shortest_edge": 256}, "crop_size": {"height": 224, "width": 224},
+          "do_center_crop": true, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}"#).unwrap();
+        assert_eq!(
+            Preprocess::from_hf(&p, Preprocess::clip(224)).unwrap(),
+            Preprocess::dinov2()
+        );
+        // CLIP's older ints
+        std::fs::write(
+            &p,
+            r#"{"size": 32, "crop_size": 32, "image_mean": [0.48145466, 0.4578275, 0.40821073],
+          "image_std": [0.26862954, 0.2613026, 0.2757771]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            Preprocess::from_hf(&p, Preprocess::dinov2()).unwrap(),
+            Preprocess::clip(32)
+        );
+        for bad in [
+            r#"{"size": {"height": 3, "width": 4}}"#,
+            r#"{"image_std": [1, 0, 1]}"#,
+            r#"{"size": 10, "crop_size": 20}"#,
+            "nope",
+        ] {
+            std::fs::write(&p, bad).unwrap();
+            let e = Preprocess::from_hf(&p, Preprocess::dinov2())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("preprocessor_config.json:"), "{e}");
+        }
     }
 }

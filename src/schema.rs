@@ -22,6 +22,7 @@ pub enum Table {
     Queries,
     Results,
     Diagnostics,
+    Rejects,
 }
 
 #[derive(Debug, Deserialize)]
@@ -31,6 +32,9 @@ pub struct TableDef {
     pub file: String,
     pub columns: Vec<ColumnDef>,
     pub metadata: Vec<String>,
+    /// Keys some writers add (documentation; not checked).
+    #[serde(default)]
+    pub optional_metadata: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -48,7 +52,7 @@ pub struct ColumnDef {
 }
 
 impl Table {
-    pub const ALL: [Table; 10] = [
+    pub const ALL: [Table; 11] = [
         Table::Manifest,
         Table::Classes,
         Table::Embeddings,
@@ -59,6 +63,7 @@ impl Table {
         Table::Queries,
         Table::Results,
         Table::Diagnostics,
+        Table::Rejects,
     ];
 
     fn json(self) -> &'static str {
@@ -73,6 +78,7 @@ impl Table {
             Table::Queries => include_str!("../schemas/queries.json"),
             Table::Results => include_str!("../schemas/results.json"),
             Table::Diagnostics => include_str!("../schemas/diagnostics.json"),
+            Table::Rejects => include_str!("../schemas/rejects.json"),
         }
     }
 

@@ -150,7 +150,57 @@ pub fn write(
     meta: &[(&str, String)],
     mode: Mode,
 ) -> Result<bool> {
+    write_as(
+        path,
+        &path.display().to_string(),
+        table,
+        columns,
+        meta,
+        mode,
+        true,
+    )
+}
+
+/// Write a table to `path` in a staging folder; errors name `dest`, where it will be moved.
+pub fn write_staged(
+    path: &Path,
+    dest: &Path,
+    table: Table,
+    columns: Vec<(&str, ArrayRef)>,
+    meta: &[(&str, String)],
+) -> Result<()> {
+    let name = dest.display().to_string();
+    write_as(path, &name, table, columns, meta, Mode::Replace, false).map(|_| ())
+}
+
+/// A file's key–value metadata (the footer only; the table is not read or checked).
+pub fn read_meta(path: &Path, _table: Table) -> Result<BTreeMap<String, String>> {
     let name = path.display().to_string();
+    let file = File::open(path).with_context(|| format!("{name}: cannot open"))?;
+    let reader = parquet::file::reader::SerializedFileReader::new(file)
+        .map_err(|e| anyhow!("{name}: not a readable Parquet file ({e})"))?;
+    let mut meta = BTreeMap::new();
+    use parquet::file::reader::FileReader;
+    if let Some(kv) = reader.metadata().file_metadata().key_value_metadata() {
+        for KeyValue { key, value } in kv {
+            if key != "ARROW:schema" {
+                meta.insert(key.clone(), value.clone().unwrap_or_default());
+            }
+        }
+    }
+    Ok(meta)
+}
+
+fn write_as(
+    path: &Path,
+    name: &str,
+    table: Table,
+    columns: Vec<(&str, ArrayRef)>,
+    meta: &[(&str, String)],
+    mode: Mode,
+    log: bool,
+) -> Result<bool> {
+    let name = name.to_string();
     let meta: BTreeMap<String, String> = meta
         .iter()
         .map(|(k, v)| (k.to_string(), v.clone()))
@@ -216,7 +266,9 @@ pub fn write(
             Err(e) => bail!("{name}: cannot rename into place ({})", e.error),
         },
     }
-    crate::progress::log(format!("wrote {name} ({} rows)", batch.num_rows()));
+    if log {
+        crate::progress::log(format!("wrote {name} ({} rows)", batch.num_rows()));
+    }
     Ok(true)
 }
 

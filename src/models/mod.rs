@@ -4,6 +4,8 @@
 pub mod clip;
 pub mod clip_tokenizer;
 pub mod dinov2;
+pub mod encoder;
+pub mod hub;
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device};
@@ -41,6 +43,23 @@ pub(crate) fn load_weights<T>(
             dir.join("config.json").display()
         )
     })
+}
+
+/// A random-weight CLIP or DINOv2 checkpoint in the HF layout (config.json + model.safetensors)
+/// for the end-to-end tests and the benchmarks; the model type is read from `config_json`.
+pub fn write_random_checkpoint(dir: &Path, config_json: &str) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    let v: serde_json::Value = serde_json::from_str(config_json)?;
+    let vm = candle_nn::VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+    if v.get("model_type").and_then(|t| t.as_str()) == Some("dinov2") {
+        dinov2::Dinov2::new(vb, serde_json::from_str(config_json)?)?;
+    } else {
+        clip::Clip::new(vb, serde_json::from_str(config_json)?)?;
+    }
+    std::fs::write(dir.join("config.json"), config_json)?;
+    vm.save(dir.join("model.safetensors"))?;
+    Ok(())
 }
 
 /// A random-weight checkpoint in the HF layout for tests: writes `config_json` and the weights

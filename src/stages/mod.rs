@@ -2,6 +2,7 @@
 //! pass state to each other only through the tables of `schemas/`.
 
 pub mod eval;
+pub mod extract;
 pub mod label;
 pub mod report;
 pub mod run;

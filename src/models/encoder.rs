@@ -1,0 +1,207 @@
+//! What `extract` runs: a checkpoint folder loaded as an image encoder (CLIP's image tower or
+//! DINOv2, told apart by `config.json`) with its preprocessing, and CLIP's text side — the
+//! tokenizer next to the checkpoint and the class prototypes over a template ensemble.
+
+use super::clip::{l2_normalize, Clip};
+use super::clip_tokenizer::ClipTokenizer;
+use super::dinov2::Dinov2;
+use super::hub::ModelDir;
+use crate::mat::Mat;
+use crate::preprocess::Preprocess;
+use anyhow::{anyhow, bail, Result};
+use candle_core::{Device, Tensor};
+use std::path::Path;
+
+/// The prompt templates of the prototype ensemble (../shared/METHODS.md).
+pub const TEMPLATES: [&str; 10] = [
+    "a photo of a {}",
+    "a photo of the {}",
+    "a blurry photo of a {}",
+    "a photo of one {}",
+    "a close-up photo of a {}",
+    "a rendition of a {}",
+    "a bright photo of a {}",
+    "a low resolution photo of a {}",
+    "a cropped photo of a {}",
+    "a clean photo of a {}",
+];
+
+pub enum Net {
+    Clip(Box<Clip>),
+    Dinov2 {
+        model: Box<Dinov2>,
+        mean_patch: bool,
+    },
+}
+
+/// A loaded image encoder.
+pub struct ImageEncoder {
+    pub model: ModelDir,
+    pub net: Net,
+    pub pre: Preprocess,
+    /// Embedding dimension.
+    pub dim: usize,
+}
+
+/// Which architecture a `config.json` describes.
+fn model_type(path: &Path) -> Result<String> {
+    let v: serde_json::Value = super::read_config(path, "model")?;
+    if let Some(t) = v.get("model_type").and_then(|t| t.as_str()) {
+        return Ok(t.to_string());
+    }
+    if v.get("vision_config").is_some() && v.get("text_config").is_some() {
+        return Ok("clip".into());
+    }
+    bail!(
+        "{}: no model_type (expected clip or dinov2)",
+        path.display()
+    )
+}
+
+impl ImageEncoder {
+    /// Load a CLIP or DINOv2 checkpoint; `mean_patch` makes DINOv2 output [CLS | mean patch].
+    pub fn load(model: ModelDir, device: &Device, mean_patch: bool) -> Result<ImageEncoder> {
+        let cfg = model.dir.join("config.json");
+        let pp = model.dir.join("preprocessor_config.json");
+        let (net, pre, dim) = match model_type(&cfg)?.as_str() {
+            "clip" => {
+                let m = Clip::load(&model.dir, device)?;
+                let size = m.config.vision_config.image_size as u32;
+                let dim = m.config.projection_dim;
+                (
+                    Net::Clip(Box::new(m)),
+                    Preprocess::from_hf(&pp, Preprocess::clip(size))?,
+                    dim,
+                )
+            }
+            "dinov2" => {
+                let m = Dinov2::load(&model.dir, device)?;
+                let dim = m.config.hidden_size * if mean_patch { 2 } else { 1 };
+                (
+                    Net::Dinov2 {
+                        model: Box::new(m),
+                        mean_patch,
+                    },
+                    Preprocess::from_hf(&pp, Preprocess::dinov2())?,
+                    dim,
+                )
+            }
+            t => bail!(
+                "{}: model_type '{t}' is not supported (clip, dinov2)",
+                cfg.display()
+            ),
+        };
+        if let Net::Clip(m) = &net {
+            if pre.crop as usize != m.config.vision_config.image_size {
+                bail!(
+                    "{}: crop {} differs from the model's image_size {}",
+                    pp.display(),
+                    pre.crop,
+                    m.config.vision_config.image_size
+                );
+            }
+        }
+        Ok(ImageEncoder {
+            model,
+            net,
+            pre,
+            dim,
+        })
+    }
+
+    pub fn clip(&self) -> Option<&Clip> {
+        match &self.net {
+            Net::Clip(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Preprocessing and pooling, for the cache metadata (part of the content key).
+    pub fn describe(&self) -> String {
+        let pool = match &self.net {
+            Net::Clip(_) => "CLIP projected image embedding",
+            Net::Dinov2 {
+                mean_patch: true, ..
+            } => "DINOv2 [CLS | mean patch]",
+            Net::Dinov2 { .. } => "DINOv2 CLS",
+        };
+        format!("{}; {pool}; L2-normalised", self.pre.describe())
+    }
+
+    /// L2-normalised embeddings (B, dim) of a batch of preprocessed pixels (B, 3, S, S).
+    pub fn embed(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
+        let z = match &self.net {
+            Net::Clip(m) => m.image_features(pixels)?,
+            Net::Dinov2 { model, mean_patch } => model.embed(pixels, *mean_patch)?,
+        };
+        l2_normalize(&z)
+    }
+}
+
+/// The CLIP tokenizer of a checkpoint folder: `tokenizer.json`, else OpenAI's
+/// `bpe_simple_vocab_16e6.txt.gz`; the context is cut to the model's text positions.
+pub fn tokenizer_for(dir: &Path, clip: &Clip) -> Result<ClipTokenizer> {
+    let json = dir.join("tokenizer.json");
+    let bpe = dir.join("bpe_simple_vocab_16e6.txt.gz");
+    let mut tok = if json.exists() {
+        ClipTokenizer::from_tokenizer_json(&json)?
+    } else if bpe.exists() {
+        ClipTokenizer::from_bpe_gz(&bpe)?
+    } else {
+        bail!(
+            "{}: missing (the teacher's text side needs tokenizer.json or \
+             bpe_simple_vocab_16e6.txt.gz next to the weights)",
+            json.display()
+        );
+    };
+    tok.context_length = tok
+        .context_length
+        .min(clip.config.text_config.max_position_embeddings);
+    Ok(tok)
+}
+
+/// Class prototypes: for each class, the normalised mean over `templates` × its names (the
+/// name, plus the synonyms when given) of the normalised text embeddings.
+pub fn prototypes(
+    clip: &Clip,
+    tok: &ClipTokenizer,
+    names: &[Vec<String>],
+    templates: &[&str],
+) -> Result<Mat> {
+    let vocab = clip.config.text_config.vocab_size as u32;
+    let mut prompts: Vec<(usize, Vec<u32>)> = Vec::new();
+    for (c, ns) in names.iter().enumerate() {
+        for n in ns {
+            for t in templates {
+                let ids = tok.encode(&t.replace("{}", n))?;
+                if let Some(&bad) = ids.iter().find(|&&i| i >= vocab) {
+                    bail!(
+                        "the tokenizer gives id {bad}, beyond the text tower's vocab_size {vocab}"
+                    );
+                }
+                prompts.push((c, ids));
+            }
+        }
+    }
+    let dim = clip.config.projection_dim;
+    let mut sums = Mat::zeros(names.len(), dim);
+    let len = tok.context_length;
+    for chunk in prompts.chunks(64) {
+        let flat: Vec<u32> = chunk
+            .iter()
+            .flat_map(|(_, ids)| ids.iter().copied())
+            .collect();
+        let ids = Tensor::from_vec(flat, (chunk.len(), len), clip.device())?;
+        let z = l2_normalize(&clip.text_features(&ids)?)?.to_vec2::<f32>()?;
+        for ((c, _), row) in chunk.iter().zip(z) {
+            for (s, v) in sums.row_mut(*c).iter_mut().zip(row) {
+                *s += v;
+            }
+        }
+    }
+    if sums.data.iter().any(|v| !v.is_finite()) {
+        return Err(anyhow!("the text tower gave non-finite embeddings"));
+    }
+    sums.normalize_rows();
+    Ok(sums)
+}

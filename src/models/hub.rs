@@ -1,0 +1,262 @@
+//! Where a model's files come from: a local directory in the Hugging Face layout, or a hub id
+//! (`owner/name`) resolved through `hf-hub` — from its local cache when offline, downloaded
+//! otherwise. The result names the model (`id@revision`, the cache folder) and fingerprints its
+//! content, so that `extract` can tell a changed checkpoint from an unchanged one.
+
+use anyhow::{anyhow, bail, Context, Result};
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// Files `extract` may read from a checkpoint folder: the first two are required.
+pub const REQUIRED: [&str; 2] = ["config.json", "model.safetensors"];
+pub const OPTIONAL: [&str; 3] = [
+    "tokenizer.json",
+    "preprocessor_config.json",
+    "bpe_simple_vocab_16e6.txt.gz",
+];
+
+/// A resolved checkpoint: its folder and what identifies it.
+#[derive(Clone, Debug)]
+pub struct ModelDir {
+    /// Folder holding config.json, model.safetensors and the optional files.
+    pub dir: PathBuf,
+    /// The hub id, or the name given to a local folder (default: its folder name).
+    pub id: String,
+    /// The revision asked for (hub branch, tag or commit; `local` for a folder by default).
+    pub revision: String,
+    /// The hub commit the revision resolved to (None for a local folder).
+    pub commit: Option<String>,
+    /// sha256 over the files' bytes (local folder) or the commit (hub: content-addressed).
+    pub fingerprint: String,
+}
+
+impl ModelDir {
+    /// `id@revision`: the model's folder under the dataset cache and its name in every row.
+    pub fn key(&self) -> String {
+        format!("{}@{}", self.id, self.revision)
+    }
+}
+
+/// How to resolve a model argument.
+#[derive(Clone, Debug, Default)]
+pub struct Source {
+    /// Hub revision (default `main`) or the revision label of a local folder (default `local`).
+    pub revision: Option<String>,
+    /// The id a local folder is recorded under (default: the folder's name).
+    pub name: Option<String>,
+    /// Never touch the network: resolve hub ids from the hf-hub cache only (also when the
+    /// environment sets HF_HUB_OFFLINE=1).
+    pub offline: bool,
+}
+
+/// Resolve `spec`: an existing directory is used as is; anything else is a hub id.
+pub fn resolve(spec: &str, src: &Source) -> Result<ModelDir> {
+    let p = Path::new(spec);
+    if p.is_dir() {
+        local(p, src)
+    } else if spec.contains("://") || spec.starts_with('.') || spec.starts_with('/') {
+        bail!("{spec}: no such model directory")
+    } else {
+        hub(spec, src)
+    }
+}
+
+fn local(dir: &Path, src: &Source) -> Result<ModelDir> {
+    for f in REQUIRED {
+        let path = dir.join(f);
+        if !path.is_file() {
+            bail!(
+                "{}: missing (a checkpoint folder needs {})",
+                path.display(),
+                REQUIRED.join(" and ")
+            );
+        }
+    }
+    let name = match &src.name {
+        Some(n) => n.clone(),
+        None => dir
+            .canonicalize()
+            .ok()
+            .and_then(|d| d.file_name().map(|f| f.to_string_lossy().into_owned()))
+            .ok_or_else(|| anyhow!("{}: cannot name this folder; pass a name", dir.display()))?,
+    };
+    check_name(&name)?;
+    let revision = src.revision.clone().unwrap_or_else(|| "local".into());
+    check_name(&revision)?;
+    Ok(ModelDir {
+        dir: dir.to_path_buf(),
+        fingerprint: folder_fingerprint(dir)?,
+        id: name,
+        revision,
+        commit: None,
+    })
+}
+
+/// sha256 over the names and bytes of the files `extract` reads from `dir`.
+pub fn folder_fingerprint(dir: &Path) -> Result<String> {
+    let mut h = Sha256::new();
+    for f in REQUIRED.iter().chain(OPTIONAL.iter()) {
+        let path = dir.join(f);
+        if !path.is_file() {
+            continue;
+        }
+        h.update(f.as_bytes());
+        h.update([0]);
+        hash_file(&path, &mut h)?;
+    }
+    Ok(hex(&h.finalize()))
+}
+
+/// Feed a file's bytes to `h`.
+pub fn hash_file(path: &Path, h: &mut Sha256) -> Result<()> {
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        if n == 0 {
+            return Ok(());
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A name that is safe as (part of) a folder name.
+fn check_name(s: &str) -> Result<()> {
+    let ok = !s.is_empty()
+        && s != "."
+        && s != ".."
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.+".contains(c));
+    if !ok {
+        bail!("'{s}': model names and revisions may use letters, digits and -_.+ only");
+    }
+    Ok(())
+}
+
+fn hub(id: &str, src: &Source) -> Result<ModelDir> {
+    let (owner, name) = hf_hub::split_id(id);
+    check_name(name).with_context(|| format!("'{id}' is neither a folder nor a hub id"))?;
+    if !owner.is_empty() {
+        check_name(owner).with_context(|| format!("'{id}' is neither a folder nor a hub id"))?;
+    }
+    let revision = src.revision.clone().unwrap_or_else(|| "main".into());
+    check_name(&revision)?;
+    let offline = src.offline
+        || std::env::var("HF_HUB_OFFLINE")
+            .is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+    let client = hf_hub::HFClient::builder()
+        .build_sync()
+        .map_err(|e| anyhow!("{id}: cannot start the hub client ({e})"))?;
+    let repo = client.model(owner, name);
+    let get = |file: &str| {
+        repo.download_file()
+            .filename(file)
+            .revision(revision.clone())
+            .local_files_only(offline)
+            .send()
+    };
+    let mut dir: Option<PathBuf> = None;
+    for f in REQUIRED {
+        let path = get(f).map_err(|e| {
+            let how = if offline {
+                "not in the hf-hub cache (offline)"
+            } else {
+                "cannot download it"
+            };
+            anyhow!("{id}@{revision}: {f}: {how} ({e}); pass a local checkpoint folder instead")
+        })?;
+        let parent = path.parent().map(Path::to_path_buf);
+        match (&dir, parent) {
+            (None, p) => dir = p,
+            (Some(d), Some(p)) if *d != p => {
+                bail!(
+                    "{id}@{revision}: files resolved to different snapshots ({} and {})",
+                    d.display(),
+                    p.display()
+                )
+            }
+            _ => {}
+        }
+    }
+    for f in OPTIONAL {
+        if let Err(e) = get(f) {
+            match e {
+                hf_hub::HFError::EntryNotFound { .. }
+                | hf_hub::HFError::LocalEntryNotFound { .. } => {}
+                e => bail!("{id}@{revision}: {f}: {e}"),
+            }
+        }
+    }
+    let dir = dir.ok_or_else(|| anyhow!("{id}@{revision}: no snapshot folder"))?;
+    // the hf-hub cache stores a revision's files under snapshots/<commit>/
+    let commit = dir
+        .file_name()
+        .map(|c| c.to_string_lossy().into_owned())
+        .ok_or_else(|| anyhow!("{}: not a snapshot folder", dir.display()))?;
+    Ok(ModelDir {
+        dir,
+        id: id.to_string(),
+        revision,
+        fingerprint: format!("hub:{id}:{commit}"),
+        commit: Some(commit),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checkpoint(dir: &Path) {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("config.json"), "{}").unwrap();
+        std::fs::write(dir.join("model.safetensors"), "weights").unwrap();
+    }
+
+    #[test]
+    fn a_local_folder_is_named_and_fingerprinted_by_content() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("tiny-clip");
+        checkpoint(&d);
+        let m = resolve(d.to_str().unwrap(), &Source::default()).unwrap();
+        assert_eq!(m.key(), "tiny-clip@local");
+        let f0 = m.fingerprint.clone();
+        // the same bytes give the same fingerprint; a changed weight file a different one
+        assert_eq!(folder_fingerprint(&d).unwrap(), f0);
+        std::fs::write(d.join("model.safetensors"), "weightz").unwrap();
+        assert_ne!(folder_fingerprint(&d).unwrap(), f0);
+        // an optional tokenizer file counts too
+        let f1 = folder_fingerprint(&d).unwrap();
+        std::fs::write(d.join("tokenizer.json"), "{}").unwrap();
+        assert_ne!(folder_fingerprint(&d).unwrap(), f1);
+        let named = Source {
+            name: Some("mine".into()),
+            revision: Some("v2".into()),
+            ..Source::default()
+        };
+        assert_eq!(
+            resolve(d.to_str().unwrap(), &named).unwrap().key(),
+            "mine@v2"
+        );
+        std::fs::remove_file(d.join("model.safetensors")).unwrap();
+        let e = resolve(d.to_str().unwrap(), &Source::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("model.safetensors: missing"), "{e}");
+        let e = resolve("./no/such/dir", &Source::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no such model directory"), "{e}");
+        let e = resolve("bad name/x y", &Source::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("neither a folder nor a hub id"), "{e}");
+    }
+}

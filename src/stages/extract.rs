@@ -1,0 +1,749 @@
+//! `vlal extract`: run the teacher (CLIP image + text towers) and the student (DINOv2 or CLIP's
+//! image tower) once over a dataset and cache what every later stage reads: embeddings per
+//! (model, split), the teacher's class prototypes and its zero-shot logits cos/τ, the manifest
+//! and the classes.
+//!
+//! Every file carries a `content_key` (sha256 over the model's fingerprint, the preprocessing
+//! and each image's id and bytes); a file whose key matches is not recomputed, so a second run
+//! with the same inputs does no work. Decoding runs on rayon in a producer thread, one batch
+//! ahead of the model's forward pass. Output is staged in a temporary folder and moved into
+//! place only when everything succeeded: a bad image without `--skip-bad` leaves nothing behind.
+
+use crate::cache::{classes_path, embeddings_path, logits_path, manifest_path, prototypes_path};
+use crate::dataset::{self, Dataset, Sample};
+use crate::mat::Mat;
+use crate::models::encoder::{self, ImageEncoder, TEMPLATES};
+use crate::models::hub::{self, ModelDir, Source};
+use crate::preprocess::load_rgb;
+use crate::schema::Table;
+use crate::{progress, table, TOOL_VERSION};
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct ExtractArgs {
+    /// Output cache folder, e.g. data/<dataset>.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Image folder: <class>/<image> or <split>/<class>/<image> (split: train, calib|val, test).
+    #[arg(
+        long,
+        conflicts_with = "manifest",
+        required_unless_present = "manifest"
+    )]
+    pub images: Option<PathBuf>,
+    /// Manifest (CSV or Parquet): path, label, split[, sample_id]; paths relative to its folder.
+    #[arg(long)]
+    pub manifest: Option<PathBuf>,
+    /// Class names, one per line: `name | synonym | ...` (default: the folder names).
+    #[arg(long)]
+    pub classes: Option<PathBuf>,
+    /// Prompt the synonyms too: a prototype averages templates × (name and synonyms).
+    #[arg(long)]
+    pub synonyms: bool,
+    /// Teacher: a CLIP hub id (openai/clip-vit-base-patch32) or a local folder in HF layout.
+    #[arg(long, required_unless_present = "student")]
+    pub teacher: Option<String>,
+    /// Hub revision (default main), or the label of a local folder (default local).
+    #[arg(long)]
+    pub teacher_revision: Option<String>,
+    /// The id a local teacher folder is recorded under (default: the folder name).
+    #[arg(long)]
+    pub teacher_name: Option<String>,
+    /// Student: a DINOv2 or CLIP hub id (facebook/dinov2-small) or a local folder.
+    #[arg(long)]
+    pub student: Option<String>,
+    #[arg(long)]
+    pub student_revision: Option<String>,
+    #[arg(long)]
+    pub student_name: Option<String>,
+    /// DINOv2 student: store [CLS | mean patch token] instead of CLS alone.
+    #[arg(long)]
+    pub mean_patch: bool,
+    /// Teacher temperature: logits = cos/τ.
+    #[arg(long, default_value_t = 0.01)]
+    pub tau: f32,
+    /// Without split folders: share of images held out as test (by a hash of the path).
+    #[arg(long, default_value_t = 0.2)]
+    pub test_fraction: f64,
+    /// Without split folders: share held out as the labeled calibration split.
+    #[arg(long, default_value_t = 0.1)]
+    pub calib_fraction: f64,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Record unreadable or corrupt images in rejects.parquet and go on (default: fail).
+    #[arg(long)]
+    pub skip_bad: bool,
+    /// cpu, or cuda (a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Resolve hub ids from the local hf-hub cache only (also HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    pub offline: bool,
+}
+
+const KEY_VERSION: &str = "vlal-extract-1";
+
+/// An image that could not be read, kept out of the cache.
+#[derive(Clone, Debug)]
+struct Reject {
+    sample: Sample,
+    error: String,
+}
+
+/// Files written to the staging folder, moved into `out` at the end.
+struct Staging {
+    dir: tempfile::TempDir,
+    files: Vec<PathBuf>,
+    out: PathBuf,
+}
+
+impl Staging {
+    fn new(out: &Path) -> Result<Staging> {
+        std::fs::create_dir_all(out)
+            .with_context(|| format!("{}: cannot create the cache folder", out.display()))?;
+        let dir = tempfile::Builder::new()
+            .prefix(".extract-staging-")
+            .tempdir_in(out)
+            .with_context(|| format!("{}: cannot create a staging folder", out.display()))?;
+        Ok(Staging {
+            dir,
+            files: Vec::new(),
+            out: out.to_path_buf(),
+        })
+    }
+
+    /// Write a table that will land at `path` (a path under `out`).
+    fn write(
+        &mut self,
+        path: &Path,
+        t: Table,
+        cols: Vec<(&str, arrow::array::ArrayRef)>,
+        meta: &[(&str, String)],
+    ) -> Result<()> {
+        let rel = path
+            .strip_prefix(&self.out)
+            .expect("under the cache folder");
+        table::write_staged(&self.dir.path().join(rel), path, t, cols, meta)?;
+        self.files.push(rel.to_path_buf());
+        Ok(())
+    }
+
+    /// Move every staged file into place.
+    fn commit(self) -> Result<usize> {
+        for rel in &self.files {
+            let to = self.out.join(rel);
+            if let Some(p) = to.parent() {
+                std::fs::create_dir_all(p)
+                    .with_context(|| format!("{}: cannot create folder", p.display()))?;
+            }
+            std::fs::rename(self.dir.path().join(rel), &to)
+                .with_context(|| format!("{}: cannot move into place", to.display()))?;
+            progress::log(format!("wrote {}", to.display()));
+        }
+        Ok(self.files.len())
+    }
+}
+
+/// The content key stored in a file's metadata, if the file exists and has one.
+fn stored_key(path: &Path, t: Table) -> Option<String> {
+    if !path.exists() {
+        return None;
+    }
+    table::read_meta(path, t)
+        .ok()
+        .and_then(|m| m.get("content_key").cloned())
+}
+
+fn sha(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    hub::hex(&h.finalize())
+}
+
+/// sha256 of every readable image; unreadable ones come back as rejects.
+fn hash_images(samples: &[Sample]) -> (HashMap<String, String>, Vec<Reject>) {
+    let pb = progress::bar(samples.len() as u64, "hashing");
+    let res: Vec<(usize, Result<String>)> = samples
+        .par_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let mut h = Sha256::new();
+            let r = hub::hash_file(&s.path, &mut h).map(|_| hub::hex(&h.finalize()));
+            pb.inc(1);
+            (i, r)
+        })
+        .collect();
+    pb.finish_and_clear();
+    let mut ok = HashMap::new();
+    let mut bad = Vec::new();
+    for (i, r) in res {
+        match r {
+            Ok(h) => {
+                ok.insert(samples[i].id.clone(), h);
+            }
+            Err(e) => bad.push(Reject {
+                sample: samples[i].clone(),
+                error: format!("{e:#}"),
+            }),
+        }
+    }
+    (ok, bad)
+}
+
+/// A decoded and preprocessed batch: for each encoder the pixels of the kept samples.
+struct Batch {
+    kept: Vec<usize>,
+    rejects: Vec<Reject>,
+    pixels: Vec<Vec<f32>>,
+}
+
+/// Decode `samples` in batches on rayon (one batch ahead) and embed them with each encoder.
+/// Returns the indices of the kept samples, one matrix per encoder, and the rejects.
+fn embed_split(
+    split: &str,
+    samples: &[Sample],
+    encoders: &[&ImageEncoder],
+    device: &Device,
+    batch_size: usize,
+    skip_bad: bool,
+) -> Result<(Vec<usize>, Vec<Mat>, Vec<Reject>)> {
+    let pb = progress::bar(samples.len() as u64, split);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Batch>>(1);
+    let mut kept = Vec::new();
+    let mut rejects = Vec::new();
+    let mut out: Vec<Vec<f32>> = vec![Vec::new(); encoders.len()];
+    let result = std::thread::scope(|scope| -> Result<()> {
+        scope.spawn(move || {
+            for (b, chunk) in samples.chunks(batch_size.max(1)).enumerate() {
+                let decoded: Vec<Result<image::RgbImage>> =
+                    chunk.par_iter().map(|s| load_rgb(&s.path)).collect();
+                let mut batch = Batch {
+                    kept: Vec::new(),
+                    rejects: Vec::new(),
+                    pixels: Vec::new(),
+                };
+                let mut images = Vec::new();
+                for (i, d) in decoded.into_iter().enumerate() {
+                    match d {
+                        Ok(img) => {
+                            batch.kept.push(b * batch_size + i);
+                            images.push(img);
+                        }
+                        Err(e) if skip_bad => batch.rejects.push(Reject {
+                            sample: chunk[i].clone(),
+                            error: format!("{e:#}"),
+                        }),
+                        Err(e) => {
+                            let _ = tx.send(Err(
+                                e.context("use --skip-bad to record bad images and go on")
+                            ));
+                            return;
+                        }
+                    }
+                }
+                batch.pixels = encoders
+                    .iter()
+                    .map(|e| {
+                        let per: Vec<Vec<f32>> =
+                            images.par_iter().map(|img| e.pre.apply(img)).collect();
+                        per.concat()
+                    })
+                    .collect();
+                if tx.send(Ok(batch)).is_err() {
+                    return; // the consumer stopped
+                }
+            }
+        });
+        for batch in rx {
+            let batch = batch?;
+            let n = batch.kept.len();
+            if n > 0 {
+                for ((e, px), o) in encoders.iter().zip(batch.pixels).zip(out.iter_mut()) {
+                    let s = e.pre.crop as usize;
+                    let t = Tensor::from_vec(px, (n, 3, s, s), device)?;
+                    let z = e
+                        .embed(&t)
+                        .map_err(|err| anyhow!("{}: forward pass failed ({err})", e.model.key()))?;
+                    o.extend(z.flatten_all()?.to_vec1::<f32>()?);
+                }
+            }
+            pb.inc((n + batch.rejects.len()) as u64);
+            kept.extend(batch.kept);
+            rejects.extend(batch.rejects);
+        }
+        Ok(())
+    });
+    pb.finish_and_clear();
+    result?;
+    let mats = out
+        .into_iter()
+        .zip(encoders)
+        .map(|(v, e)| Mat::new(kept.len(), e.dim, v))
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(bad) = mats.iter().find(|m| m.data.iter().any(|v| !v.is_finite())) {
+        bail!(
+            "{split}: the model gave non-finite embeddings ({} rows)",
+            bad.rows
+        );
+    }
+    Ok((kept, mats, rejects))
+}
+
+fn model_meta(m: &ModelDir, key: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("model_id", m.id.clone()),
+        ("revision", m.revision.clone()),
+        ("commit", m.commit.clone().unwrap_or_default()),
+        ("created_by", TOOL_VERSION.to_string()),
+        ("content_key", key.to_string()),
+    ]
+}
+
+/// Ids and vectors of an embeddings file.
+fn read_embeddings(path: &Path) -> Result<(Vec<String>, Mat)> {
+    let f = table::read(path, Table::Embeddings)?;
+    Ok((f.strings("sample_id")?, f.mat("vector")?))
+}
+
+pub fn run(a: &ExtractArgs) -> Result<()> {
+    if a.tau <= 0.0 || !a.tau.is_finite() {
+        bail!("--tau must be positive");
+    }
+    let data: Dataset = match (&a.images, &a.manifest) {
+        (Some(dir), _) => {
+            dataset::from_folder(dir, a.classes.as_deref(), a.test_fraction, a.calib_fraction)?
+        }
+        (None, Some(m)) => dataset::from_manifest(m, a.classes.as_deref())?,
+        (None, None) => bail!("pass --images or --manifest"),
+    };
+    let device = crate::train::device(&a.device)?;
+    let resolve = |spec: &str, revision: &Option<String>, name: &Option<String>| {
+        hub::resolve(
+            spec,
+            &Source {
+                revision: revision.clone(),
+                name: name.clone(),
+                offline: a.offline,
+            },
+        )
+    };
+    let teacher = match &a.teacher {
+        Some(t) => {
+            let m = resolve(t, &a.teacher_revision, &a.teacher_name)?;
+            let e = ImageEncoder::load(m, &device, false)?;
+            if e.clip().is_none() {
+                bail!(
+                    "{}: the teacher must be a CLIP checkpoint (it needs a text tower)",
+                    e.model.dir.join("config.json").display()
+                );
+            }
+            Some(e)
+        }
+        None => None,
+    };
+    let student = match &a.student {
+        Some(s) => Some(ImageEncoder::load(
+            resolve(s, &a.student_revision, &a.student_name)?,
+            &device,
+            a.mean_patch,
+        )?),
+        None => None,
+    };
+    let encoders: Vec<&ImageEncoder> = [teacher.as_ref(), student.as_ref()]
+        .into_iter()
+        .flatten()
+        .collect();
+    if encoders.len() == 2 && encoders[0].model.key() == encoders[1].model.key() {
+        bail!(
+            "teacher and student are both recorded as {}; give one a --*-name or --*-revision",
+            encoders[0].model.key()
+        );
+    }
+    for e in &encoders {
+        progress::log(format!(
+            "{} from {} ({}-d; {})",
+            e.model.key(),
+            e.model.dir.display(),
+            e.dim,
+            e.describe()
+        ));
+    }
+
+    let out = &a.out;
+    let (hashes, mut rejects) = hash_images(&data.samples);
+    if let (Some(r), false) = (rejects.first(), a.skip_bad) {
+        bail!("{}; use --skip-bad to record bad images and go on", r.error);
+    }
+    let mut staging = Staging::new(out)?;
+    let mut kept_ids: HashMap<&str, HashSet<String>> = HashMap::new();
+    let mut teacher_emb: HashMap<&str, (Vec<String>, Mat, String)> = HashMap::new();
+    let mut work = 0usize;
+    for split in dataset::SPLITS {
+        let samples: Vec<Sample> = data
+            .samples
+            .iter()
+            .filter(|s| s.split == split && hashes.contains_key(&s.id))
+            .cloned()
+            .collect();
+        if samples.is_empty() {
+            continue;
+        }
+        let keys: Vec<String> = encoders
+            .iter()
+            .map(|e| {
+                let mut parts = vec![
+                    KEY_VERSION.to_string(),
+                    e.model.fingerprint.clone(),
+                    e.describe(),
+                ];
+                for s in &samples {
+                    parts.push(s.id.clone());
+                    parts.push(hashes[&s.id].clone());
+                }
+                sha(&parts.iter().map(String::as_str).collect::<Vec<_>>())
+            })
+            .collect();
+        let stale: Vec<usize> = (0..encoders.len())
+            .filter(|&i| {
+                stored_key(
+                    &embeddings_path(out, &encoders[i].model.key(), split),
+                    Table::Embeddings,
+                )
+                .as_deref()
+                    != Some(keys[i].as_str())
+            })
+            .collect();
+        let mut fresh: HashMap<usize, (Vec<String>, Mat)> = HashMap::new();
+        if !stale.is_empty() {
+            let run: Vec<&ImageEncoder> = stale.iter().map(|&i| encoders[i]).collect();
+            let t0 = std::time::Instant::now();
+            let (kept, mats, bad) =
+                embed_split(split, &samples, &run, &device, a.batch_size, a.skip_bad)?;
+            let secs = t0.elapsed().as_secs_f64();
+            progress::log(format!(
+                "{split}: {} images through {} in {secs:.1} s ({:.1} images/s){}",
+                samples.len(),
+                run.iter()
+                    .map(|e| e.model.key())
+                    .collect::<Vec<_>>()
+                    .join(" + "),
+                samples.len() as f64 / secs.max(1e-9),
+                if bad.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} rejected", bad.len())
+                }
+            ));
+            rejects.extend(bad);
+            let ids: Vec<String> = kept.iter().map(|&i| samples[i].id.clone()).collect();
+            for (&i, m) in stale.iter().zip(mats) {
+                let e = encoders[i];
+                let mut meta = model_meta(&e.model, &keys[i]);
+                meta.push(("preprocessing", e.describe()));
+                meta.push(("dim", e.dim.to_string()));
+                meta.push(("images", ids.len().to_string()));
+                staging.write(
+                    &embeddings_path(out, &e.model.key(), split),
+                    Table::Embeddings,
+                    vec![
+                        ("sample_id", table::utf8(&ids)),
+                        ("vector", table::fixed_list(&m)?),
+                    ],
+                    &meta,
+                )?;
+                fresh.insert(i, (ids.clone(), m));
+            }
+            work += 1;
+        }
+        for (i, e) in encoders.iter().enumerate() {
+            let (ids, m) = match fresh.remove(&i) {
+                Some(v) => v,
+                None => read_embeddings(&embeddings_path(out, &e.model.key(), split))?,
+            };
+            let set: HashSet<String> = ids.iter().cloned().collect();
+            kept_ids
+                .entry(split)
+                .and_modify(|k| k.retain(|id| set.contains(id)))
+                .or_insert(set);
+            if teacher.is_some() && i == 0 {
+                teacher_emb.insert(split, (ids, m, keys[i].clone()));
+            }
+        }
+    }
+
+    if let Some(t) = &teacher {
+        let clip = t.clip().expect("checked");
+        let names: Vec<Vec<String>> = data
+            .classes
+            .iter()
+            .map(|c| {
+                let mut v = vec![c.name.clone()];
+                if a.synonyms {
+                    v.extend(c.synonyms.iter().cloned());
+                }
+                v
+            })
+            .collect();
+        let template_set = format!(
+            "clip-{}{}",
+            TEMPLATES.len(),
+            if a.synonyms { "+synonyms" } else { "" }
+        );
+        let mut parts = vec![
+            KEY_VERSION.to_string(),
+            t.model.fingerprint.clone(),
+            template_set.clone(),
+        ];
+        parts.extend(TEMPLATES.iter().map(|s| s.to_string()));
+        for n in &names {
+            parts.push(n.join("|"));
+        }
+        let pkey = sha(&parts.iter().map(String::as_str).collect::<Vec<_>>());
+        let ppath = prototypes_path(out, &t.model.key());
+        let protos = if stored_key(&ppath, Table::Prototypes).as_deref() == Some(pkey.as_str()) {
+            let f = table::read(&ppath, Table::Prototypes)?;
+            f.mat("vector")?
+        } else {
+            let tok = encoder::tokenizer_for(&t.model.dir, clip)?;
+            let p = encoder::prototypes(clip, &tok, &names, &TEMPLATES)?;
+            let c = p.rows;
+            let mut meta = model_meta(&t.model, &pkey);
+            meta.push(("dim", p.cols.to_string()));
+            staging.write(
+                &ppath,
+                Table::Prototypes,
+                vec![
+                    ("class_id", table::i32s(&(0..c as i32).collect::<Vec<_>>())),
+                    ("template_set", table::utf8(&vec![template_set.as_str(); c])),
+                    ("vector", table::fixed_list(&p)?),
+                ],
+                &meta,
+            )?;
+            work += 1;
+            p
+        };
+        for (split, (ids, emb, ikey)) in &teacher_emb {
+            let lkey = sha(&[KEY_VERSION, ikey, &pkey, &a.tau.to_string()]);
+            let lpath = logits_path(out, &t.model.key(), split);
+            if stored_key(&lpath, Table::TeacherLogits).as_deref() == Some(lkey.as_str()) {
+                continue;
+            }
+            let mut logits = crate::geometry::matmul_nt(emb, &protos)?;
+            logits.data.iter_mut().for_each(|v| *v /= a.tau);
+            let mut meta = model_meta(&t.model, &lkey);
+            meta.push(("tau", a.tau.to_string()));
+            meta.push(("classes", protos.rows.to_string()));
+            staging.write(
+                &lpath,
+                Table::TeacherLogits,
+                vec![
+                    ("sample_id", table::utf8(ids)),
+                    ("logits", table::fixed_list(&logits)?),
+                ],
+                &meta,
+            )?;
+            work += 1;
+        }
+    }
+
+    // the manifest lists the images every model embedded
+    let rows: Vec<&Sample> = data
+        .samples
+        .iter()
+        .filter(|s| {
+            kept_ids
+                .get(s.split.as_str())
+                .is_some_and(|k| k.contains(&s.id))
+        })
+        .collect();
+    let mut parts: Vec<String> = vec![KEY_VERSION.to_string()];
+    for s in &rows {
+        parts.extend([
+            s.id.clone(),
+            s.path.display().to_string(),
+            s.split.clone(),
+            format!("{:?}", s.label),
+        ]);
+    }
+    let mkey = sha(&parts.iter().map(String::as_str).collect::<Vec<_>>());
+    if stored_key(&manifest_path(out), Table::Manifest).as_deref() != Some(mkey.as_str()) {
+        let ids: Vec<&str> = rows.iter().map(|s| s.id.as_str()).collect();
+        staging.write(
+            &manifest_path(out),
+            Table::Manifest,
+            vec![
+                ("sample_id", table::utf8(&ids)),
+                (
+                    "path",
+                    table::opt_utf8(
+                        &rows
+                            .iter()
+                            .map(|s| Some(s.path.display().to_string()))
+                            .collect::<Vec<_>>(),
+                    ),
+                ),
+                (
+                    "split",
+                    table::utf8(&rows.iter().map(|s| s.split.as_str()).collect::<Vec<_>>()),
+                ),
+                (
+                    "label",
+                    table::opt_i32s(&rows.iter().map(|s| s.label).collect::<Vec<_>>()),
+                ),
+                ("source", table::utf8(&vec!["task"; rows.len()])),
+            ],
+            &[
+                ("content_key", mkey),
+                ("created_by", TOOL_VERSION.to_string()),
+            ],
+        )?;
+        work += 1;
+    }
+    let ckey = sha(&data
+        .classes
+        .iter()
+        .map(|c| format!("{}|{}", c.name, c.synonyms.join("|")))
+        .collect::<Vec<_>>()
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    if stored_key(&classes_path(out), Table::Classes).as_deref() != Some(ckey.as_str()) {
+        let c = data.classes.len();
+        staging.write(
+            &classes_path(out),
+            Table::Classes,
+            vec![
+                ("class_id", table::i32s(&(0..c as i32).collect::<Vec<_>>())),
+                (
+                    "name",
+                    table::utf8(
+                        &data
+                            .classes
+                            .iter()
+                            .map(|c| c.name.as_str())
+                            .collect::<Vec<_>>(),
+                    ),
+                ),
+                (
+                    "synonyms",
+                    table::list_utf8(
+                        &data
+                            .classes
+                            .iter()
+                            .map(|c| c.synonyms.clone())
+                            .collect::<Vec<_>>(),
+                    ),
+                ),
+            ],
+            &[
+                ("content_key", ckey),
+                ("created_by", TOOL_VERSION.to_string()),
+            ],
+        )?;
+    }
+    // Every sample the manifest leaves out is a reject: its error from this run, else from the
+    // previous rejects table (the split's embeddings are cached), so the table always matches.
+    let rpath = out.join("rejects.parquet");
+    let mut errors: HashMap<String, String> = HashMap::new();
+    if rpath.exists() {
+        let f = table::read(&rpath, Table::Rejects)?;
+        errors.extend(f.strings("sample_id")?.into_iter().zip(f.strings("error")?));
+    }
+    errors.extend(rejects.drain(..).map(|r| (r.sample.id, r.error)));
+    let in_manifest: HashSet<&str> = rows.iter().map(|s| s.id.as_str()).collect();
+    let rejects: Vec<Reject> = data
+        .samples
+        .iter()
+        .filter(|s| !in_manifest.contains(s.id.as_str()))
+        .map(|s| Reject {
+            sample: s.clone(),
+            error: errors
+                .get(&s.id)
+                .cloned()
+                .unwrap_or_else(|| "left out of the cached embeddings".into()),
+        })
+        .collect();
+    let rkey = sha(&rejects
+        .iter()
+        .flat_map(|r| [r.sample.id.as_str(), r.error.as_str()])
+        .collect::<Vec<_>>());
+    if !rejects.is_empty() && stored_key(&rpath, Table::Rejects).as_deref() != Some(rkey.as_str()) {
+        staging.write(
+            &rpath,
+            Table::Rejects,
+            vec![
+                (
+                    "sample_id",
+                    table::utf8(
+                        &rejects
+                            .iter()
+                            .map(|r| r.sample.id.as_str())
+                            .collect::<Vec<_>>(),
+                    ),
+                ),
+                (
+                    "path",
+                    table::utf8(
+                        &rejects
+                            .iter()
+                            .map(|r| r.sample.path.display().to_string())
+                            .collect::<Vec<_>>(),
+                    ),
+                ),
+                (
+                    "split",
+                    table::utf8(
+                        &rejects
+                            .iter()
+                            .map(|r| r.sample.split.as_str())
+                            .collect::<Vec<_>>(),
+                    ),
+                ),
+                (
+                    "error",
+                    table::utf8(&rejects.iter().map(|r| r.error.as_str()).collect::<Vec<_>>()),
+                ),
+            ],
+            &[
+                ("content_key", rkey),
+                ("created_by", TOOL_VERSION.to_string()),
+            ],
+        )?;
+    }
+    if !rejects.is_empty() {
+        progress::log(format!(
+            "{} unreadable images left out (listed in {})",
+            rejects.len(),
+            rpath.display()
+        ));
+    }
+    let n = staging.commit()?;
+    if rejects.is_empty() && rpath.exists() {
+        std::fs::remove_file(&rpath).with_context(|| {
+            format!("{}: cannot remove the stale rejects table", rpath.display())
+        })?;
+    }
+    if work == 0 {
+        progress::log(format!("{}: up to date, nothing extracted", out.display()));
+    } else {
+        progress::log(format!("{}: {n} files written", out.display()));
+    }
+    let key = |e: Option<&ImageEncoder>| e.map(|e| e.model.key());
+    progress::log(format!(
+        "pipeline [dataset]: root = \"{}\", student = \"{}\", teacher = \"{}\"",
+        out.display(),
+        key(student.as_ref())
+            .or(key(teacher.as_ref()))
+            .unwrap_or_default(),
+        key(teacher.as_ref()).unwrap_or_default()
+    ));
+    Ok(())
+}

@@ -1,0 +1,503 @@
+//! End-to-end tests of `vlal extract` on generated images and random-weight CLIP and DINOv2
+//! checkpoints in the Hugging Face layout: the cache it writes, what a second run skips, bad
+//! input, hub ids resolved from the hf-hub cache, and a pipeline run on the result.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use vlal::schema::Table;
+use vlal::table;
+
+const WORDS: &str = "a photo of the blurry one close - up rendition bright low resolution \
+                     cropped clean cat kitty dog bird birdie";
+
+fn vlal(args: &[&str], env: &[(&str, &Path)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vlal"));
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("runs")
+}
+
+fn ok(o: &Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "failed: {err}");
+    err
+}
+
+/// A word-level tokenizer.json with CLIP's special tokens (eos last, so argmax pooling agrees).
+fn write_tokenizer(dir: &Path) -> usize {
+    use tokenizers::models::wordlevel::WordLevel;
+    let mut vocab: HashMap<String, u32> = HashMap::new();
+    vocab.insert("<unk>".into(), 0);
+    for w in WORDS.split_whitespace() {
+        let n = vocab.len() as u32;
+        vocab.entry(w.to_string()).or_insert(n);
+    }
+    for t in ["<|startoftext|>", "<|endoftext|>"] {
+        let n = vocab.len() as u32;
+        vocab.insert(t.into(), n);
+    }
+    let n = vocab.len();
+    let model = WordLevel::builder()
+        .vocab(vocab.into_iter().collect())
+        .unk_token("<unk>".into())
+        .build()
+        .unwrap();
+    let mut tok = tokenizers::Tokenizer::new(model);
+    tok.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::Whitespace {}));
+    tok.with_normalizer(Some(tokenizers::normalizers::Lowercase))
+        .unwrap();
+    tok.save(dir.join("tokenizer.json"), false).unwrap();
+    n
+}
+
+fn write_teacher(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let vocab = write_tokenizer(dir);
+    let cfg = format!(
+        r#"{{"model_type": "clip", "projection_dim": 12,
+      "text_config": {{"vocab_size": {vocab}, "hidden_size": 16, "intermediate_size": 24,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 12,
+        "eos_token_id": {}}},
+      "vision_config": {{"hidden_size": 20, "intermediate_size": 28, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "image_size": 32, "patch_size": 8}}}}"#,
+        vocab - 1
+    );
+    vlal::models::write_random_checkpoint(dir, &cfg).unwrap();
+    std::fs::write(
+        dir.join("preprocessor_config.json"),
+        r#"{"size": {"shortest_edge": 32}, "crop_size": {"height": 32, "width": 32}}"#,
+    )
+    .unwrap();
+}
+
+fn write_student(dir: &Path) {
+    let cfg = r#"{"model_type": "dinov2", "hidden_size": 16, "num_hidden_layers": 2,
+      "num_attention_heads": 4, "image_size": 28, "patch_size": 7, "layerscale_value": 1.0}"#;
+    vlal::models::write_random_checkpoint(dir, cfg).unwrap();
+    std::fs::write(
+        dir.join("preprocessor_config.json"),
+        r#"{"size": {"shortest_edge": 32}, "crop_size": {"height": 28, "width": 28}}"#,
+    )
+    .unwrap();
+}
+
+/// `root/<class>/<i>.{png,jpg}`: 3 classes × 14 images of a class-dependent colour, varied
+/// sizes, some grey.
+fn write_images(root: &Path) {
+    let colours = [[200u8, 40, 40], [40, 200, 40], [40, 40, 200]];
+    for (c, name) in ["cat", "dog", "bird"].iter().enumerate() {
+        let d = root.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        for i in 0..14u32 {
+            let (w, h) = (30 + 3 * i, 48 - 2 * i);
+            let img = image::RgbImage::from_fn(w, h, |x, y| {
+                let k = ((x * 7 + y * 13 + i * 31) % 50) as u8;
+                let col = colours[c];
+                image::Rgb([col[0] / 2 + k, col[1] / 2 + k, col[2] / 2 + k])
+            });
+            if i % 5 == 4 {
+                image::DynamicImage::ImageRgb8(img)
+                    .to_luma8()
+                    .save(d.join(format!("{i:02}.png")))
+                    .unwrap();
+            } else if i % 2 == 0 {
+                img.save(d.join(format!("{i:02}.jpg"))).unwrap();
+            } else {
+                img.save(d.join(format!("{i:02}.png"))).unwrap();
+            }
+        }
+    }
+}
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        write_images(&root.join("images"));
+        write_teacher(&root.join("tiny-clip"));
+        write_student(&root.join("tiny-dino"));
+        std::fs::write(
+            root.join("classes.txt"),
+            "cat | kitty\ndog\nbird | birdie\n",
+        )
+        .unwrap();
+        Fixture { _tmp: tmp, root }
+    }
+    fn p(&self, rel: &str) -> String {
+        self.root.join(rel).display().to_string()
+    }
+    fn extract(&self, out: &str, extra: &[&str]) -> Output {
+        let (images, classes) = (self.p("images"), self.p("classes.txt"));
+        let (teacher, student, out) = (self.p("tiny-clip"), self.p("tiny-dino"), self.p(out));
+        let mut args = vec![
+            "extract",
+            "--images",
+            &images,
+            "--classes",
+            &classes,
+            "--out",
+            &out,
+            "--teacher",
+            &teacher,
+            "--student",
+            &student,
+            "--batch-size",
+            "8",
+        ];
+        args.extend_from_slice(extra);
+        vlal(&args, &[])
+    }
+}
+
+fn mtimes(dir: &Path) -> Vec<(PathBuf, std::time::SystemTime)> {
+    let mut v = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                v.push((
+                    p.clone(),
+                    std::fs::metadata(&p).unwrap().modified().unwrap(),
+                ));
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+#[test]
+fn extract_builds_the_cache_skips_unchanged_inputs_and_feeds_a_pipeline() {
+    let f = Fixture::new();
+    let err = ok(&f.extract("cache", &[]));
+    assert!(err.contains("images/s"), "{err}");
+    let out = f.root.join("cache");
+    let (t, s) = ("tiny-clip@local", "tiny-dino@local");
+
+    // manifest: every image, train/calib/test held out by hash, labels from the folders
+    let m = table::read(&out.join("manifest.parquet"), Table::Manifest).unwrap();
+    assert_eq!(m.rows, 42);
+    let splits = m.strings("split").unwrap();
+    for sp in ["train", "calib", "test"] {
+        assert!(splits.iter().any(|x| x == sp), "no {sp}");
+    }
+    let classes = table::read(&out.join("classes.parquet"), Table::Classes).unwrap();
+    assert_eq!(classes.strings("name").unwrap(), ["cat", "dog", "bird"]);
+
+    let mut n_rows = 0;
+    for sp in ["train", "calib", "test"] {
+        let te = table::read(
+            &out.join(t).join(format!("{sp}.parquet")),
+            Table::Embeddings,
+        )
+        .unwrap();
+        let st = table::read(
+            &out.join(s).join(format!("{sp}.parquet")),
+            Table::Embeddings,
+        )
+        .unwrap();
+        assert_eq!(te.meta("dim").unwrap(), "12");
+        assert_eq!(st.meta("dim").unwrap(), "16");
+        assert_eq!(te.meta("model_id").unwrap(), "tiny-clip");
+        assert_eq!(st.meta("revision").unwrap(), "local");
+        assert_eq!(te.meta("images").unwrap(), te.rows.to_string());
+        assert!(
+            st.meta("preprocessing").unwrap().contains("centre crop 28"),
+            "{:?}",
+            st.meta
+        );
+        assert_eq!(
+            te.strings("sample_id").unwrap(),
+            st.strings("sample_id").unwrap()
+        );
+        n_rows += te.rows;
+        for mat in [te.mat("vector").unwrap(), st.mat("vector").unwrap()] {
+            for i in 0..mat.rows {
+                let n: f32 = mat.row(i).iter().map(|v| v * v).sum();
+                assert!((n - 1.0).abs() < 1e-4, "norm {n}");
+            }
+        }
+        // logits = cos(image, prototype) / τ, row for row
+        let l = table::read(
+            &out.join(t).join(format!("{sp}.logits.parquet")),
+            Table::TeacherLogits,
+        )
+        .unwrap();
+        assert_eq!(l.meta("tau").unwrap(), "0.01");
+        let p = table::read(&out.join(t).join("prototypes.parquet"), Table::Prototypes).unwrap();
+        let (z, protos, logits) = (
+            te.mat("vector").unwrap(),
+            p.mat("vector").unwrap(),
+            l.mat("logits").unwrap(),
+        );
+        assert_eq!((protos.rows, logits.cols), (3, 3));
+        for i in 0..z.rows {
+            for c in 0..3 {
+                let cos: f32 = z.row(i).iter().zip(protos.row(c)).map(|(a, b)| a * b).sum();
+                assert!((logits.row(i)[c] - cos / 0.01).abs() < 1e-3);
+            }
+        }
+    }
+    assert_eq!(n_rows, 42);
+    let p = table::read(&out.join(t).join("prototypes.parquet"), Table::Prototypes).unwrap();
+    assert_eq!(p.strings("template_set").unwrap()[0], "clip-10");
+    let protos = p.mat("vector").unwrap();
+
+    // the same inputs again: no work, no file touched
+    let before = mtimes(&out);
+    let bytes = std::fs::read(out.join(t).join("train.parquet")).unwrap();
+    let err = ok(&f.extract("cache", &[]));
+    assert!(err.contains("up to date, nothing extracted"), "{err}");
+    assert_eq!(mtimes(&out), before);
+    assert_eq!(
+        std::fs::read(out.join(t).join("train.parquet")).unwrap(),
+        bytes
+    );
+
+    // a changed τ rewrites the logits only; synonyms change the prototypes
+    ok(&f.extract("cache", &["--tau", "0.02"]));
+    let after = mtimes(&out);
+    let changed: Vec<String> = before
+        .iter()
+        .zip(&after)
+        .filter(|(a, b)| a.1 != b.1)
+        .map(|(a, _)| a.0.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        changed,
+        [
+            "calib.logits.parquet",
+            "test.logits.parquet",
+            "train.logits.parquet"
+        ]
+    );
+    ok(&f.extract("cache", &["--tau", "0.02", "--synonyms"]));
+    let p = table::read(&out.join(t).join("prototypes.parquet"), Table::Prototypes).unwrap();
+    assert_eq!(p.strings("template_set").unwrap()[0], "clip-10+synonyms");
+    let p2 = p.mat("vector").unwrap();
+    assert!(
+        p2.row(0) != protos.row(0) && p2.row(1) == protos.row(1),
+        "dog has no synonyms"
+    );
+
+    // a changed image: only its split is re-extracted, with the same result elsewhere
+    let man = table::read(&out.join("manifest.parquet"), Table::Manifest).unwrap();
+    let ids = man.strings("sample_id").unwrap();
+    let sp = man.strings("split").unwrap();
+    let k = ids.iter().position(|id| id.ends_with(".png")).unwrap();
+    let before = mtimes(&out);
+    let img = image::RgbImage::from_pixel(33, 33, image::Rgb([9, 99, 199]));
+    img.save(f.root.join("images").join(&ids[k])).unwrap();
+    ok(&f.extract("cache", &["--tau", "0.02", "--synonyms"]));
+    let after = mtimes(&out);
+    for ((path, a), (_, b)) in before.iter().zip(&after) {
+        let name = path.file_name().unwrap().to_string_lossy();
+        let same_split = name.starts_with(&format!("{}.", sp[k]));
+        let touched = a != b;
+        if name.ends_with(".parquet")
+            && name != "prototypes.parquet"
+            && !name.starts_with("manifest")
+            && !name.starts_with("classes")
+        {
+            assert_eq!(touched, same_split, "{name}");
+        }
+    }
+
+    // a pipeline runs on the extracted cache (student features, teacher logits for DHO)
+    let cfg = f.root.join("pipe.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"name = "extracted"
+seeds = [0]
+rounds = 1
+initial_per_class = 1
+strategies = ["entropy", "pcoreset"]
+trainers = ["linear", "dho"]
+runs_dir = "{r}/runs"
+results_dir = "{r}/results"
+[dataset]
+name = "tiny"
+root = "{r}/cache"
+student = "{s}"
+teacher = "{t}"
+[linear]
+epochs = 5
+[dho]
+epochs = 5
+"#,
+            r = f.root.display()
+        ),
+    )
+    .unwrap();
+    ok(&vlal(&["run", cfg.to_str().unwrap()], &[]));
+    let o = vlal(&["report", "--results", &f.p("results")], &[]);
+    ok(&o);
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        table.contains("pcoreset") && table.contains("dho"),
+        "{table}"
+    );
+    let rows: usize = mtimes(&f.root.join("results"))
+        .iter()
+        .filter(|(p, _)| p.extension().is_some_and(|e| e == "parquet"))
+        .count();
+    assert_eq!(rows, 2 * 2 * 2, "2 trainers × 2 strategies × rounds 0..=1");
+}
+
+#[test]
+fn bad_images_fail_cleanly_or_are_recorded_as_rejects() {
+    let f = Fixture::new();
+    let bad = f.root.join("images/dog/03.png");
+    std::fs::write(&bad, b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let o = f.extract("cache", &[]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("dog/03.png: not a decodable image") && err.contains("--skip-bad"),
+        "{err}"
+    );
+    // nothing written: no table and no staging folder left behind
+    let left = if f.root.join("cache").exists() {
+        mtimes(&f.root.join("cache"))
+    } else {
+        Vec::new()
+    };
+    assert!(left.is_empty(), "{left:?}");
+    assert!(
+        std::fs::read_dir(f.root.join("cache"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0
+    );
+
+    let err = ok(&f.extract("cache", &["--skip-bad"]));
+    assert!(err.contains("1 unreadable images left out"), "{err}");
+    let r = table::read(&f.root.join("cache/rejects.parquet"), Table::Rejects).unwrap();
+    assert_eq!(r.strings("sample_id").unwrap(), ["dog/03.png"]);
+    assert!(r.strings("error").unwrap()[0].contains("not a decodable image"));
+    let m = table::read(&f.root.join("cache/manifest.parquet"), Table::Manifest).unwrap();
+    assert_eq!(m.rows, 41);
+    assert!(!m
+        .strings("sample_id")
+        .unwrap()
+        .contains(&"dog/03.png".to_string()));
+    // cached now: the rejects table stays as it is
+    let err = ok(&f.extract("cache", &["--skip-bad"]));
+    assert!(
+        err.contains("up to date") && err.contains("1 unreadable"),
+        "{err}"
+    );
+    // fixed image: back in the manifest, rejects table gone
+    image::RgbImage::from_pixel(20, 20, image::Rgb([1, 2, 3]))
+        .save(&bad)
+        .unwrap();
+    ok(&f.extract("cache", &[]));
+    assert!(!f.root.join("cache/rejects.parquet").exists());
+    assert_eq!(
+        table::read(&f.root.join("cache/manifest.parquet"), Table::Manifest)
+            .unwrap()
+            .rows,
+        42
+    );
+
+    // weights that do not match the config, and missing weights: one clear line naming the file
+    let cfg = f.root.join("tiny-dino/config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("\"hidden_size\": 16", "\"hidden_size\": 32"),
+    )
+    .unwrap();
+    let o = f.extract("cache2", &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("tiny-dino/model.safetensors: does not match"),
+        "{err}"
+    );
+    std::fs::remove_file(f.root.join("tiny-dino/model.safetensors")).unwrap();
+    let err = String::from_utf8_lossy(&f.extract("cache2", &[]).stderr).to_string();
+    assert!(
+        err.contains("tiny-dino/model.safetensors: missing"),
+        "{err}"
+    );
+    assert!(!f.root.join("cache2").exists() || mtimes(&f.root.join("cache2")).is_empty());
+}
+
+#[test]
+fn hub_ids_resolve_from_the_hf_hub_cache_offline() {
+    let f = Fixture::new();
+    let hub = f.root.join("hub");
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let repo = hub.join("models--tiny-org--tiny-clip");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    let snap = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snap).unwrap();
+    for e in std::fs::read_dir(f.root.join("tiny-clip")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, snap.join(p.file_name().unwrap())).unwrap();
+    }
+    let (images, out) = (f.p("images"), f.p("cache"));
+    let env = [("HF_HUB_CACHE", hub.as_path())];
+    let err = ok(&vlal(
+        &[
+            "extract",
+            "--images",
+            &images,
+            "--out",
+            &out,
+            "--teacher",
+            "tiny-org/tiny-clip",
+            "--offline",
+        ],
+        &env,
+    ));
+    assert!(
+        err.contains("student = \"tiny-org/tiny-clip@main\""),
+        "{err}"
+    );
+    let e = table::read(
+        &f.root.join("cache/tiny-org/tiny-clip@main/train.parquet"),
+        Table::Embeddings,
+    )
+    .unwrap();
+    assert_eq!(e.meta("model_id").unwrap(), "tiny-org/tiny-clip");
+    assert_eq!(e.meta("commit").unwrap(), commit);
+    // classes from the folder names when no class file is given
+    let c = table::read(&f.root.join("cache/classes.parquet"), Table::Classes).unwrap();
+    assert_eq!(c.strings("name").unwrap(), ["bird", "cat", "dog"]);
+    // a revision the cache does not hold
+    let o = vlal(
+        &[
+            "extract",
+            "--images",
+            &images,
+            "--out",
+            &out,
+            "--teacher",
+            "tiny-org/tiny-clip",
+            "--teacher-revision",
+            "v2",
+            "--offline",
+        ],
+        &env,
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success()
+            && err.contains("tiny-org/tiny-clip@v2: config.json: not in the hf-hub cache"),
+        "{err}"
+    );
+}
