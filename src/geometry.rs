@@ -62,34 +62,94 @@ pub fn matmul_nt(a: &Mat, b: &Mat) -> anyhow::Result<Mat> {
             return matmul_nt_candle(a, b);
         }
         let mut out = vec![0f32; m * n];
-        if m > 0 && n > 0 && k > 0 {
-            let i = |v: usize| i32::try_from(v).expect("matrix side fits in i32");
-            // SAFETY: the slices hold m·k, n·k and m·n floats, matching the dimensions and
-            // leading dimensions given for row-major A (no transpose), B (transposed) and C.
-            unsafe {
-                cblas_sys::cblas_sgemm(
-                    cblas_sys::CBLAS_LAYOUT::CblasRowMajor,
-                    cblas_sys::CBLAS_TRANSPOSE::CblasNoTrans,
-                    cblas_sys::CBLAS_TRANSPOSE::CblasTrans,
-                    i(m),
-                    i(n),
-                    i(k),
-                    1.0,
-                    a.data.as_ptr(),
-                    i(k),
-                    b.data.as_ptr(),
-                    i(k),
-                    0.0,
-                    out.as_mut_ptr(),
-                    i(n),
-                );
-            }
-        }
+        sgemm_nt(&a.data, &b.data, m, n, k, false, &mut out);
         Mat::new(m, n, out)
     }
     #[cfg(not(feature = "blas"))]
     {
         matmul_nt_candle(a, b)
+    }
+}
+
+#[cfg(feature = "blas")]
+extern "C" {
+    fn openblas_set_num_threads(n: std::os::raw::c_int);
+}
+
+/// out (m × n) = a (m × k, row-major) · bᵀ (b: n × k, row-major), by OpenBLAS's sgemm.
+///
+/// The rows are split over rayon's threads, each calling a single-threaded sgemm: OpenBLAS's
+/// own threads busy-wait between calls and starve rayon's (decoding, candle's element-wise
+/// ops) on a small machine.
+#[cfg(feature = "blas")]
+pub fn sgemm_nt(
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    accumulate: bool,
+    out: &mut [f32],
+) {
+    use rayon::prelude::*;
+    static SINGLE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: a plain setter of OpenBLAS's thread count, called once before any sgemm.
+    SINGLE.call_once(|| unsafe { openblas_set_num_threads(1) });
+    assert!(a.len() >= m * k && b.len() >= n * k && out.len() >= m * n);
+    if m == 0 || n == 0 || k == 0 {
+        out.iter_mut().for_each(|v| *v = 0.0);
+        return;
+    }
+    let threads = rayon::current_num_threads().max(1);
+    // at least ~2^20 multiply-adds per task
+    let rows = m
+        .div_ceil(threads)
+        .max((1usize << 20) / (n * k).max(1))
+        .max(1);
+    out[..m * n]
+        .par_chunks_mut(rows * n)
+        .zip(a[..m * k].par_chunks(rows * k))
+        .for_each(|(o, a)| sgemm_1(a, b, a.len() / k, n, k, true, accumulate as u8 as f32, o));
+}
+
+/// out (m × n) = a (m × k) · B + beta · out on the calling thread, where B is bᵀ (b: n × k)
+/// with `trans_b` and b (k × n) without; all row-major.
+#[cfg(feature = "blas")]
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_1(
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    trans_b: bool,
+    beta: f32,
+    out: &mut [f32],
+) {
+    let i = |v: usize| i32::try_from(v).expect("matrix side fits in i32");
+    // SAFETY: the slices hold at least m·k, n·k and m·n floats (asserted above), matching the
+    // dimensions and leading dimensions given for row-major A, transposed B and C.
+    unsafe {
+        cblas_sys::cblas_sgemm(
+            cblas_sys::CBLAS_LAYOUT::CblasRowMajor,
+            cblas_sys::CBLAS_TRANSPOSE::CblasNoTrans,
+            if trans_b {
+                cblas_sys::CBLAS_TRANSPOSE::CblasTrans
+            } else {
+                cblas_sys::CBLAS_TRANSPOSE::CblasNoTrans
+            },
+            i(m),
+            i(n),
+            i(k),
+            1.0,
+            a.as_ptr(),
+            i(k),
+            b.as_ptr(),
+            i(if trans_b { k } else { n }),
+            beta,
+            out.as_mut_ptr(),
+            i(n),
+        );
     }
 }
 

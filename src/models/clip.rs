@@ -5,9 +5,10 @@
 //! from the config (`quick_gelu` for OpenAI, `gelu` for OpenCLIP conversions) and its text tower
 //! also takes token *embeddings*, which prompt learning (CoOp) feeds it.
 
+use super::Linear;
 use anyhow::{bail, Result};
 use candle_core::{Device, IndexOp, Module, Tensor, D};
-use candle_nn::{LayerNorm, Linear, VarBuilder};
+use candle_nn::{LayerNorm, VarBuilder};
 use serde::Deserialize;
 use std::path::Path;
 
@@ -25,10 +26,47 @@ pub enum Act {
 impl Act {
     pub fn forward(self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
+            Act::QuickGelu if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 => {
+                x.apply_op1(QuickGelu)
+            }
             Act::QuickGelu => x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,
             Act::Gelu => x.gelu_erf(),
             Act::GeluPytorchTanh => x.gelu(),
         }
+    }
+}
+
+/// x·σ(1.702·x) in one parallel pass on the CPU (the composed form takes three passes and
+/// three buffers); its backward pass uses candle's ops.
+struct QuickGelu;
+
+impl candle_core::CustomOp1 for QuickGelu {
+    fn name(&self) -> &'static str {
+        "quick-gelu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use rayon::prelude::*;
+        let (candle_core::CpuStorage::F32(x), Some((a, b))) = (s, l.contiguous_offsets()) else {
+            candle_core::bail!("quick-gelu: contiguous f32 only");
+        };
+        let mut out = x[a..b].to_vec();
+        out.par_chunks_mut(1 << 14).for_each(|c| {
+            for v in c {
+                *v /= 1.0 + (-1.702 * *v).exp();
+            }
+        });
+        Ok((candle_core::CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let s = candle_nn::ops::sigmoid(&(x * 1.702)?)?;
+        let d = (&s + ((x * 1.702)? * &s)?.mul(&(1.0 - &s)?)?)?;
+        Ok(Some(dy.mul(&d)?))
     }
 }
 
@@ -147,10 +185,10 @@ struct Attention {
 impl Attention {
     fn new(vb: VarBuilder, h: usize, heads: usize) -> candle_core::Result<Self> {
         Ok(Self {
-            q: candle_nn::linear(h, h, vb.pp("q_proj"))?,
-            k: candle_nn::linear(h, h, vb.pp("k_proj"))?,
-            v: candle_nn::linear(h, h, vb.pp("v_proj"))?,
-            out: candle_nn::linear(h, h, vb.pp("out_proj"))?,
+            q: Linear::load(h, h, true, vb.pp("q_proj"))?,
+            k: Linear::load(h, h, true, vb.pp("k_proj"))?,
+            v: Linear::load(h, h, true, vb.pp("v_proj"))?,
+            out: Linear::load(h, h, true, vb.pp("out_proj"))?,
             heads,
         })
     }
@@ -164,15 +202,12 @@ impl Attention {
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let q = split((self.q.forward(x)? * (hd as f64).powf(-0.5))?)?;
+        let q = split(self.q.forward(x)?)?;
         let k = split(self.k.forward(x)?)?;
         let v = split(self.v.forward(x)?)?;
-        let mut s = q.matmul(&k.t()?)?;
-        if let Some(m) = mask {
-            s = s.broadcast_add(m)?;
-        }
-        let p = candle_nn::ops::softmax_last_dim(&s)?;
-        let o = p.matmul(&v)?.transpose(1, 2)?.reshape((b, n, h))?;
+        let o = super::attention(&q, &k, &v, (hd as f64).powf(-0.5), mask)?
+            .transpose(1, 2)?
+            .reshape((b, n, h))?;
         self.out.forward(&o)
     }
 }
@@ -199,8 +234,8 @@ impl Layer {
             ln1: candle_nn::layer_norm(h, eps, vb.pp("layer_norm1"))?,
             attn: Attention::new(vb.pp("self_attn"), h, heads)?,
             ln2: candle_nn::layer_norm(h, eps, vb.pp("layer_norm2"))?,
-            fc1: candle_nn::linear(h, inter, vb.pp("mlp.fc1"))?,
-            fc2: candle_nn::linear(inter, h, vb.pp("mlp.fc2"))?,
+            fc1: Linear::load(h, inter, true, vb.pp("mlp.fc1"))?,
+            fc2: Linear::load(inter, h, true, vb.pp("mlp.fc2"))?,
             act,
         })
     }
@@ -250,7 +285,7 @@ pub struct Clip {
     pub config: Config,
     // vision
     class_embedding: Tensor,
-    patch_embedding: candle_nn::Conv2d,
+    patch_embedding: super::PatchEmbed,
     vision_positions: Tensor,
     pre_ln: LayerNorm,
     vision_layers: Vec<Layer>,
@@ -271,10 +306,6 @@ impl Clip {
         let (v, t) = (&config.vision_config, &config.text_config);
         let vv = vb.pp("vision_model");
         let patches = (v.image_size / v.patch_size).pow(2);
-        let conv = candle_nn::Conv2dConfig {
-            stride: v.patch_size,
-            ..Default::default()
-        };
         let vision_layers = encoder(
             vv.clone(),
             v.num_hidden_layers,
@@ -300,11 +331,11 @@ impl Clip {
                 "embeddings.class_embedding",
                 RANDN,
             )?,
-            patch_embedding: candle_nn::conv2d_no_bias(
+            patch_embedding: super::PatchEmbed::load(
                 v.num_channels,
                 v.hidden_size,
                 v.patch_size,
-                conv,
+                false,
                 vv.pp("embeddings.patch_embedding"),
             )?,
             vision_positions: vv.get_with_hints(
@@ -319,9 +350,10 @@ impl Clip {
                 v.layer_norm_eps,
                 vv.pp("post_layernorm"),
             )?,
-            visual_projection: candle_nn::linear_no_bias(
+            visual_projection: Linear::load(
                 v.hidden_size,
                 config.projection_dim,
+                false,
                 vb.pp("visual_projection"),
             )?,
             token_embedding: candle_nn::embedding(
@@ -340,9 +372,10 @@ impl Clip {
                 t.layer_norm_eps,
                 tv.pp("final_layer_norm"),
             )?,
-            text_projection: candle_nn::linear_no_bias(
+            text_projection: Linear::load(
                 t.hidden_size,
                 config.projection_dim,
+                false,
                 vb.pp("text_projection"),
             )?,
             device: vb.device().clone(),
@@ -365,9 +398,8 @@ impl Clip {
     /// Projected image embeddings (not normalised) of pixel batches (B, C, S, S), already
     /// resized, cropped and normalised.
     pub fn image_features(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
-        let x = self.patch_embedding.forward(pixels)?; // (B, H, g, g)
-        let (b, h, _, _) = x.dims4()?;
-        let x = x.flatten_from(2)?.transpose(1, 2)?; // (B, N, H)
+        let (x, _, _) = self.patch_embedding.forward(pixels)?; // (B, N, H)
+        let (b, _, h) = x.dims3()?;
         let cls = self.class_embedding.reshape((1, 1, h))?.expand((b, 1, h))?;
         let x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.vision_positions)?;
         let mut x = self.pre_ln.forward(&x)?;
@@ -493,6 +525,37 @@ pub(crate) mod tests {
             assert!((x - y).abs() < 1e-5);
         }
         assert_eq!(m.eos_position(&[1, 5, 49, 0]), 2);
+    }
+
+    #[test]
+    fn fused_quick_gelu_matches_the_composed_form_and_its_gradient() {
+        let x =
+            candle_core::Var::from_tensor(&Tensor::randn(0f32, 3.0, (4, 9), &Device::Cpu).unwrap())
+                .unwrap();
+        let f = Act::QuickGelu.forward(x.as_tensor()).unwrap();
+        let r = (x.as_tensor()
+            * candle_nn::ops::sigmoid(&(x.as_tensor() * 1.702).unwrap()).unwrap())
+        .unwrap();
+        let d = |a: &Tensor, b: &Tensor| {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        assert!(d(&f, &r) < 1e-5);
+        let w = Tensor::randn(0f32, 1.0, (4, 9), &Device::Cpu).unwrap();
+        let gf = (&f * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gr = (&r * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(
+            d(
+                gf.get(x.as_tensor()).unwrap(),
+                gr.get(x.as_tensor()).unwrap()
+            ) < 1e-4
+        );
     }
 
     #[test]

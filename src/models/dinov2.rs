@@ -5,9 +5,10 @@
 //! grid as transformers does. Output: the CLS token after the final LayerNorm, optionally
 //! concatenated with the mean patch token.
 
+use super::Linear;
 use anyhow::{bail, Result};
 use candle_core::{Device, IndexOp, Module, Tensor};
-use candle_nn::{LayerNorm, Linear, VarBuilder};
+use candle_nn::{LayerNorm, VarBuilder};
 use serde::Deserialize;
 use std::path::Path;
 
@@ -94,14 +95,6 @@ struct Layer {
     heads: usize,
 }
 
-fn linear(i: usize, o: usize, bias: bool, vb: VarBuilder) -> candle_core::Result<Linear> {
-    if bias {
-        candle_nn::linear(i, o, vb)
-    } else {
-        candle_nn::linear_no_bias(i, o, vb)
-    }
-}
-
 const ONES: candle_nn::Init = candle_nn::Init::Const(1.0);
 const RANDN: candle_nn::Init = candle_nn::Init::Randn {
     mean: 0.0,
@@ -115,22 +108,22 @@ impl Layer {
         let m = vb.pp("mlp");
         let mlp = if c.use_swiglu_ffn {
             Mlp::SwiGlu {
-                w_in: candle_nn::linear(h, 2 * c.mlp_hidden(), m.pp("weights_in"))?,
-                w_out: candle_nn::linear(c.mlp_hidden(), h, m.pp("weights_out"))?,
+                w_in: Linear::load(h, 2 * c.mlp_hidden(), true, m.pp("weights_in"))?,
+                w_out: Linear::load(c.mlp_hidden(), h, true, m.pp("weights_out"))?,
             }
         } else {
             Mlp::Plain {
-                fc1: candle_nn::linear(h, c.mlp_hidden(), m.pp("fc1"))?,
-                fc2: candle_nn::linear(c.mlp_hidden(), h, m.pp("fc2"))?,
+                fc1: Linear::load(h, c.mlp_hidden(), true, m.pp("fc1"))?,
+                fc2: Linear::load(c.mlp_hidden(), h, true, m.pp("fc2"))?,
                 act: c.hidden_act,
             }
         };
         Ok(Self {
             norm1: candle_nn::layer_norm(h, c.layer_norm_eps, vb.pp("norm1"))?,
-            q: linear(h, h, c.qkv_bias, a.pp("attention.query"))?,
-            k: linear(h, h, c.qkv_bias, a.pp("attention.key"))?,
-            v: linear(h, h, c.qkv_bias, a.pp("attention.value"))?,
-            out: candle_nn::linear(h, h, a.pp("output.dense"))?,
+            q: Linear::load(h, h, c.qkv_bias, a.pp("attention.query"))?,
+            k: Linear::load(h, h, c.qkv_bias, a.pp("attention.key"))?,
+            v: Linear::load(h, h, c.qkv_bias, a.pp("attention.value"))?,
+            out: Linear::load(h, h, true, a.pp("output.dense"))?,
             scale1: vb.get_with_hints(h, "layer_scale1.lambda1", ONES)?,
             norm2: candle_nn::layer_norm(h, c.layer_norm_eps, vb.pp("norm2"))?,
             mlp,
@@ -151,9 +144,9 @@ impl Layer {
         let q = split(self.q.forward(&y)?)?;
         let k = split(self.k.forward(&y)?)?;
         let v = split(self.v.forward(&y)?)?;
-        let s = (q.matmul(&k.t()?)? * (hd as f64).powf(-0.5))?;
-        let p = candle_nn::ops::softmax_last_dim(&s)?;
-        let o = p.matmul(&v)?.transpose(1, 2)?.reshape((b, n, h))?;
+        let o = super::attention(&q, &k, &v, (hd as f64).powf(-0.5), None)?
+            .transpose(1, 2)?
+            .reshape((b, n, h))?;
         let x = (x + self.out.forward(&o)?.broadcast_mul(&self.scale1)?)?;
         let y = self.norm2.forward(&x)?;
         let m = match &self.mlp {
@@ -173,7 +166,7 @@ pub struct Dinov2 {
     pub config: Config,
     cls: Tensor,
     pos: Tensor,
-    patch: candle_nn::Conv2d,
+    patch: super::PatchEmbed,
     layers: Vec<Layer>,
     norm: LayerNorm,
 }
@@ -183,10 +176,6 @@ impl Dinov2 {
         let c = &config;
         let e = vb.pp("embeddings");
         let grid = c.image_size / c.patch_size;
-        let conv = candle_nn::Conv2dConfig {
-            stride: c.patch_size,
-            ..Default::default()
-        };
         let layers = (0..c.num_hidden_layers)
             .map(|i| Layer::new(vb.pp(format!("encoder.layer.{i}")), c))
             .collect::<candle_core::Result<Vec<_>>>()?;
@@ -199,11 +188,11 @@ impl Dinov2 {
                 "position_embeddings",
                 RANDN,
             )?,
-            patch: candle_nn::conv2d(
+            patch: super::PatchEmbed::load(
                 c.num_channels,
                 c.hidden_size,
                 c.patch_size,
-                conv,
+                true,
                 e.pp("patch_embeddings.projection"),
             )?,
             layers,
@@ -254,9 +243,8 @@ impl Dinov2 {
 
     /// Final-LayerNorm tokens (B, 1 + N, H) of pixel batches (B, C, S_h, S_w).
     pub fn forward(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
-        let x = self.patch.forward(pixels)?;
-        let (b, h, gh, gw) = x.dims4()?;
-        let x = x.flatten_from(2)?.transpose(1, 2)?;
+        let (x, gh, gw) = self.patch.forward(pixels)?;
+        let (b, _, h) = x.dims3()?;
         let cls = self.cls.expand((b, 1, h))?;
         let mut x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.positions(gh, gw)?)?;
         for l in &self.layers {

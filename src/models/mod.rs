@@ -12,6 +12,348 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use std::path::Path;
 
+/// A linear layer (PyTorch layout: weight (out, in), optional bias) that runs inputs of any rank
+/// as one (rows × in) · (in × out) product: candle_nn's Linear runs a batched product per
+/// leading index, which on CPU is several times slower for ViT-length sequences.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    weight: candle_core::Tensor,
+    bias: Option<candle_core::Tensor>,
+}
+
+impl Linear {
+    pub fn load(i: usize, o: usize, bias: bool, vb: VarBuilder) -> candle_core::Result<Linear> {
+        let l = if bias {
+            candle_nn::linear(i, o, vb)?
+        } else {
+            candle_nn::linear_no_bias(i, o, vb)?
+        };
+        Ok(Linear {
+            weight: l.weight().clone(),
+            bias: l.bias().cloned(),
+        })
+    }
+}
+
+impl candle_core::Module for Linear {
+    fn forward(&self, x: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+        let dims = x.dims().to_vec();
+        let (last, lead) = dims.split_last().expect("rank ≥ 1");
+        let x2 = x.reshape(((), *last))?;
+        let y = if cfg!(feature = "blas") && x.device().is_cpu() && x.dtype() == DType::F32 {
+            let x2 = x2.contiguous()?;
+            match &self.bias {
+                Some(b) => x2.apply_op3(&self.weight, b, MatmulNt)?,
+                None => x2.apply_op2(&self.weight, MatmulNt)?,
+            }
+        } else {
+            let y = x2.matmul(&self.weight.t()?)?;
+            match &self.bias {
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
+            }
+        };
+        let mut out = lead.to_vec();
+        out.push(self.weight.dim(0)?);
+        y.reshape(out)
+    }
+}
+
+/// A patch embedding: a convolution whose stride equals its kernel (ViT), run as one linear
+/// layer over the unfolded patches (same weights, HF name `weight` of shape (H, C, p, p)).
+#[derive(Clone, Debug)]
+pub struct PatchEmbed {
+    linear: Linear,
+    patch: usize,
+    channels: usize,
+}
+
+impl PatchEmbed {
+    pub fn load(
+        channels: usize,
+        hidden: usize,
+        patch: usize,
+        bias: bool,
+        vb: VarBuilder,
+    ) -> candle_core::Result<PatchEmbed> {
+        let init = candle_nn::init::DEFAULT_KAIMING_NORMAL;
+        let w = vb.get_with_hints((hidden, channels, patch, patch), "weight", init)?;
+        let bias = if bias {
+            Some(vb.get_with_hints(hidden, "bias", candle_nn::Init::Const(0.0))?)
+        } else {
+            None
+        };
+        Ok(PatchEmbed {
+            linear: Linear {
+                weight: w.reshape((hidden, channels * patch * patch))?,
+                bias,
+            },
+            patch,
+            channels,
+        })
+    }
+
+    /// Tokens (B, g_h·g_w, H) of pixels (B, C, S_h, S_w), row-major over the patch grid, and
+    /// the grid (g_h, g_w); a remainder of fewer than p pixels is dropped, as the convolution does.
+    pub fn forward(
+        &self,
+        pixels: &candle_core::Tensor,
+    ) -> candle_core::Result<(candle_core::Tensor, usize, usize)> {
+        use candle_core::Module;
+        let (b, c, sh, sw) = pixels.dims4()?;
+        if c != self.channels {
+            candle_core::bail!("patch embedding: {c} channels, expected {}", self.channels);
+        }
+        let p = self.patch;
+        let (gh, gw) = (sh / p, sw / p);
+        let x = pixels
+            .narrow(2, 0, gh * p)?
+            .narrow(3, 0, gw * p)?
+            .reshape((b, c, gh, p, gw, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((b, gh * gw, c * p * p))?;
+        Ok((self.linear.forward(&x)?, gh, gw))
+    }
+}
+
+/// x (m × k) · wᵀ (w: n × k) on the CPU through OpenBLAS (AVX-512 kernels where the CPU has
+/// them; candle's gemm on stable Rust stops at AVX2), with candle's matmuls as its backward pass.
+struct MatmulNt;
+
+/// x·wᵀ (+ bias in every row) for the CPU storages of the operands.
+fn matmul_nt_cpu(
+    x: (&candle_core::CpuStorage, &candle_core::Layout),
+    w: (&candle_core::CpuStorage, &candle_core::Layout),
+    bias: Option<(&candle_core::CpuStorage, &candle_core::Layout)>,
+) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+    use candle_core::CpuStorage::F32;
+    let (m, k) = x.1.shape().dims2()?;
+    let (n, k2) = w.1.shape().dims2()?;
+    if k != k2 {
+        candle_core::bail!("matmul-nt: {m}×{k} against {n}×{k2}");
+    }
+    let (Some((a0, a1)), Some((b0, b1))) = (x.1.contiguous_offsets(), w.1.contiguous_offsets())
+    else {
+        candle_core::bail!("matmul-nt: operands must be contiguous");
+    };
+    let (F32(a), F32(b)) = (x.0, w.0) else {
+        candle_core::bail!("matmul-nt: f32 only");
+    };
+    let mut out = vec![0f32; m * n];
+    if let Some((s, l)) = bias {
+        let (F32(bias), Some((c0, c1))) = (s, l.contiguous_offsets()) else {
+            candle_core::bail!("matmul-nt: the bias must be contiguous f32");
+        };
+        if c1 - c0 != n {
+            candle_core::bail!("matmul-nt: bias of {} for {n} outputs", c1 - c0);
+        }
+        for row in out.chunks_mut(n.max(1)) {
+            row.copy_from_slice(&bias[c0..c1]);
+        }
+    }
+    #[cfg(feature = "blas")]
+    crate::geometry::sgemm_nt(&a[a0..a1], &b[b0..b1], m, n, k, bias.is_some(), &mut out);
+    #[cfg(not(feature = "blas"))]
+    {
+        let _ = (a, b, a0, a1, b0, b1);
+        candle_core::bail!("matmul-nt: built without the blas feature");
+    }
+    Ok((F32(out), (m, n).into()))
+}
+
+impl candle_core::CustomOp2 for MatmulNt {
+    fn name(&self) -> &'static str {
+        "matmul-nt-blas"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        matmul_nt_cpu((s1, l1), (s2, l2), None)
+    }
+
+    fn bwd(
+        &self,
+        x: &candle_core::Tensor,
+        w: &candle_core::Tensor,
+        _y: &candle_core::Tensor,
+        dy: &candle_core::Tensor,
+    ) -> candle_core::Result<(Option<candle_core::Tensor>, Option<candle_core::Tensor>)> {
+        Ok((Some(dy.matmul(w)?), Some(dy.t()?.matmul(x)?)))
+    }
+}
+
+impl candle_core::CustomOp3 for MatmulNt {
+    fn name(&self) -> &'static str {
+        "matmul-nt-bias-blas"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+        s3: &candle_core::CpuStorage,
+        l3: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        matmul_nt_cpu((s1, l1), (s2, l2), Some((s3, l3)))
+    }
+
+    fn bwd(
+        &self,
+        x: &candle_core::Tensor,
+        w: &candle_core::Tensor,
+        _b: &candle_core::Tensor,
+        _y: &candle_core::Tensor,
+        dy: &candle_core::Tensor,
+    ) -> candle_core::Result<(
+        Option<candle_core::Tensor>,
+        Option<candle_core::Tensor>,
+        Option<candle_core::Tensor>,
+    )> {
+        Ok((
+            Some(dy.matmul(w)?),
+            Some(dy.t()?.matmul(x)?),
+            Some(dy.sum(0)?),
+        ))
+    }
+}
+
+/// Multi-head attention softmax(scale · q kᵀ + mask) v of (B, H, N, D) tensors. Without a mask
+/// on the CPU (the image towers) it runs fused through OpenBLAS, one (batch, head) per rayon
+/// task; otherwise through candle's batched matmuls.
+pub fn attention(
+    q: &candle_core::Tensor,
+    k: &candle_core::Tensor,
+    v: &candle_core::Tensor,
+    scale: f64,
+    mask: Option<&candle_core::Tensor>,
+) -> candle_core::Result<candle_core::Tensor> {
+    if mask.is_none() && cfg!(feature = "blas") && q.device().is_cpu() && q.dtype() == DType::F32 {
+        return q.contiguous()?.apply_op3(
+            &k.contiguous()?,
+            &v.contiguous()?,
+            FusedAttention {
+                scale: scale as f32,
+            },
+        );
+    }
+    attention_reference(q, k, v, scale, mask)
+}
+
+fn attention_reference(
+    q: &candle_core::Tensor,
+    k: &candle_core::Tensor,
+    v: &candle_core::Tensor,
+    scale: f64,
+    mask: Option<&candle_core::Tensor>,
+) -> candle_core::Result<candle_core::Tensor> {
+    let mut s = (q.matmul(&k.t()?)? * scale)?;
+    if let Some(m) = mask {
+        s = s.broadcast_add(m)?;
+    }
+    // the composed softmax: softmax_last_dim has no backward pass (prompt learning needs one)
+    candle_nn::ops::softmax(&s, candle_core::D::Minus1)?.matmul(v)
+}
+
+struct FusedAttention {
+    scale: f32,
+}
+
+impl candle_core::CustomOp3 for FusedAttention {
+    fn name(&self) -> &'static str {
+        "fused-attention-blas"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+        s3: &candle_core::CpuStorage,
+        l3: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::CpuStorage::F32;
+        let (b, h, n, d) = l1.shape().dims4()?;
+        if l2.shape().dims4()? != (b, h, n, d) || l3.shape().dims4()? != (b, h, n, d) {
+            candle_core::bail!("fused attention: q, k, v shapes differ");
+        }
+        let (Some((q0, _)), Some((k0, _)), Some((v0, _))) = (
+            l1.contiguous_offsets(),
+            l2.contiguous_offsets(),
+            l3.contiguous_offsets(),
+        ) else {
+            candle_core::bail!("fused attention: operands must be contiguous");
+        };
+        let (F32(q), F32(k), F32(v)) = (s1, s2, s3) else {
+            candle_core::bail!("fused attention: f32 only");
+        };
+        let mut out = vec![0f32; b * h * n * d];
+        #[cfg(feature = "blas")]
+        {
+            use rayon::prelude::*;
+            let nd = n * d;
+            out.par_chunks_mut(nd).enumerate().for_each(|(i, o)| {
+                let (q, k, v) = (
+                    &q[q0 + i * nd..q0 + (i + 1) * nd],
+                    &k[k0 + i * nd..k0 + (i + 1) * nd],
+                    &v[v0 + i * nd..v0 + (i + 1) * nd],
+                );
+                let mut s = vec![0f32; n * n];
+                crate::geometry::sgemm_1(q, k, n, n, d, true, 0.0, &mut s);
+                for row in s.chunks_mut(n) {
+                    let mx = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) * self.scale;
+                    let mut sum = 0f32;
+                    for x in row.iter_mut() {
+                        *x = (*x * self.scale - mx).exp();
+                        sum += *x;
+                    }
+                    row.iter_mut().for_each(|x| *x /= sum);
+                }
+                crate::geometry::sgemm_1(&s, v, n, d, n, false, 0.0, o);
+            });
+        }
+        #[cfg(not(feature = "blas"))]
+        {
+            let _ = (q, k, v, q0, k0, v0);
+            candle_core::bail!("fused attention: built without the blas feature");
+        }
+        Ok((F32(out), (b, h, n, d).into()))
+    }
+
+    /// Gradients by recomputing the attention with candle's ops.
+    fn bwd(
+        &self,
+        q: &candle_core::Tensor,
+        k: &candle_core::Tensor,
+        v: &candle_core::Tensor,
+        _o: &candle_core::Tensor,
+        d_o: &candle_core::Tensor,
+    ) -> candle_core::Result<(
+        Option<candle_core::Tensor>,
+        Option<candle_core::Tensor>,
+        Option<candle_core::Tensor>,
+    )> {
+        let p = candle_nn::ops::softmax_last_dim(&(q.matmul(&k.t()?)? * self.scale as f64)?)?;
+        let dv = p.t()?.matmul(d_o)?;
+        let dp = d_o.matmul(&v.t()?)?;
+        let ds = ((&dp
+            - (&dp * &p)?
+                .sum_keepdim(candle_core::D::Minus1)?
+                .broadcast_as(dp.shape())?)?
+            * &p)?;
+        let ds = (ds * self.scale as f64)?;
+        Ok((Some(ds.matmul(k)?), Some(ds.t()?.matmul(q)?), Some(dv)))
+    }
+}
+
 /// Parse a Hugging Face `config.json` as `C` (`what` names the model in the error).
 pub(crate) fn read_config<C: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<C> {
     let text = std::fs::read_to_string(path)
@@ -75,4 +417,80 @@ pub(crate) fn random_checkpoint<T>(
     let m = build(VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
     vm.save(dir.join("model.safetensors")).unwrap();
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Module, Tensor, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn blas_linear_and_fused_attention_match_candle_forward_and_backward() {
+        let dev = Device::Cpu;
+        // linear on a rank-3 input, against candle's matmul
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 5, 7), &dev).unwrap()).unwrap();
+        let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 7), &dev).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, 3, &dev).unwrap()).unwrap();
+        for bias in [None, Some(b.as_tensor().clone())] {
+            let lin = Linear {
+                weight: w.as_tensor().clone(),
+                bias: bias.clone(),
+            };
+            let y = lin.forward(x.as_tensor()).unwrap();
+            let mut r = x
+                .as_tensor()
+                .broadcast_matmul(&w.as_tensor().t().unwrap())
+                .unwrap();
+            if let Some(b) = &bias {
+                r = r.broadcast_add(b).unwrap();
+            }
+            assert_eq!(y.dims(), &[2, 5, 3]);
+            assert!(max_diff(&y, &r) < 1e-5);
+            let gy = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            let gr = r.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            for t in [x.as_tensor(), w.as_tensor()]
+                .into_iter()
+                .chain(bias.as_ref())
+            {
+                assert!(max_diff(gy.get(t).unwrap(), gr.get(t).unwrap()) < 1e-4);
+            }
+        }
+
+        // attention
+        let mk =
+            || Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 5, 4), &dev).unwrap()).unwrap();
+        let (q, k, v) = (mk(), mk(), mk());
+        let (qt, kt, vt) = (q.as_tensor(), k.as_tensor(), v.as_tensor());
+        let f = attention(qt, kt, vt, 0.5, None).unwrap();
+        let r = attention_reference(qt, kt, vt, 0.5, None).unwrap();
+        assert!(max_diff(&f, &r) < 1e-5, "{}", max_diff(&f, &r));
+        let weights = Tensor::randn(0f32, 1.0, (2, 3, 5, 4), &dev).unwrap();
+        let gf = (&f * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gr = (&r * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for t in [qt, kt, vt] {
+            let d = max_diff(gf.get(t).unwrap(), gr.get(t).unwrap());
+            assert!(d < 1e-4, "{d}");
+        }
+    }
 }
