@@ -15,7 +15,7 @@ DATA     ?= data/synth
 RUN_ARGS := --pipeline $(PIPELINE) --trainer $(TRAINER) --strategy $(STRATEGY) --seed $(SEED)
 PATHS_MK := .make/$(notdir $(basename $(PIPELINE)))-$(TRAINER)-$(STRATEGY)-$(SEED)-$(ROUND).mk
 
-.PHONY: all build test parity parity-reference extract init train select label eval round sweep report bench-round bench-ccma clean-runs
+.PHONY: all build test parity parity-reference extract bench-extract init train select label eval round sweep report bench-round bench-ccma clean-runs
 all: build
 
 build: $(VLAL)
@@ -40,17 +40,34 @@ parity: parity-reference
 
 # The run's file names (RUN_DIR, LABELS, PREDICTIONS, QUERIES, NEXT_LABELS, RESULTS) come from
 # `vlal paths`; make rebuilds this include and restarts when it is missing or stale.
-ifeq ($(filter build test clean-runs,$(MAKECMDGOALS)),)
+ifeq ($(filter build test clean-runs extract bench-extract,$(MAKECMDGOALS)),)
 -include $(PATHS_MK)
 endif
 $(PATHS_MK): $(PIPELINE) $(VLAL)
 	@mkdir -p .make
 	$(VLAL) paths $(RUN_ARGS) --round $(ROUND) > $@.tmp && mv $@.tmp $@
 
-# Stub until the Extract issue lands: the generated example cache, in the layout extract writes.
+# extract: with IMAGES (an image folder) or MANIFEST (CSV/Parquet: path, label, split), run the
+# teacher and the student once into the cache $(DATA); a rerun with unchanged inputs does no work
+# and touches no file. TEACHER/STUDENT: hub ids or local checkpoint folders (HF layout); CLASSES:
+# optional class-name file (`name | synonym | ...`); EXTRACT_ARGS: more flags (--skip-bad,
+# --mean-patch, --tau, --offline, --device cuda, ...). Without IMAGES or MANIFEST: the generated
+# example cache (`vlal synth`), in the same layout.
+TEACHER  ?= openai/clip-vit-base-patch32
+STUDENT  ?= facebook/dinov2-small
+EXTRACT_INPUT := $(if $(IMAGES),--images $(IMAGES),$(if $(MANIFEST),--manifest $(MANIFEST)))
+EXTRACT_CMD = $(VLAL) extract $(EXTRACT_INPUT) --out $(DATA) --teacher $(TEACHER) --student $(STUDENT) \
+	  $(if $(CLASSES),--classes $(CLASSES)) $(EXTRACT_ARGS)
+ifneq ($(EXTRACT_INPUT),)
+extract: $(VLAL)
+	$(EXTRACT_CMD)
+$(DATA)/manifest.parquet: | $(VLAL)
+	$(EXTRACT_CMD)
+else
 extract: $(DATA)/manifest.parquet
 $(DATA)/manifest.parquet: | $(VLAL)
 	$(VLAL) synth --out $(DATA)
+endif
 
 init: $(LABELS)
 $(LABELS): | $(DATA)/manifest.parquet
@@ -92,6 +109,11 @@ bench-round: $(VLAL)
 # CCMA select time at 50k × 100 classes next to numpy + faiss (needs python3 with numpy).
 bench-ccma: $(VLAL)
 	python3 bench/ccma_bench.py --bin $(dir $(VLAL))vlal-bench --variants ccma-v1,ccma-v2,ccma-v3,ccma-v4,ccma-v5
+
+# vlal extract images/s next to PyTorch, CLIP ViT-B/32 with random weights (needs python3 with
+# torch, transformers, safetensors, pillow, pyarrow).
+bench-extract: $(VLAL)
+	python3 bench/extract_bench.py --bin $(VLAL)
 
 clean-runs:
 	rm -rf runs results diagnostics .make
