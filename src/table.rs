@@ -102,14 +102,7 @@ pub fn read(path: &Path, table: Table) -> Result<Frame> {
     let file = File::open(path).with_context(|| format!("{name}: cannot open"))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| anyhow!("{name}: not a readable Parquet file ({e})"))?;
-    let mut meta = BTreeMap::new();
-    if let Some(kv) = builder.metadata().file_metadata().key_value_metadata() {
-        for KeyValue { key, value } in kv {
-            if key != "ARROW:schema" {
-                meta.insert(key.clone(), value.clone().unwrap_or_default());
-            }
-        }
-    }
+    let meta = key_values(builder.metadata().file_metadata());
     let schema = builder.schema().clone();
     let reader = builder.build().map_err(|e| anyhow!("{name}: {e}"))?;
     let batches: Vec<RecordBatch> = reader
@@ -174,21 +167,24 @@ pub fn write_staged(
 }
 
 /// A file's key–value metadata (the footer only; the table is not read or checked).
-pub fn read_meta(path: &Path, _table: Table) -> Result<BTreeMap<String, String>> {
+pub fn read_meta(path: &Path) -> Result<BTreeMap<String, String>> {
     let name = path.display().to_string();
     let file = File::open(path).with_context(|| format!("{name}: cannot open"))?;
     let reader = parquet::file::reader::SerializedFileReader::new(file)
         .map_err(|e| anyhow!("{name}: not a readable Parquet file ({e})"))?;
-    let mut meta = BTreeMap::new();
     use parquet::file::reader::FileReader;
-    if let Some(kv) = reader.metadata().file_metadata().key_value_metadata() {
-        for KeyValue { key, value } in kv {
-            if key != "ARROW:schema" {
-                meta.insert(key.clone(), value.clone().unwrap_or_default());
-            }
+    Ok(key_values(reader.metadata().file_metadata()))
+}
+
+/// The key–value metadata of a Parquet footer, without Arrow's embedded schema.
+fn key_values(fm: &parquet::file::metadata::FileMetaData) -> BTreeMap<String, String> {
+    let mut meta = BTreeMap::new();
+    for KeyValue { key, value } in fm.key_value_metadata().into_iter().flatten() {
+        if key != "ARROW:schema" {
+            meta.insert(key.clone(), value.clone().unwrap_or_default());
         }
     }
-    Ok(meta)
+    meta
 }
 
 fn write_as(

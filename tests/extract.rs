@@ -451,19 +451,17 @@ fn hub_ids_resolve_from_the_hf_hub_cache_offline() {
     }
     let (images, out) = (f.p("images"), f.p("cache"));
     let env = [("HF_HUB_CACHE", hub.as_path())];
-    let err = ok(&vlal(
-        &[
-            "extract",
-            "--images",
-            &images,
-            "--out",
-            &out,
-            "--teacher",
-            "tiny-org/tiny-clip",
-            "--offline",
-        ],
-        &env,
-    ));
+    let args = [
+        "extract",
+        "--images",
+        &images,
+        "--out",
+        &out,
+        "--teacher",
+        "tiny-org/tiny-clip",
+        "--offline",
+    ];
+    let err = ok(&vlal(&args, &env));
     assert!(
         err.contains("student = \"tiny-org/tiny-clip@main\""),
         "{err}"
@@ -479,21 +477,7 @@ fn hub_ids_resolve_from_the_hf_hub_cache_offline() {
     let c = table::read(&f.root.join("cache/classes.parquet"), Table::Classes).unwrap();
     assert_eq!(c.strings("name").unwrap(), ["bird", "cat", "dog"]);
     // a revision the cache does not hold
-    let o = vlal(
-        &[
-            "extract",
-            "--images",
-            &images,
-            "--out",
-            &out,
-            "--teacher",
-            "tiny-org/tiny-clip",
-            "--teacher-revision",
-            "v2",
-            "--offline",
-        ],
-        &env,
-    );
+    let o = vlal(&[&args[..], &["--teacher-revision", "v2"]].concat(), &env);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         !o.status.success()

@@ -150,11 +150,11 @@ impl Staging {
 }
 
 /// The content key stored in a file's metadata, if the file exists and has one.
-fn stored_key(path: &Path, t: Table) -> Option<String> {
+fn stored_key(path: &Path) -> Option<String> {
     if !path.exists() {
         return None;
     }
-    table::read_meta(path, t)
+    table::read_meta(path)
         .ok()
         .and_then(|m| m.get("content_key").cloned())
 }
@@ -222,7 +222,7 @@ fn embed_split(
     let mut out: Vec<Vec<f32>> = vec![Vec::new(); encoders.len()];
     let result = std::thread::scope(|scope| -> Result<()> {
         scope.spawn(move || {
-            for (b, chunk) in samples.chunks(batch_size.max(1)).enumerate() {
+            for (b, chunk) in samples.chunks(batch_size).enumerate() {
                 let decoded: Vec<Result<image::RgbImage>> =
                     chunk.par_iter().map(|s| load_rgb(&s.path)).collect();
                 let mut batch = Batch {
@@ -330,6 +330,9 @@ pub fn run(a: &ExtractArgs) -> Result<()> {
     if a.tau <= 0.0 || !a.tau.is_finite() {
         bail!("--tau must be positive");
     }
+    if a.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
     let data: Dataset = match (&a.images, &a.manifest) {
         (Some(dir), _) => {
             dataset::from_folder(dir, a.classes.as_deref(), a.test_fraction, a.calib_fraction)?
@@ -398,7 +401,6 @@ pub fn run(a: &ExtractArgs) -> Result<()> {
     let mut staging = Staging::new(out)?;
     let mut kept_ids: HashMap<&str, HashSet<String>> = HashMap::new();
     let mut teacher_emb: HashMap<&str, (Vec<String>, Mat, String)> = HashMap::new();
-    let mut work = 0usize;
     for split in dataset::SPLITS {
         let samples: Vec<Sample> = data
             .samples
@@ -426,11 +428,7 @@ pub fn run(a: &ExtractArgs) -> Result<()> {
             .collect();
         let stale: Vec<usize> = (0..encoders.len())
             .filter(|&i| {
-                stored_key(
-                    &embeddings_path(out, &encoders[i].model.key(), split),
-                    Table::Embeddings,
-                )
-                .as_deref()
+                stored_key(&embeddings_path(out, &encoders[i].model.key(), split)).as_deref()
                     != Some(keys[i].as_str())
             })
             .collect();
@@ -474,7 +472,6 @@ pub fn run(a: &ExtractArgs) -> Result<()> {
                 )?;
                 fresh.insert(i, (ids.clone(), m));
             }
-            work += 1;
         }
         for (i, e) in encoders.iter().enumerate() {
             let (ids, m) = match fresh.remove(&i) {
@@ -521,7 +518,7 @@ pub fn run(a: &ExtractArgs) -> Result<()> {
         }
         let pkey = sha(&parts.iter().map(String::as_str).collect::<Vec<_>>());
         let ppath = prototypes_path(out, &t.model.key());
-        let protos = if stored_key(&ppath, Table::Prototypes).as_deref() == Some(pkey.as_str()) {
+        let protos = if stored_key(&ppath).as_deref() == Some(pkey.as_str()) {
             let f = table::read(&ppath, Table::Prototypes)?;
             f.mat("vector")?
         } else {
@@ -540,13 +537,12 @@ pub fn run(a: &ExtractArgs) -> Result<()> {
                 ],
                 &meta,
             )?;
-            work += 1;
             p
         };
         for (split, (ids, emb, ikey)) in &teacher_emb {
             let lkey = sha(&[KEY_VERSION, ikey, &pkey, &a.tau.to_string()]);
             let lpath = logits_path(out, &t.model.key(), split);
-            if stored_key(&lpath, Table::TeacherLogits).as_deref() == Some(lkey.as_str()) {
+            if stored_key(&lpath).as_deref() == Some(lkey.as_str()) {
                 continue;
             }
             let mut logits = crate::geometry::matmul_nt(emb, &protos)?;
@@ -563,7 +559,6 @@ pub fn run(a: &ExtractArgs) -> Result<()> {
                 ],
                 &meta,
             )?;
-            work += 1;
         }
     }
 
@@ -587,7 +582,7 @@ pub fn run(a: &ExtractArgs) -> Result<()> {
         ]);
     }
     let mkey = sha(&parts.iter().map(String::as_str).collect::<Vec<_>>());
-    if stored_key(&manifest_path(out), Table::Manifest).as_deref() != Some(mkey.as_str()) {
+    if stored_key(&manifest_path(out)).as_deref() != Some(mkey.as_str()) {
         let ids: Vec<&str> = rows.iter().map(|s| s.id.as_str()).collect();
         staging.write(
             &manifest_path(out),
@@ -618,7 +613,6 @@ pub fn run(a: &ExtractArgs) -> Result<()> {
                 ("created_by", TOOL_VERSION.to_string()),
             ],
         )?;
-        work += 1;
     }
     let ckey = sha(&data
         .classes
@@ -628,7 +622,7 @@ pub fn run(a: &ExtractArgs) -> Result<()> {
         .iter()
         .map(String::as_str)
         .collect::<Vec<_>>());
-    if stored_key(&classes_path(out), Table::Classes).as_deref() != Some(ckey.as_str()) {
+    if stored_key(&classes_path(out)).as_deref() != Some(ckey.as_str()) {
         let c = data.classes.len();
         staging.write(
             &classes_path(out),
@@ -688,7 +682,7 @@ pub fn run(a: &ExtractArgs) -> Result<()> {
         .iter()
         .flat_map(|r| [r.sample.id.as_str(), r.error.as_str()])
         .collect::<Vec<_>>());
-    if !rejects.is_empty() && stored_key(&rpath, Table::Rejects).as_deref() != Some(rkey.as_str()) {
+    if !rejects.is_empty() && stored_key(&rpath).as_deref() != Some(rkey.as_str()) {
         staging.write(
             &rpath,
             Table::Rejects,
@@ -744,7 +738,7 @@ pub fn run(a: &ExtractArgs) -> Result<()> {
             format!("{}: cannot remove the stale rejects table", rpath.display())
         })?;
     }
-    if work == 0 {
+    if n == 0 {
         progress::log(format!("{}: up to date, nothing extracted", out.display()));
     } else {
         progress::log(format!("{}: {n} files written", out.display()));
