@@ -104,6 +104,7 @@ fn ccma(a: &Args, name: &str, r: &mut rng::VRng) -> Result<f64> {
         head: None,
         teacher_probs: Some(&pt),
         teacher_image: Some(&z),
+        prototypes: None,
         calib: Some(Calib {
             student: &cs,
             teacher: Some(&ct),

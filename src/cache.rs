@@ -54,6 +54,8 @@ pub struct Need {
     /// Teacher (CLIP) image embeddings of the train rows.
     pub image: bool,
     pub clap: bool,
+    /// The teacher's class prototypes (with the image embeddings they pair with).
+    pub prototypes: bool,
 }
 
 impl Need {
@@ -67,6 +69,7 @@ impl Need {
                 logits: true,
                 image: true,
                 clap: true,
+                prototypes: true,
             },
             _ => Need::default(),
         }
@@ -76,6 +79,7 @@ impl Need {
             logits: self.logits || o.logits,
             image: self.image || o.image,
             clap: self.clap || o.clap,
+            prototypes: self.prototypes || o.prototypes,
         }
     }
 }
@@ -274,7 +278,7 @@ impl Cache {
             }
             _ => None,
         };
-        let teacher_image = if need.clap || need.image {
+        let teacher_image = if need.clap || need.image || need.prototypes {
             let path = embeddings_path(root, &cfg.teacher, "train");
             Some(aligned(
                 &path,
@@ -285,7 +289,7 @@ impl Cache {
         } else {
             None
         };
-        let prototypes = if need.clap {
+        let prototypes = if need.clap || need.prototypes {
             let image = teacher_image.as_ref().expect("loaded above");
             let ppath = prototypes_path(root, &cfg.teacher);
             let f = table::read(&ppath, Table::Prototypes)?;

@@ -936,3 +936,53 @@ fn ccma_baselines_diagnostics_and_aulc() {
     std::fs::write(&p3, t3).unwrap();
     ok(d, &["-q", "run", &p3]);
 }
+
+#[test]
+fn cluster_balanced_and_pcb_strategies_run_and_repeat() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let data = synth_with_calib(d, "cb", "300", "0");
+    let strategies = [
+        "cb",
+        "cb-released",
+        "pcb-entropy",
+        "pcb-badge",
+        "pcb-coreset",
+    ];
+    let body =
+        format!("seeds = [1]\nrounds = 2\nstrategies = {strategies:?}\ntrainers = [\"linear\"]\n");
+    let p = pipeline(d, "cb.toml", &data, &body);
+    let err = ok(d, &["run", &p]);
+    assert!(
+        err.contains("cb: K = 8 clusters"),
+        "paper K = B·2 after the seed round (C = B = 4): {err}"
+    );
+    assert!(
+        err.contains("cb: K = 20 clusters on class-guided features (4 labeled)"),
+        "released K = 4C + |L|: {err}"
+    );
+    assert_eq!(results_rows(&d.join("results")).len(), strategies.len() * 3);
+    // the same config and seed select the same batches
+    let queries = |root: &Path| -> Vec<Vec<String>> {
+        let mut files: Vec<PathBuf> = parquet_files(root)
+            .into_iter()
+            .filter(|f| f.to_string_lossy().contains("/queries/"))
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .map(|f| {
+                table::read(f, Table::Queries)
+                    .unwrap()
+                    .strings("sample_id")
+                    .unwrap()
+            })
+            .collect()
+    };
+    let first = queries(&d.join("runs"));
+    assert_eq!(first.len(), strategies.len() * 2);
+    std::fs::remove_dir_all(d.join("runs")).unwrap();
+    std::fs::remove_dir_all(d.join("results")).unwrap();
+    ok(d, &["-q", "run", &p]);
+    assert_eq!(queries(&d.join("runs")), first);
+}

@@ -97,6 +97,7 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize, budget: usize) -> Result
         head: head.as_ref(),
         teacher_probs: teacher_probs.as_ref(),
         teacher_image: cache.teacher_image.as_ref(),
+        prototypes: cache.prototypes.as_ref(),
         calib: calib_student.as_ref().map(|s| strategy::Calib {
             student: s,
             teacher: calib_teacher.as_ref(),
@@ -257,6 +258,7 @@ mod tests {
             head: None,
             teacher_probs: None,
             teacher_image: None,
+            prototypes: None,
             calib: None,
             cfg: &Default::default(),
             dropout: 0.5,

@@ -6,6 +6,7 @@
 mod alfa_mix;
 pub mod badge;
 mod bald;
+pub mod cb;
 pub mod ccma;
 mod class_balanced;
 mod coreset;
@@ -15,6 +16,7 @@ pub use entropy::entropy;
 mod least_confidence;
 mod margin;
 pub mod mc;
+mod pcb;
 mod pcoreset;
 mod pcoreset_r;
 mod power_bald;
@@ -72,6 +74,8 @@ pub struct SelectContext<'a> {
     pub teacher_probs: Option<&'a Mat>,
     /// Teacher (CLIP) image embeddings of every train row ([`Strategy::needs`] image).
     pub teacher_image: Option<&'a Mat>,
+    /// The teacher's class prototypes t_c (C × D, [`Strategy::needs`] prototypes).
+    pub prototypes: Option<&'a Mat>,
     pub calib: Option<Calib<'a>>,
     pub cfg: &'a SelectCfg,
     /// MC dropout rate when a strategy's table leaves it unset (the linear probe's).
@@ -87,6 +91,11 @@ impl SelectContext<'_> {
     pub fn teacher_image(&self, who: &str) -> Result<&Mat> {
         self.teacher_image.ok_or_else(|| {
             anyhow::anyhow!("{who} needs the teacher's image embeddings in the cache")
+        })
+    }
+    pub fn prototypes(&self, who: &str) -> Result<&Mat> {
+        self.prototypes.ok_or_else(|| {
+            anyhow::anyhow!("{who} needs the teacher's class prototypes in the cache")
         })
     }
     pub fn head(&self, who: &str) -> Result<&crate::train::Head> {
@@ -116,7 +125,7 @@ pub trait Strategy: Send + Sync {
     fn select(&self, ctx: &SelectContext, budget: usize, rng: &mut VRng) -> Result<Vec<Pick>>;
 }
 
-pub const NAMES: [&str; 23] = [
+pub const NAMES: [&str; 28] = [
     "random",
     "entropy",
     "margin",
@@ -140,6 +149,11 @@ pub const NAMES: [&str; 23] = [
     "ccma-v4",
     "ccma-v5",
     "ccma-uherding",
+    "cb",
+    "cb-released",
+    "pcb-entropy",
+    "pcb-badge",
+    "pcb-coreset",
 ];
 
 /// The registry: a strategy by its name.
@@ -162,6 +176,20 @@ pub fn by_name(name: &str) -> Result<Box<dyn Strategy>> {
         "dropquery" => Box::new(dropquery::DropQuery),
         "uherding" => Box::new(uherding::UHerding),
         s if s.starts_with("ccma") => Box::new(ccma::Ccma::by_name(s)?),
+        "cb" => Box::new(cb::Cb { released: false }),
+        "cb-released" => Box::new(cb::Cb { released: true }),
+        "pcb-entropy" => Box::new(pcb::Pcb {
+            base: Box::new(entropy::Entropy),
+            name: "pcb-entropy",
+        }),
+        "pcb-badge" => Box::new(pcb::Pcb {
+            base: Box::new(badge::Badge),
+            name: "pcb-badge",
+        }),
+        "pcb-coreset" => Box::new(pcb::Pcb {
+            base: Box::new(coreset::Coreset),
+            name: "pcb-coreset",
+        }),
         other => bail!("unknown strategy '{other}' (known: {})", NAMES.join(", ")),
     })
 }
@@ -307,6 +335,7 @@ pub(crate) mod testutil {
                 head: None,
                 teacher_probs: None,
                 teacher_image: None,
+                prototypes: None,
                 calib: None,
                 cfg: &DEFAULT_CFG,
                 dropout: 0.5,
