@@ -986,3 +986,54 @@ fn cluster_balanced_and_pcb_strategies_run_and_repeat() {
     ok(d, &["-q", "run", &p]);
     assert_eq!(queries(&d.join("runs")), first);
 }
+
+#[test]
+fn selective_querying_gives_free_pseudo_labels_and_counts_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let data = synth_with_calib(d, "sq", "300", "0");
+    let strategies = ["cb+sq", "entropy+sq", "cb"];
+    let body =
+        format!("seeds = [2]\nrounds = 3\nstrategies = {strategies:?}\ntrainers = [\"linear\"]\n");
+    let p = pipeline(d, "sq.toml", &data, &body);
+    let err = ok(d, &["run", &p]);
+    assert!(err.contains("selective querying:"), "{err}");
+    let mut saw_pseudo = false;
+    for f in parquet_files(&d.join("results")) {
+        let t = table::read(&f, Table::Results).unwrap();
+        let strategy = t.strings("strategy").unwrap()[0].clone();
+        let n = t.i64s("n_labeled").unwrap()[0].unwrap() as f64;
+        let spent = t.f64s("budget_spent").unwrap()[0].unwrap();
+        let pseudo = t.i64s("n_pseudo").unwrap()[0].unwrap() as f64;
+        // budget spent = labels bought; pseudo-labels are free
+        assert_eq!(spent, n - pseudo, "{}", f.display());
+        let acc = t.f64s("pseudo_accuracy").unwrap()[0];
+        if strategy.ends_with("+sq") && pseudo > 0.0 {
+            saw_pseudo = true;
+            let a = acc.unwrap();
+            assert!((0.0..=1.0).contains(&a));
+        } else {
+            assert_eq!(pseudo, 0.0, "{strategy}");
+            assert_eq!(acc, None);
+        }
+    }
+    assert!(saw_pseudo, "some +sq round pseudo-labels at least one pick");
+    // the labels table marks them: kind pseudo, cost 0
+    let mut checked = 0;
+    for f in parquet_files(&d.join("runs")) {
+        let s = f.to_string_lossy();
+        if s.contains("/labels/") && s.contains("+sq") {
+            checked += 1;
+            let t = table::read(&f, Table::Labels).unwrap();
+            for (k, c) in t
+                .strings("kind")
+                .unwrap()
+                .iter()
+                .zip(t.f64s("cost").unwrap())
+            {
+                assert_eq!(c.unwrap() == 0.0, k == "pseudo");
+            }
+        }
+    }
+    assert_eq!(checked, 2 * 4, "2 +sq runs × labels of rounds 0..=3");
+}

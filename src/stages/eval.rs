@@ -31,6 +31,17 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize) -> Result<()> {
 
     let labels = read_labels(&spec.labels_path(round))?;
     let budget_spent: f64 = labels.iter().map(|r| r.cost).sum();
+    // selective querying's free labels and how many of them are right (the oracle knows)
+    let pseudo: Vec<_> = labels.iter().filter(|r| r.kind == "pseudo").collect();
+    let judged: Vec<bool> = pseudo
+        .iter()
+        .filter_map(|r| {
+            let i = *cache.train.index.get(&r.sample_id)?;
+            cache.train.labels[i].map(|t| t == r.label)
+        })
+        .collect();
+    let pseudo_accuracy = (!judged.is_empty())
+        .then(|| judged.iter().filter(|&&ok| ok).count() as f64 / judged.len() as f64);
     let qpath = spec.queries_path(round);
     let queries = if qpath.exists() {
         Some(table::read(&qpath, Table::Queries)?)
@@ -80,6 +91,8 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize) -> Result<()> {
                     "aulc",
                     table::opt_f64s(&[run_aulc(spec, round, labels.len(), s.accuracy)]),
                 ),
+                ("n_pseudo", table::i64s(&[pseudo.len() as i64])),
+                ("pseudo_accuracy", table::opt_f64s(&[pseudo_accuracy])),
             ],
             provenance_columns(spec, cache),
         ]

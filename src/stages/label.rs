@@ -67,17 +67,33 @@ fn next_rows(spec: &RunSpec, round: usize) -> Result<(Vec<LabelRow>, HashSet<Str
     Ok((rows, known))
 }
 
-fn query_ids(spec: &RunSpec, round: usize) -> Result<Vec<String>> {
+/// A round's picks: sample id and, under selective querying, the free pseudo-label.
+fn query_rows(spec: &RunSpec, round: usize) -> Result<Vec<(String, Option<i32>)>> {
     let q = spec.queries_path(round);
     require(&q, "vlal select")?;
-    table::read(&q, Table::Queries)?.strings("sample_id")
+    let t = table::read(&q, Table::Queries)?;
+    Ok(t.strings("sample_id")?
+        .into_iter()
+        .zip(t.i32s("pseudo_label")?)
+        .collect())
+}
+
+/// The label row of a pick that selective querying pseudo-labelled (cost 0).
+fn pseudo_row(round: usize, id: &str, label: i32) -> LabelRow {
+    LabelRow {
+        round: round as i32 + 1,
+        sample_id: id.to_string(),
+        label,
+        kind: "pseudo".into(),
+        cost: 0.0,
+    }
 }
 
 /// Answer round `round`'s queries from the ground truth; writes labels of round+1.
 pub fn oracle(spec: &RunSpec, cache: &Cache, round: usize) -> Result<()> {
     let (mut rows, known) = next_rows(spec, round)?;
     let qpath = spec.queries_path(round);
-    for id in query_ids(spec, round)? {
+    for (id, pseudo) in query_rows(spec, round)? {
         let Some(&i) = cache.train.index.get(&id) else {
             bail!(
                 "{}: sample '{id}' is not in the train pool",
@@ -86,6 +102,10 @@ pub fn oracle(spec: &RunSpec, cache: &Cache, round: usize) -> Result<()> {
         };
         if known.contains(&id) {
             bail!("{}: sample '{id}' is already labeled", qpath.display());
+        }
+        if let Some(p) = pseudo {
+            rows.push(pseudo_row(round, &id, p));
+            continue;
         }
         let Some(label) = cache.train.labels[i] else {
             bail!("{}: sample '{id}' has no ground-truth label to simulate the oracle with; answer with --from-file", qpath.display());
@@ -119,8 +139,19 @@ pub fn from_file(spec: &RunSpec, cache: &Cache, round: Option<usize>, file: &Pat
         None => (Vec::new(), HashSet::new()),
     };
     let round = round.unwrap_or(0);
+    // selective querying's pseudo-labels are added as they are; the person answers the rest
+    let mut pseudo: Vec<LabelRow> = Vec::new();
     let asked: Option<HashSet<String>> = if new_round > 0 && spec.queries_path(round).exists() {
-        Some(query_ids(spec, round)?.into_iter().collect())
+        let mut a = HashSet::new();
+        for (id, p) in query_rows(spec, round)? {
+            match p {
+                Some(l) => pseudo.push(pseudo_row(round, &id, l)),
+                None => {
+                    a.insert(id);
+                }
+            }
+        }
+        Some(a)
     } else {
         None
     };
@@ -139,7 +170,7 @@ pub fn from_file(spec: &RunSpec, cache: &Cache, round: Option<usize>, file: &Pat
         }
         if let Some(a) = &asked {
             if !a.contains(id) {
-                bail!("{name}: row {row}: sample '{id}' was not queried in round {round}");
+                bail!("{name}: row {row}: sample '{id}' was not queried in round {round} (or was pseudo-labelled)");
             }
         }
         if known.contains(id) || !seen.insert(id.clone()) {
@@ -169,6 +200,7 @@ pub fn from_file(spec: &RunSpec, cache: &Cache, round: Option<usize>, file: &Pat
             ));
         }
     }
+    rows.extend(pseudo);
     write_labels(&out, &rows)?;
     Ok(())
 }

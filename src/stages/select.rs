@@ -120,6 +120,18 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize, budget: usize) -> Result
     }
     let rows: Vec<usize> = picks.iter().map(|p| pool[p.pos]).collect();
     let m = batch_metrics(&ctx, &rows);
+    let mut notes = notes;
+    let pseudo: Vec<Option<i32>> = if strategy::sq::split(&spec.strategy).1 {
+        let eps = strategy::sq::thresholds(&probs, &labeled, &labels);
+        let pl = strategy::sq::pseudo_labels(&probs, &rows, &eps);
+        let k = pl.iter().flatten().count();
+        let note = format!("{k} of {} picks pseudo-labelled at no cost", rows.len());
+        crate::progress::log(format!("selective querying: {note}"));
+        notes.push(("selective_querying".into(), note));
+        pl
+    } else {
+        vec![None; rows.len()]
+    };
     let ids: Vec<&str> = rows.iter().map(|&r| cache.train.ids[r].as_str()).collect();
     let scores: Vec<f64> = picks.iter().map(|p| p.score).collect();
     let ranks: Vec<i32> = (0..picks.len() as i32).collect();
@@ -135,6 +147,7 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize, budget: usize) -> Result
                 "strategy",
                 table::utf8(&vec![spec.strategy.as_str(); picks.len()]),
             ),
+            ("pseudo_label", table::opt_i32s(&pseudo)),
         ],
         &[
             ("select_s", format!("{select_s}")),

@@ -22,6 +22,7 @@ mod pcoreset_r;
 mod power_bald;
 mod probcover;
 mod random;
+pub mod sq;
 mod typiclust;
 pub mod uherding;
 
@@ -158,6 +159,9 @@ pub const NAMES: [&str; 28] = [
 
 /// The registry: a strategy by its name.
 pub fn by_name(name: &str) -> Result<Box<dyn Strategy>> {
+    if let (base, true) = sq::split(name) {
+        return by_name(base);
+    }
     Ok(match name {
         "random" => Box::new(random::Random),
         "entropy" => Box::new(entropy::Entropy),
@@ -190,7 +194,10 @@ pub fn by_name(name: &str) -> Result<Box<dyn Strategy>> {
             base: Box::new(coreset::Coreset),
             name: "pcb-coreset",
         }),
-        other => bail!("unknown strategy '{other}' (known: {})", NAMES.join(", ")),
+        other => bail!(
+            "unknown strategy '{other}' (known: {}; any of them + `+sq` for selective querying)",
+            NAMES.join(", ")
+        ),
     })
 }
 

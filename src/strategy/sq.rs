@@ -1,0 +1,69 @@
+//! Selective querying (CB+SQ), on top of any strategy (`<strategy>+sq`): class-wise thresholds
+//! ε_c = mean over the labeled samples of class c of the current model's probability of c; a
+//! picked candidate whose predicted class ŷ has p_ŷ ≥ ε_ŷ gets the pseudo-label ŷ at no cost,
+//! the others go to the oracle. A class with no labeled sample has no threshold and is never
+//! pseudo-labelled.
+
+use crate::mat::{argmax, Mat};
+
+/// The strategy a name selects and whether selective querying is on (`name+sq`).
+pub fn split(name: &str) -> (&str, bool) {
+    match name.strip_suffix("+sq") {
+        Some(base) => (base, true),
+        None => (name, false),
+    }
+}
+
+/// ε_c for every class (None for a class without labeled samples).
+pub fn thresholds(probs: &Mat, labeled: &[usize], labels: &[u32]) -> Vec<Option<f32>> {
+    let c = probs.cols;
+    let mut sum = vec![0f64; c];
+    let mut n = vec![0usize; c];
+    for (&r, &l) in labeled.iter().zip(labels) {
+        sum[l as usize] += probs.row(r)[l as usize] as f64;
+        n[l as usize] += 1;
+    }
+    (0..c)
+        .map(|k| (n[k] > 0).then(|| (sum[k] / n[k] as f64) as f32))
+        .collect()
+}
+
+/// The pseudo-label of each picked row (None: query it).
+pub fn pseudo_labels(probs: &Mat, rows: &[usize], eps: &[Option<f32>]) -> Vec<Option<i32>> {
+    rows.iter()
+        .map(|&r| {
+            let p = probs.row(r);
+            let y = argmax(p);
+            eps[y].filter(|&e| p[y] >= e).map(|_| y as i32)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_and_pseudo_labels() {
+        let probs = Mat::from_rows(&[
+            vec![0.9, 0.1, 0.0],   // labeled 0
+            vec![0.7, 0.3, 0.0],   // labeled 0
+            vec![0.4, 0.6, 0.0],   // labeled 1
+            vec![0.85, 0.15, 0.0], // ≥ ε_0 = 0.8 → pseudo 0
+            vec![0.75, 0.25, 0.0], // < 0.8 → query
+            vec![0.3, 0.6, 0.1],   // = ε_1 = 0.6 → pseudo 1
+            vec![0.0, 0.01, 0.99], // class 2 has no label → query
+        ])
+        .unwrap();
+        let eps = thresholds(&probs, &[0, 1, 2], &[0, 0, 1]);
+        assert!((eps[0].unwrap() - 0.8).abs() < 1e-6);
+        assert!((eps[1].unwrap() - 0.6).abs() < 1e-6);
+        assert_eq!(eps[2], None);
+        assert_eq!(
+            pseudo_labels(&probs, &[3, 4, 5, 6], &eps),
+            vec![Some(0), None, Some(1), None]
+        );
+        assert_eq!(split("cb+sq"), ("cb", true));
+        assert_eq!(split("entropy"), ("entropy", false));
+    }
+}
