@@ -5,10 +5,11 @@
 //! from the config (`quick_gelu` for OpenAI, `gelu` for OpenCLIP conversions) and its text tower
 //! also takes token *embeddings*, which prompt learning (CoOp) feeds it.
 
+use super::LayerNorm;
 use super::Linear;
 use anyhow::{bail, Result};
 use candle_core::{Device, IndexOp, Module, Tensor, D};
-use candle_nn::{LayerNorm, VarBuilder};
+use candle_nn::VarBuilder;
 use serde::Deserialize;
 use std::path::Path;
 
@@ -231,9 +232,9 @@ impl Layer {
         eps: f64,
     ) -> candle_core::Result<Self> {
         Ok(Self {
-            ln1: candle_nn::layer_norm(h, eps, vb.pp("layer_norm1"))?,
+            ln1: LayerNorm::load(h, eps, vb.pp("layer_norm1"))?,
             attn: Attention::new(vb.pp("self_attn"), h, heads)?,
-            ln2: candle_nn::layer_norm(h, eps, vb.pp("layer_norm2"))?,
+            ln2: LayerNorm::load(h, eps, vb.pp("layer_norm2"))?,
             fc1: Linear::load(h, inter, true, vb.pp("mlp.fc1"))?,
             fc2: Linear::load(inter, h, true, vb.pp("mlp.fc2"))?,
             act,
@@ -343,13 +344,9 @@ impl Clip {
                 "embeddings.position_embedding.weight",
                 RANDN,
             )?,
-            pre_ln: candle_nn::layer_norm(v.hidden_size, v.layer_norm_eps, vv.pp("pre_layrnorm"))?,
+            pre_ln: LayerNorm::load(v.hidden_size, v.layer_norm_eps, vv.pp("pre_layrnorm"))?,
             vision_layers,
-            post_ln: candle_nn::layer_norm(
-                v.hidden_size,
-                v.layer_norm_eps,
-                vv.pp("post_layernorm"),
-            )?,
+            post_ln: LayerNorm::load(v.hidden_size, v.layer_norm_eps, vv.pp("post_layernorm"))?,
             visual_projection: Linear::load(
                 v.hidden_size,
                 config.projection_dim,
@@ -367,11 +364,7 @@ impl Clip {
                 RANDN,
             )?,
             text_layers,
-            final_ln: candle_nn::layer_norm(
-                t.hidden_size,
-                t.layer_norm_eps,
-                tv.pp("final_layer_norm"),
-            )?,
+            final_ln: LayerNorm::load(t.hidden_size, t.layer_norm_eps, tv.pp("final_layer_norm"))?,
             text_projection: Linear::load(
                 t.hidden_size,
                 config.projection_dim,
@@ -556,6 +549,55 @@ pub(crate) mod tests {
                 gr.get(x.as_tensor()).unwrap()
             ) < 1e-4
         );
+    }
+
+    /// Prompt learning trains token embeddings through the frozen text tower: its gradient
+    /// must be the true one (finite differences), through every fused op on the way.
+    #[test]
+    fn text_tower_gradient_matches_finite_differences() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = tiny_checkpoint(dir.path());
+        let dev = Device::Cpu;
+        let emb0 = (Tensor::randn(0f32, 1.0, (2, 6, 16), &dev).unwrap() * 0.5).unwrap();
+        let emb = candle_core::Var::from_tensor(&emb0).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (2, 12), &dev).unwrap();
+        let eos = [3usize, 5];
+        let loss = |e: &Tensor| -> Tensor {
+            let z = l2_normalize(&m.text_features_from_embeddings(e, &eos).unwrap()).unwrap();
+            (z * &w).unwrap().sum_all().unwrap()
+        };
+        let grads = loss(emb.as_tensor()).backward().unwrap();
+        let g = grads
+            .get(emb.as_tensor())
+            .expect("a gradient reaches the embeddings")
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let base = emb0.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let h = 1e-2f32;
+        let mut checked = 0;
+        for k in (0..base.len()).step_by(7) {
+            let at = |d: f32| -> f32 {
+                let mut v = base.clone();
+                v[k] += d;
+                let t = Tensor::from_vec(v, (2, 6, 16), &dev).unwrap();
+                loss(&t).to_scalar::<f32>().unwrap()
+            };
+            let fd = (at(h) - at(-h)) / (2.0 * h);
+            assert!(
+                (fd - g[k]).abs() <= 2e-3 + 3e-2 * fd.abs(),
+                "coordinate {k}: autograd {} vs finite difference {fd}",
+                g[k]
+            );
+            checked += 1;
+        }
+        // tokens after a row's EOS do not influence it (causal mask): zero gradient there
+        let row1_after_eos = (6 - 1) * 16; // row 0, position 5 > eos 3
+        assert!(g[row1_after_eos..row1_after_eos + 16]
+            .iter()
+            .all(|&v| v == 0.0));
+        assert!(checked > 20);
     }
 
     #[test]

@@ -117,6 +117,122 @@ impl PatchEmbed {
     }
 }
 
+/// LayerNorm over the last dimension with a backward pass: candle_nn's fused CPU kernel is
+/// applied without one (`apply_op3_no_bwd`), so gradients would silently stop at it — prompt
+/// learning backpropagates through the text tower. Forward: one parallel pass per row.
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    weight: candle_core::Tensor,
+    bias: candle_core::Tensor,
+    eps: f32,
+}
+
+impl LayerNorm {
+    pub fn load(size: usize, eps: f64, vb: VarBuilder) -> candle_core::Result<LayerNorm> {
+        let l = candle_nn::layer_norm(size, eps, vb)?;
+        Ok(LayerNorm {
+            weight: l.weight().clone(),
+            bias: l
+                .bias()
+                .cloned()
+                .ok_or_else(|| candle_core::Error::Msg("layer norm without bias".into()))?,
+            eps: eps as f32,
+        })
+    }
+}
+
+impl candle_core::Module for LayerNorm {
+    fn forward(&self, x: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+        if x.device().is_cpu() && x.dtype() == DType::F32 {
+            x.contiguous()?
+                .apply_op3(&self.weight, &self.bias, LayerNormOp { eps: self.eps })
+        } else {
+            candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps)
+        }
+    }
+}
+
+struct LayerNormOp {
+    eps: f32,
+}
+
+impl candle_core::CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "layer-norm-with-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+        s3: &candle_core::CpuStorage,
+        l3: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::CpuStorage::F32;
+        use rayon::prelude::*;
+        let (F32(x), F32(w), F32(b)) = (s1, s2, s3) else {
+            candle_core::bail!("layer norm: f32 only");
+        };
+        let (Some((x0, x1)), Some((w0, w1)), Some((b0, b1))) = (
+            l1.contiguous_offsets(),
+            l2.contiguous_offsets(),
+            l3.contiguous_offsets(),
+        ) else {
+            candle_core::bail!("layer norm: operands must be contiguous");
+        };
+        let h = l1.dims().last().copied().unwrap_or(0);
+        let (w, b) = (&w[w0..w1], &b[b0..b1]);
+        if w.len() != h || b.len() != h || h == 0 {
+            candle_core::bail!(
+                "layer norm: {h} features, weight {} bias {}",
+                w.len(),
+                b.len()
+            );
+        }
+        let mut out = x[x0..x1].to_vec();
+        out.par_chunks_mut(h).for_each(|r| {
+            let mean = r.iter().sum::<f32>() / h as f32;
+            let var = r.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / h as f32;
+            let inv = 1.0 / (var + self.eps).sqrt();
+            for ((v, &wi), &bi) in r.iter_mut().zip(w).zip(b) {
+                *v = (*v - mean) * inv * wi + bi;
+            }
+        });
+        Ok((F32(out), l1.shape().clone()))
+    }
+
+    /// Gradients of the affine normalisation, computed with candle's ops.
+    fn bwd(
+        &self,
+        x: &candle_core::Tensor,
+        w: &candle_core::Tensor,
+        _b: &candle_core::Tensor,
+        _y: &candle_core::Tensor,
+        dy: &candle_core::Tensor,
+    ) -> candle_core::Result<(
+        Option<candle_core::Tensor>,
+        Option<candle_core::Tensor>,
+        Option<candle_core::Tensor>,
+    )> {
+        use candle_core::D;
+        let h = x.dim(D::Minus1)?;
+        let xc = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+        let inv = ((xc.sqr()?.mean_keepdim(D::Minus1)? + self.eps as f64)?.sqrt()?).recip()?;
+        let xhat = xc.broadcast_mul(&inv)?;
+        let rows = dy.elem_count() / h;
+        let dy2 = dy.reshape((rows, h))?;
+        let dw = (&dy2 * xhat.reshape((rows, h))?)?.sum(0)?;
+        let db = dy2.sum(0)?;
+        let g = dy.broadcast_mul(w)?;
+        let dx = (g.broadcast_sub(&g.mean_keepdim(D::Minus1)?)?
+            - xhat.broadcast_mul(&(&g * &xhat)?.mean_keepdim(D::Minus1)?)?)?
+        .broadcast_mul(&inv)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
 /// x (m × k) · wᵀ (w: n × k) on the CPU through OpenBLAS (AVX-512 kernels where the CPU has
 /// them; candle's gemm on stable Rust stops at AVX2), with candle's matmuls as its backward pass.
 struct MatmulNt;
@@ -465,6 +581,28 @@ mod tests {
             {
                 assert!(max_diff(gy.get(t).unwrap(), gr.get(t).unwrap()) < 1e-4);
             }
+        }
+
+        // layer norm, against candle's composed reference
+        let xs = Var::from_tensor(&Tensor::randn(0f32, 2.0, (2, 3, 6), &dev).unwrap()).unwrap();
+        let lw = Var::from_tensor(&Tensor::randn(1f32, 0.3, 6, &dev).unwrap()).unwrap();
+        let lb = Var::from_tensor(&Tensor::randn(0f32, 0.3, 6, &dev).unwrap()).unwrap();
+        let ln = LayerNorm {
+            weight: lw.as_tensor().clone(),
+            bias: lb.as_tensor().clone(),
+            eps: 1e-5,
+        };
+        let y = ln.forward(xs.as_tensor()).unwrap();
+        let r =
+            candle_nn::ops::layer_norm_slow(xs.as_tensor(), lw.as_tensor(), lb.as_tensor(), 1e-5)
+                .unwrap();
+        assert!(max_diff(&y, &r) < 1e-5);
+        let wts = Tensor::randn(0f32, 1.0, (2, 3, 6), &dev).unwrap();
+        let gy = (&y * &wts).unwrap().sum_all().unwrap().backward().unwrap();
+        let gr = (&r * &wts).unwrap().sum_all().unwrap().backward().unwrap();
+        for t in [xs.as_tensor(), lw.as_tensor(), lb.as_tensor()] {
+            let d = max_diff(gy.get(t).unwrap(), gr.get(t).unwrap());
+            assert!(d < 1e-4, "layer norm gradient {d}");
         }
 
         // attention
