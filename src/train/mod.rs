@@ -1,6 +1,7 @@
 //! Student heads fitted on cached features with candle autograd: the linear probe and DHO
 //! dual-head distillation (plus its CE-only ablation). Every random draw is seeded (see `rng`).
 
+pub mod coop;
 pub mod dho;
 pub mod linear;
 

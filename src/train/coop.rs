@@ -1,0 +1,379 @@
+//! CoOp prompt learning (CB+SQ paper; METHODS.md): M learnable context vectors (N(0, 0.02²))
+//! replace the "X" placeholders of "X X … X {class name}." in the frozen CLIP text tower's token
+//! embeddings; the normalised text features classify cached, normalised CLIP image features by
+//! cos/τ, trained with cross-entropy by SGD with a cosine learning-rate decay, re-initialised every
+//! round. Contexts are unified (one shared by all classes), class-wise (one per class), or both,
+//! whose similarities are averaged (eq. 14 of the paper).
+//!
+//! Not yet wired into `vlal train` (the CB+SQ issue): this is the learner and its checks.
+
+use crate::mat::Mat;
+use crate::models::clip::{l2_normalize, Clip};
+use crate::models::clip_tokenizer::ClipTokenizer;
+use crate::rng::VRng;
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor, Var, D};
+use candle_nn::Optimizer;
+use rand::seq::SliceRandom;
+use rand_distr::{Distribution, Normal};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Mode {
+    Unified,
+    ClassWise,
+    Both,
+}
+
+#[derive(Clone, Debug)]
+pub struct CoopCfg {
+    pub n_ctx: usize,
+    pub epochs: usize,
+    pub lr: f64,
+    pub batch_size: usize,
+    pub mode: Mode,
+    /// Temperature of cos/τ (CLIP's logit scale 100 → 0.01).
+    pub tau: f64,
+}
+
+impl Default for CoopCfg {
+    fn default() -> Self {
+        Self {
+            n_ctx: 16,
+            epochs: 200,
+            lr: 0.002,
+            batch_size: 32,
+            mode: Mode::Both,
+            tau: 0.01,
+        }
+    }
+}
+
+/// The class prompts' token embeddings with placeholder context, and where each row pools.
+pub struct Prompts {
+    /// (C, L, H) token embeddings; positions 1..=M are replaced by the context.
+    emb: Tensor,
+    eos: Vec<usize>,
+    n_ctx: usize,
+}
+
+impl Prompts {
+    pub fn new(clip: &Clip, tok: &ClipTokenizer, names: &[String], n_ctx: usize) -> Result<Self> {
+        let placeholder = vec!["X"; n_ctx].join(" ");
+        let mut ids = Vec::with_capacity(names.len() * tok.context_length);
+        let mut eos = Vec::with_capacity(names.len());
+        for n in names {
+            let row = tok.encode(&format!("{placeholder} {n}."))?;
+            let e = clip.eos_position(&row);
+            if e <= n_ctx {
+                bail!(
+                    "class '{n}': the prompt does not fit {n_ctx} context tokens in {} positions",
+                    tok.context_length
+                );
+            }
+            eos.push(e);
+            ids.extend(row);
+        }
+        let ids = Tensor::from_vec(ids, (names.len(), tok.context_length), clip.device())?;
+        Ok(Self {
+            emb: clip.token_embeddings(&ids)?.detach(),
+            eos,
+            n_ctx,
+        })
+    }
+
+    /// Text features (C, D), L2-normalised, with context `ctx` ((M, H) unified or (C, M, H)).
+    pub fn features(&self, clip: &Clip, ctx: &Tensor) -> Result<Tensor> {
+        let (c, l, h) = self.emb.dims3()?;
+        let ctx = if ctx.rank() == 2 {
+            ctx.unsqueeze(0)?.expand((c, self.n_ctx, h))?
+        } else {
+            ctx.clone()
+        };
+        let m = self.n_ctx;
+        let emb = Tensor::cat(
+            &[
+                &self.emb.narrow(1, 0, 1)?,
+                &ctx,
+                &self.emb.narrow(1, 1 + m, l - 1 - m)?,
+            ],
+            1,
+        )?;
+        Ok(l2_normalize(
+            &clip.text_features_from_embeddings(&emb, &self.eos)?,
+        )?)
+    }
+}
+
+/// The learned contexts of one round.
+pub struct PromptLearner {
+    pub unified: Option<Var>,
+    pub class_wise: Option<Var>,
+    tau: f64,
+}
+
+impl PromptLearner {
+    pub fn init(cfg: &CoopCfg, c: usize, h: usize, rng: &mut VRng, dev: &Device) -> Result<Self> {
+        let normal = Normal::new(0.0f32, 0.02).expect("valid std");
+        let mut draw = |shape: &[usize]| -> Result<Var> {
+            let n: usize = shape.iter().product();
+            let v: Vec<f32> = (0..n).map(|_| normal.sample(rng)).collect();
+            Ok(Var::from_tensor(&Tensor::from_vec(v, shape, dev)?)?)
+        };
+        let m = cfg.n_ctx;
+        Ok(Self {
+            unified: matches!(cfg.mode, Mode::Unified | Mode::Both)
+                .then(|| draw(&[m, h]))
+                .transpose()?,
+            class_wise: matches!(cfg.mode, Mode::ClassWise | Mode::Both)
+                .then(|| draw(&[c, m, h]))
+                .transpose()?,
+            tau: cfg.tau,
+        })
+    }
+
+    pub fn vars(&self) -> Vec<Var> {
+        self.unified
+            .iter()
+            .chain(&self.class_wise)
+            .cloned()
+            .collect()
+    }
+
+    /// Logits (N, C) of normalised image features z (N, D): cos/τ, averaged over the contexts.
+    pub fn logits(&self, clip: &Clip, prompts: &Prompts, z: &Tensor) -> Result<Tensor> {
+        let mut sum: Option<Tensor> = None;
+        let vars = self.vars();
+        for v in &vars {
+            let t = prompts.features(clip, v.as_tensor())?;
+            let s = z.matmul(&t.t()?)?;
+            sum = Some(match sum {
+                Some(a) => (a + s)?,
+                None => s,
+            });
+        }
+        let s = sum.expect("at least one context");
+        Ok((s / (vars.len() as f64 * self.tau))?)
+    }
+}
+
+/// Cross-entropy of logits against class ids.
+fn cross_entropy(logits: &Tensor, y: &Tensor) -> Result<Tensor> {
+    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    Ok(logp.gather(&y.unsqueeze(1)?, 1)?.neg()?.mean_all()?)
+}
+
+/// Train a fresh learner on image features `z` (rows normalised) with labels `y`; returns it,
+/// with the loss of each epoch.
+pub fn fit(
+    cfg: &CoopCfg,
+    clip: &Clip,
+    prompts: &Prompts,
+    z: &Mat,
+    y: &[u32],
+    rng: &mut VRng,
+) -> Result<(PromptLearner, Vec<f32>)> {
+    if z.rows != y.len() || z.rows == 0 {
+        bail!(
+            "prompt learning: {} features for {} labels",
+            z.rows,
+            y.len()
+        );
+    }
+    let dev = clip.device().clone();
+    let c = prompts.eos.len();
+    let h = clip.config.text_config.hidden_size;
+    let learner = PromptLearner::init(cfg, c, h, rng, &dev)?;
+    let mut opt = candle_nn::SGD::new(learner.vars(), cfg.lr)?;
+    let zt = z.to_tensor(&dev)?;
+    let mut order: Vec<usize> = (0..z.rows).collect();
+    let mut losses = Vec::with_capacity(cfg.epochs);
+    for epoch in 0..cfg.epochs {
+        // cosine decay from lr to 0 over the epochs
+        let lr =
+            0.5 * cfg.lr * (1.0 + (std::f64::consts::PI * epoch as f64 / cfg.epochs as f64).cos());
+        opt.set_learning_rate(lr);
+        order.shuffle(rng);
+        let mut total = 0f32;
+        for batch in order.chunks(cfg.batch_size.max(1)) {
+            let idx: Vec<u32> = batch.iter().map(|&i| i as u32).collect();
+            let idx = Tensor::from_vec(idx, batch.len(), &dev)?;
+            let yb: Vec<u32> = batch.iter().map(|&i| y[i]).collect();
+            let yb = Tensor::from_vec(yb, batch.len(), &dev)?;
+            let loss = cross_entropy(
+                &learner.logits(clip, prompts, &zt.index_select(&idx, 0)?)?,
+                &yb,
+            )?;
+            opt.backward_step(&loss)?;
+            total += loss.to_scalar::<f32>()? * batch.len() as f32;
+        }
+        losses.push(total / z.rows as f32);
+    }
+    Ok((learner, losses))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::clip::tests::tiny_checkpoint;
+
+    /// A tokenizer.json over a few words, with CLIP's special tokens last (ids < 50, the tiny
+    /// tower's vocabulary).
+    fn tokenizer(dir: &std::path::Path) -> ClipTokenizer {
+        use tokenizers::models::wordlevel::WordLevel;
+        let words = [
+            "<unk>",
+            "x",
+            "cat",
+            "dog",
+            "bird",
+            ".",
+            "<|startoftext|>",
+            "<|endoftext|>",
+        ];
+        let vocab = words
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w.to_string(), i as u32))
+            .collect();
+        let model = WordLevel::builder()
+            .vocab(vocab)
+            .unk_token("<unk>".into())
+            .build()
+            .unwrap();
+        let mut t = tokenizers::Tokenizer::new(model);
+        t.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::Whitespace {}));
+        t.with_normalizer(Some(tokenizers::normalizers::Lowercase))
+            .unwrap();
+        let p = dir.join("tokenizer.json");
+        t.save(&p, false).unwrap();
+        let mut tok = ClipTokenizer::from_tokenizer_json(&p).unwrap();
+        tok.context_length = 10;
+        tok
+    }
+
+    fn setup() -> (tempfile::TempDir, Clip, Prompts) {
+        let dir = tempfile::tempdir().unwrap();
+        // the tiny tower's eos_token_id is 49: use legacy argmax pooling on our ids instead
+        let clip = tiny_checkpoint(dir.path());
+        let tok = tokenizer(dir.path());
+        let names: Vec<String> = ["cat", "dog", "bird"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let prompts = Prompts::new(&clip, &tok, &names, 4).unwrap();
+        (dir, clip, prompts)
+    }
+
+    #[test]
+    fn loss_gradient_wrt_the_contexts_matches_finite_differences() {
+        let (_d, clip, prompts) = setup();
+        let dev = Device::Cpu;
+        let z = l2_normalize(&Tensor::randn(0f32, 1.0, (5, 12), &dev).unwrap()).unwrap();
+        let y = Tensor::new(&[0u32, 1, 2, 1, 0], &dev).unwrap();
+        for mode in [Mode::Unified, Mode::ClassWise, Mode::Both] {
+            let cfg = CoopCfg {
+                n_ctx: 4,
+                mode,
+                tau: 0.5,
+                ..CoopCfg::default()
+            };
+            let mut r = crate::rng::stream(0, "coop", 0);
+            let l = PromptLearner::init(&cfg, 3, 16, &mut r, &dev).unwrap();
+            // larger contexts than the init, so the loss is not flat
+            for v in l.vars() {
+                v.set(&(v.as_tensor() * 50.0).unwrap()).unwrap();
+            }
+            let loss = |l: &PromptLearner| {
+                cross_entropy(&l.logits(&clip, &prompts, &z).unwrap(), &y).unwrap()
+            };
+            let grads = loss(&l).backward().unwrap();
+            for v in l.vars() {
+                let g = grads
+                    .get(v.as_tensor())
+                    .expect("gradient")
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                let base = v
+                    .as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                let shape = v.as_tensor().shape().clone();
+                for k in (0..base.len()).step_by(5) {
+                    let at = |d: f32| {
+                        let mut b = base.clone();
+                        b[k] += d;
+                        v.set(&Tensor::from_vec(b, shape.clone(), &dev).unwrap())
+                            .unwrap();
+                        loss(&l).to_scalar::<f32>().unwrap()
+                    };
+                    let h = 1e-2;
+                    let fd = (at(h) - at(-h)) / (2.0 * h);
+                    v.set(&Tensor::from_vec(base.clone(), shape.clone(), &dev).unwrap())
+                        .unwrap();
+                    assert!(
+                        (fd - g[k]).abs() <= 1e-3 + 5e-2 * fd.abs(),
+                        "{mode:?} coordinate {k}: autograd {} vs finite difference {fd}",
+                        g[k]
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn training_fits_separable_features_and_is_seeded() {
+        let (_d, clip, prompts) = setup();
+        // image features: one direction per class plus noise
+        let mut r = crate::rng::stream(1, "data", 0);
+        let normal = Normal::new(0.0f32, 0.1).unwrap();
+        let mut rows = Vec::new();
+        let mut y = Vec::new();
+        for i in 0..24 {
+            let c = i % 3;
+            let mut v: Vec<f32> = (0..12).map(|_| normal.sample(&mut r)).collect();
+            v[c] += 1.0;
+            rows.push(v);
+            y.push(c as u32);
+        }
+        let mut z = Mat::from_rows(&rows).unwrap();
+        z.normalize_rows();
+        let cfg = CoopCfg {
+            n_ctx: 4,
+            epochs: 60,
+            lr: 0.5,
+            batch_size: 8,
+            mode: Mode::Both,
+            tau: 0.07,
+        };
+        let run = || {
+            fit(
+                &cfg,
+                &clip,
+                &prompts,
+                &z,
+                &y,
+                &mut crate::rng::stream(2, "coop", 0),
+            )
+            .unwrap()
+        };
+        let (l, losses) = run();
+        assert!(losses.last().unwrap() < &(0.5 * losses[0]), "{losses:?}");
+        let (_, again) = run();
+        assert_eq!(losses, again, "same seed, same training");
+        let logits = l
+            .logits(&clip, &prompts, &z.to_tensor(&Device::Cpu).unwrap())
+            .unwrap();
+        let pred = Mat::from_tensor(&logits).unwrap().argmax_rows();
+        let acc = pred
+            .iter()
+            .zip(&y)
+            .filter(|(p, t)| **p == **t as usize)
+            .count() as f64
+            / 24.0;
+        assert!(acc > 0.9, "training accuracy {acc}");
+    }
+}
