@@ -52,10 +52,7 @@ impl candle_core::CustomOp1 for QuickGelu {
         l: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         use rayon::prelude::*;
-        let (candle_core::CpuStorage::F32(x), Some((a, b))) = (s, l.contiguous_offsets()) else {
-            candle_core::bail!("quick-gelu: contiguous f32 only");
-        };
-        let mut out = x[a..b].to_vec();
+        let mut out = super::cpu_f32(s, l, "quick-gelu")?.to_vec();
         out.par_chunks_mut(1 << 14).for_each(|c| {
             for v in c {
                 *v /= 1.0 + (-1.702 * *v).exp();

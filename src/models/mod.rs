@@ -117,6 +117,18 @@ impl PatchEmbed {
     }
 }
 
+/// The f32 values of a contiguous CPU operand of a custom op (`op` names it in the error).
+pub(crate) fn cpu_f32<'a>(
+    s: &'a candle_core::CpuStorage,
+    l: &candle_core::Layout,
+    op: &str,
+) -> candle_core::Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (candle_core::CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => candle_core::bail!("{op}: operands must be contiguous f32"),
+    }
+}
+
 /// LayerNorm over the last dimension with a backward pass: candle_nn's fused CPU kernel is
 /// applied without one (`apply_op3_no_bwd`), so gradients would silently stop at it — prompt
 /// learning backpropagates through the text tower. Forward: one parallel pass per row.
@@ -170,20 +182,14 @@ impl candle_core::CustomOp3 for LayerNormOp {
         s3: &candle_core::CpuStorage,
         l3: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use candle_core::CpuStorage::F32;
         use rayon::prelude::*;
-        let (F32(x), F32(w), F32(b)) = (s1, s2, s3) else {
-            candle_core::bail!("layer norm: f32 only");
-        };
-        let (Some((x0, x1)), Some((w0, w1)), Some((b0, b1))) = (
-            l1.contiguous_offsets(),
-            l2.contiguous_offsets(),
-            l3.contiguous_offsets(),
-        ) else {
-            candle_core::bail!("layer norm: operands must be contiguous");
-        };
+        let op = "layer norm";
+        let (x, w, b) = (
+            cpu_f32(s1, l1, op)?,
+            cpu_f32(s2, l2, op)?,
+            cpu_f32(s3, l3, op)?,
+        );
         let h = l1.dims().last().copied().unwrap_or(0);
-        let (w, b) = (&w[w0..w1], &b[b0..b1]);
         if w.len() != h || b.len() != h || h == 0 {
             candle_core::bail!(
                 "layer norm: {h} features, weight {} bias {}",
@@ -191,7 +197,7 @@ impl candle_core::CustomOp3 for LayerNormOp {
                 b.len()
             );
         }
-        let mut out = x[x0..x1].to_vec();
+        let mut out = x.to_vec();
         out.par_chunks_mut(h).for_each(|r| {
             let mean = r.iter().sum::<f32>() / h as f32;
             let var = r.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / h as f32;
@@ -200,7 +206,7 @@ impl candle_core::CustomOp3 for LayerNormOp {
                 *v = (*v - mean) * inv * wi + bi;
             }
         });
-        Ok((F32(out), l1.shape().clone()))
+        Ok((candle_core::CpuStorage::F32(out), l1.shape().clone()))
     }
 
     /// Gradients of the affine normalisation, computed with candle's ops.
@@ -243,39 +249,33 @@ fn matmul_nt_cpu(
     w: (&candle_core::CpuStorage, &candle_core::Layout),
     bias: Option<(&candle_core::CpuStorage, &candle_core::Layout)>,
 ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-    use candle_core::CpuStorage::F32;
     let (m, k) = x.1.shape().dims2()?;
     let (n, k2) = w.1.shape().dims2()?;
     if k != k2 {
         candle_core::bail!("matmul-nt: {m}×{k} against {n}×{k2}");
     }
-    let (Some((a0, a1)), Some((b0, b1))) = (x.1.contiguous_offsets(), w.1.contiguous_offsets())
-    else {
-        candle_core::bail!("matmul-nt: operands must be contiguous");
-    };
-    let (F32(a), F32(b)) = (x.0, w.0) else {
-        candle_core::bail!("matmul-nt: f32 only");
-    };
+    let (a, b) = (
+        cpu_f32(x.0, x.1, "matmul-nt")?,
+        cpu_f32(w.0, w.1, "matmul-nt")?,
+    );
     let mut out = vec![0f32; m * n];
     if let Some((s, l)) = bias {
-        let (F32(bias), Some((c0, c1))) = (s, l.contiguous_offsets()) else {
-            candle_core::bail!("matmul-nt: the bias must be contiguous f32");
-        };
-        if c1 - c0 != n {
-            candle_core::bail!("matmul-nt: bias of {} for {n} outputs", c1 - c0);
+        let bias = cpu_f32(s, l, "matmul-nt")?;
+        if bias.len() != n {
+            candle_core::bail!("matmul-nt: bias of {} for {n} outputs", bias.len());
         }
         for row in out.chunks_mut(n.max(1)) {
-            row.copy_from_slice(&bias[c0..c1]);
+            row.copy_from_slice(bias);
         }
     }
     #[cfg(feature = "blas")]
-    crate::geometry::sgemm_nt(&a[a0..a1], &b[b0..b1], m, n, k, bias.is_some(), &mut out);
+    crate::geometry::sgemm_nt(a, b, m, n, k, bias.is_some(), &mut out);
     #[cfg(not(feature = "blas"))]
     {
-        let _ = (a, b, a0, a1, b0, b1);
+        let _ = (a, b);
         candle_core::bail!("matmul-nt: built without the blas feature");
     }
-    Ok((F32(out), (m, n).into()))
+    Ok((candle_core::CpuStorage::F32(out), (m, n).into()))
 }
 
 impl candle_core::CustomOp2 for MatmulNt {
@@ -396,32 +396,24 @@ impl candle_core::CustomOp3 for FusedAttention {
         s3: &candle_core::CpuStorage,
         l3: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use candle_core::CpuStorage::F32;
         let (b, h, n, d) = l1.shape().dims4()?;
         if l2.shape().dims4()? != (b, h, n, d) || l3.shape().dims4()? != (b, h, n, d) {
             candle_core::bail!("fused attention: q, k, v shapes differ");
         }
-        let (Some((q0, _)), Some((k0, _)), Some((v0, _))) = (
-            l1.contiguous_offsets(),
-            l2.contiguous_offsets(),
-            l3.contiguous_offsets(),
-        ) else {
-            candle_core::bail!("fused attention: operands must be contiguous");
-        };
-        let (F32(q), F32(k), F32(v)) = (s1, s2, s3) else {
-            candle_core::bail!("fused attention: f32 only");
-        };
+        let op = "fused attention";
+        let (q, k, v) = (
+            cpu_f32(s1, l1, op)?,
+            cpu_f32(s2, l2, op)?,
+            cpu_f32(s3, l3, op)?,
+        );
         let mut out = vec![0f32; b * h * n * d];
         #[cfg(feature = "blas")]
         {
             use rayon::prelude::*;
             let nd = n * d;
             out.par_chunks_mut(nd).enumerate().for_each(|(i, o)| {
-                let (q, k, v) = (
-                    &q[q0 + i * nd..q0 + (i + 1) * nd],
-                    &k[k0 + i * nd..k0 + (i + 1) * nd],
-                    &v[v0 + i * nd..v0 + (i + 1) * nd],
-                );
+                let r = i * nd..(i + 1) * nd;
+                let (q, k, v) = (&q[r.clone()], &k[r.clone()], &v[r]);
                 let mut s = vec![0f32; n * n];
                 crate::geometry::sgemm_1(q, k, n, n, d, true, 0.0, &mut s);
                 for row in s.chunks_mut(n) {
@@ -438,10 +430,10 @@ impl candle_core::CustomOp3 for FusedAttention {
         }
         #[cfg(not(feature = "blas"))]
         {
-            let _ = (q, k, v, q0, k0, v0);
+            let _ = (q, k, v);
             candle_core::bail!("fused attention: built without the blas feature");
         }
-        Ok((F32(out), (b, h, n, d).into()))
+        Ok((candle_core::CpuStorage::F32(out), (b, h, n, d).into()))
     }
 
     /// Gradients by recomputing the attention with candle's ops.
