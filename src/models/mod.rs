@@ -244,6 +244,10 @@ impl candle_core::CustomOp3 for LayerNormOp {
 struct MatmulNt;
 
 /// x·wᵀ (+ bias in every row) for the CPU storages of the operands.
+#[cfg_attr(
+    not(feature = "blas"),
+    allow(unreachable_code, unused_variables, unused_mut)
+)]
 fn matmul_nt_cpu(
     x: (&candle_core::CpuStorage, &candle_core::Layout),
     w: (&candle_core::CpuStorage, &candle_core::Layout),
@@ -387,6 +391,10 @@ impl candle_core::CustomOp3 for FusedAttention {
         "fused-attention-blas"
     }
 
+    #[cfg_attr(
+        not(feature = "blas"),
+        allow(unreachable_code, unused_variables, unused_mut)
+    )]
     fn cpu_fwd(
         &self,
         s1: &candle_core::CpuStorage,
