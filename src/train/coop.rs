@@ -74,6 +74,9 @@ impl Prompts {
             ids.extend(row);
         }
         let ids = Tensor::from_vec(ids, (names.len(), tok.context_length), clip.device())?;
+        // positions after the last EOS never reach a pooled output (causal mask): drop them
+        let len = eos.iter().max().map_or(tok.context_length, |e| e + 1);
+        let ids = ids.narrow(1, 0, len)?;
         Ok(Self {
             emb: clip.token_embeddings(&ids)?.detach(),
             eos,
@@ -375,5 +378,50 @@ mod tests {
             .count() as f64
             / 24.0;
         assert!(acc > 0.9, "training accuracy {acc}");
+    }
+}
+
+/// Timing of one prompt-learning step at ImageNet-100 scale (not a test; `cargo test --lib
+/// coop_step_timing -- --ignored --nocapture` with VLAL_COOP_BENCH_DIR = a CLIP checkpoint folder
+/// with its tokenizer, e.g. a random ViT-B/32 saved by transformers).
+#[cfg(test)]
+mod timing {
+    use super::*;
+
+    #[test]
+    #[ignore]
+    fn coop_step_timing() {
+        let Ok(dir) = std::env::var("VLAL_COOP_BENCH_DIR") else {
+            eprintln!("set VLAL_COOP_BENCH_DIR");
+            return;
+        };
+        let dir = std::path::Path::new(&dir);
+        let clip = Clip::load(dir, &Device::Cpu).unwrap();
+        let tok = crate::models::encoder::tokenizer_for(dir, &clip).unwrap();
+        let names: Vec<String> = (0..100).map(|i| format!("class number {i}")).collect();
+        let prompts = Prompts::new(&clip, &tok, &names, 16).unwrap();
+        let d = clip.config.projection_dim;
+        let mut r = crate::rng::stream(0, "bench", 0);
+        let mut z = Mat::new(
+            32,
+            d,
+            (0..32 * d)
+                .map(|i| ((i * 7919) % 101) as f32 - 50.0)
+                .collect(),
+        )
+        .unwrap();
+        z.normalize_rows();
+        let y: Vec<u32> = (0..32).map(|i| (i * 3 % 100) as u32).collect();
+        for mode in [Mode::Unified, Mode::Both] {
+            let cfg = CoopCfg {
+                epochs: 2,
+                mode,
+                ..CoopCfg::default()
+            };
+            let t0 = std::time::Instant::now();
+            fit(&cfg, &clip, &prompts, &z, &y, &mut r).unwrap();
+            let s = t0.elapsed().as_secs_f64() / 2.0;
+            eprintln!("{mode:?}: C = 100, 16 context tokens, batch 32: {s:.1} s per step (forward + backward)");
+        }
     }
 }
