@@ -166,6 +166,35 @@ pub fn write_staged(
     write_as(path, &name, table, columns, meta, Mode::Replace, false).map(|_| ())
 }
 
+/// One utf8 column of a file, without reading the others (e.g. the ids of a large embeddings
+/// table); the table is not checked beyond that column's presence and type.
+pub fn read_utf8_column(path: &Path, column: &str) -> Result<Vec<String>> {
+    let name = path.display().to_string();
+    let file = File::open(path).with_context(|| format!("{name}: cannot open"))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| anyhow!("{name}: not a readable Parquet file ({e})"))?;
+    let mask = parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), [column]);
+    let reader = builder
+        .with_projection(mask)
+        .build()
+        .map_err(|e| anyhow!("{name}: {e}"))?;
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| anyhow!("{name}: corrupt Parquet data ({e})"))?;
+        let col = batch
+            .column_by_name(column)
+            .ok_or_else(|| anyhow!("{name}: missing column '{column}'"))?;
+        let s = arrow::compute::cast(col, &DataType::Utf8)
+            .map_err(|_| anyhow!("{name}: column '{column}' is not text"))?;
+        let s = s
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("cast to utf8");
+        out.extend(s.iter().map(|v| v.unwrap_or_default().to_string()));
+    }
+    Ok(out)
+}
+
 /// A file's key–value metadata (the footer only; the table is not read or checked).
 pub fn read_meta(path: &Path) -> Result<BTreeMap<String, String>> {
     let name = path.display().to_string();

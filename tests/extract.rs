@@ -282,6 +282,24 @@ fn extract_builds_the_cache_skips_unchanged_inputs_and_feeds_a_pipeline() {
             "train.logits.parquet"
         ]
     );
+    // ... recomputed from the cached embeddings: cos/0.02
+    let z = table::read(&out.join(t).join("train.parquet"), Table::Embeddings)
+        .unwrap()
+        .mat("vector")
+        .unwrap();
+    let l = table::read(
+        &out.join(t).join("train.logits.parquet"),
+        Table::TeacherLogits,
+    )
+    .unwrap()
+    .mat("logits")
+    .unwrap();
+    for i in 0..z.rows {
+        for c in 0..3 {
+            let cos: f32 = z.row(i).iter().zip(protos.row(c)).map(|(a, b)| a * b).sum();
+            assert!((l.row(i)[c] - cos / 0.02).abs() < 1e-3);
+        }
+    }
     ok(&f.extract("cache", &["--tau", "0.02", "--synonyms"]));
     let p = table::read(&out.join(t).join("prototypes.parquet"), Table::Prototypes).unwrap();
     assert_eq!(p.strings("template_set").unwrap()[0], "clip-10+synonyms");

@@ -307,12 +307,6 @@ fn model_meta(m: &ModelDir, key: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// Ids and vectors of an embeddings file.
-fn read_embeddings(path: &Path) -> Result<(Vec<String>, Mat)> {
-    let f = table::read(path, Table::Embeddings)?;
-    Ok((f.strings("sample_id")?, f.mat("vector")?))
-}
-
 /// Keep activation buffers in the heap: by default glibc maps each large buffer afresh and
 /// returns it to the OS when freed, and the page faults of re-mapping cost a tenth of the
 /// forward pass on CPU.
@@ -400,7 +394,8 @@ pub fn run(a: &ExtractArgs) -> Result<()> {
     }
     let mut staging = Staging::new(out)?;
     let mut kept_ids: HashMap<&str, HashSet<String>> = HashMap::new();
-    let mut teacher_emb: HashMap<&str, (Vec<String>, Mat, String)> = HashMap::new();
+    // per split: the teacher's ids, its vectors when computed in this run, and its content key
+    let mut teacher_emb: HashMap<&str, (Vec<String>, Option<Mat>, String)> = HashMap::new();
     for split in dataset::SPLITS {
         let samples: Vec<Sample> = data
             .samples
@@ -474,9 +469,16 @@ pub fn run(a: &ExtractArgs) -> Result<()> {
             }
         }
         for (i, e) in encoders.iter().enumerate() {
+            // a cached table: only its ids (the vectors are read if the logits need them)
             let (ids, m) = match fresh.remove(&i) {
-                Some(v) => v,
-                None => read_embeddings(&embeddings_path(out, &e.model.key(), split))?,
+                Some((ids, m)) => (ids, Some(m)),
+                None => (
+                    table::read_utf8_column(
+                        &embeddings_path(out, &e.model.key(), split),
+                        "sample_id",
+                    )?,
+                    None,
+                ),
             };
             let set: HashSet<String> = ids.iter().cloned().collect();
             kept_ids
@@ -545,6 +547,15 @@ pub fn run(a: &ExtractArgs) -> Result<()> {
             if stored_key(&lpath).as_deref() == Some(lkey.as_str()) {
                 continue;
             }
+            let loaded;
+            let emb = match emb {
+                Some(m) => m,
+                None => {
+                    let path = embeddings_path(out, &t.model.key(), split);
+                    loaded = table::read(&path, Table::Embeddings)?.mat("vector")?;
+                    &loaded
+                }
+            };
             let mut logits = crate::geometry::matmul_nt(emb, &protos)?;
             logits.data.iter_mut().for_each(|v| *v /= a.tau);
             let mut meta = model_meta(&t.model, &lkey);
