@@ -37,7 +37,10 @@ pub struct Cache {
     /// Teacher logits of the calib rows (loaded with the train logits).
     pub calib_logits: Option<Mat>,
     pub test: Part,
+    /// The model whose embeddings `Part::features` are: the student's, or the teacher's for a
+    /// trainer on the teacher's features (`Need::teacher_features`).
     pub student_model: String,
+    pub feature_model: crate::train::FeatureModel,
     pub teacher_model: String,
     /// Teacher logits cos/τ for the train rows, and τ (present when loaded with the teacher).
     pub teacher_logits: Option<Mat>,
@@ -56,6 +59,10 @@ pub struct Need {
     pub clap: bool,
     /// The teacher's class prototypes (with the image embeddings they pair with).
     pub prototypes: bool,
+    /// The splits' features are the teacher's image embeddings, not the student's (the task
+    /// model is the teacher itself: prompt learning). Runs that differ here need separate
+    /// caches (`vlal run` groups them).
+    pub teacher_features: bool,
 }
 
 impl Need {
@@ -70,6 +77,11 @@ impl Need {
                 image: true,
                 clap: true,
                 prototypes: true,
+                ..Need::default()
+            },
+            "coop" => Need {
+                teacher_features: true,
+                ..Need::default()
             },
             _ => Need::default(),
         }
@@ -80,6 +92,7 @@ impl Need {
             image: self.image || o.image,
             clap: self.clap || o.clap,
             prototypes: self.prototypes || o.prototypes,
+            teacher_features: self.teacher_features || o.teacher_features,
         }
     }
 }
@@ -199,7 +212,12 @@ impl Cache {
             (ids, labels)
         };
         let mut parts = Vec::new();
-        let mut student_model = String::new();
+        let mut feature_model = crate::train::FeatureModel::default();
+        let feature_folder = if need.teacher_features {
+            &cfg.teacher
+        } else {
+            &cfg.student
+        };
         for split in ["train", "calib", "test"] {
             let (ids, labels) = pick(split);
             if ids.is_empty() {
@@ -222,9 +240,12 @@ impl Cache {
                     ids[i]
                 );
             }
-            let path = embeddings_path(root, &cfg.student, split);
+            let path = embeddings_path(root, feature_folder, split);
             let frame = table::read(&path, Table::Embeddings)?;
-            student_model = model_id(&frame)?;
+            feature_model = crate::train::FeatureModel {
+                key: model_id(&frame)?,
+                fingerprint: frame.meta("fingerprint").ok().map(str::to_string),
+            };
             let features = aligned(&path, &frame, "vector", &ids)?;
             let index = ids
                 .iter()
@@ -278,7 +299,10 @@ impl Cache {
             }
             _ => None,
         };
-        let teacher_image = if need.clap || need.image || need.prototypes {
+        let teacher_image = if need.teacher_features && (need.clap || need.image || need.prototypes)
+        {
+            Some(train.features.clone())
+        } else if need.clap || need.image || need.prototypes {
             let path = embeddings_path(root, &cfg.teacher, "train");
             Some(aligned(
                 &path,
@@ -330,7 +354,8 @@ impl Cache {
             calib,
             calib_logits,
             test,
-            student_model,
+            student_model: feature_model.key.clone(),
+            feature_model,
             teacher_model,
             teacher_logits,
             tau,

@@ -42,6 +42,8 @@ pub struct Pipeline {
     pub teacher: TeacherCfg,
     #[serde(default)]
     pub clap: ClapCfg,
+    #[serde(default)]
+    pub coop: CoopCfg,
     /// Parameters of the acquisition strategies (`[select.ccma]`, `[select.mc]`, …).
     #[serde(default)]
     pub select: SelectCfg,
@@ -352,6 +354,54 @@ impl Default for DhoCfg {
     }
 }
 
+/// Which learnable contexts CoOp trains (CB+SQ paper, eq. 14): one shared by all classes, one
+/// per class, or both with their cosine similarities averaged.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CoopMode {
+    Unified,
+    ClassWise,
+    Both,
+}
+
+/// CoOp prompt learning (trainer `coop`): the task model is the teacher CLIP itself, with learned
+/// context vectors in its text prompts, trained on the cached teacher image embeddings.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoopCfg {
+    /// The teacher's CLIP checkpoint (a folder in the HF layout or a hub id): the same model
+    /// whose image embeddings `extract` cached under `dataset.teacher`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Hub revision of `model` (default `main`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// Context tokens M per prompt.
+    pub n_ctx: usize,
+    pub epochs: usize,
+    /// SGD learning rate, decayed to 0 by a cosine over the epochs.
+    pub lr: f64,
+    pub batch_size: usize,
+    pub mode: CoopMode,
+    /// Temperature of cos/τ (CLIP's logit scale 100 → 0.01).
+    pub tau: f64,
+}
+
+impl Default for CoopCfg {
+    fn default() -> Self {
+        Self {
+            model: None,
+            revision: None,
+            n_ctx: 16,
+            epochs: 200,
+            lr: 0.002,
+            batch_size: 32,
+            mode: CoopMode::Both,
+            tau: 0.01,
+        }
+    }
+}
+
 fn one() -> usize {
     1
 }
@@ -371,7 +421,7 @@ fn default_device() -> String {
     "cpu".into()
 }
 
-pub const TRAINERS: [&str; 4] = ["linear", "dho", "dho-clap", "ce"];
+pub const TRAINERS: [&str; 5] = ["linear", "dho", "dho-clap", "ce", "coop"];
 
 impl Pipeline {
     pub fn load(path: &Path) -> Result<Self> {
@@ -436,6 +486,15 @@ impl Pipeline {
         }
         if self.budget == Some(0) {
             bail!("budget must be at least 1");
+        }
+        if self.trainers.iter().any(|t| t == "coop") {
+            let c = &self.coop;
+            if c.model.is_none() {
+                bail!("trainer coop needs coop.model: the teacher's CLIP checkpoint (a folder or hub id)");
+            }
+            if c.n_ctx == 0 || c.epochs == 0 || c.batch_size == 0 || c.tau <= 0.0 || c.lr <= 0.0 {
+                bail!("coop.n_ctx, coop.epochs, coop.batch_size, coop.lr and coop.tau must be positive");
+            }
         }
         Ok(())
     }
@@ -504,6 +563,7 @@ impl RunSpec {
             "linear" => serde_json::to_value(&p.linear),
             "ce" => serde_json::to_value(&p.dho),
             "dho" => serde_json::to_value((&p.dho, &p.teacher)),
+            "coop" => serde_json::to_value(&p.coop),
             _ => serde_json::to_value((&p.dho, &p.teacher, &p.clap)),
         }
         .expect("serialisable");

@@ -2,7 +2,6 @@
 //! checkpoints in the Hugging Face layout: the cache it writes, what a second run skips, bad
 //! input, hub ids resolved from the hf-hub cache, and a pipeline run on the result.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use vlal::schema::Table;
@@ -26,31 +25,10 @@ fn ok(o: &Output) -> String {
     err
 }
 
-/// A word-level tokenizer.json with CLIP's special tokens (eos last, so argmax pooling agrees).
+/// The word-level tokenizer.json of the tiny CLIP (eos last, so argmax pooling agrees).
 fn write_tokenizer(dir: &Path) -> usize {
-    use tokenizers::models::wordlevel::WordLevel;
-    let mut vocab: HashMap<String, u32> = HashMap::new();
-    vocab.insert("<unk>".into(), 0);
-    for w in WORDS.split_whitespace() {
-        let n = vocab.len() as u32;
-        vocab.entry(w.to_string()).or_insert(n);
-    }
-    for t in ["<|startoftext|>", "<|endoftext|>"] {
-        let n = vocab.len() as u32;
-        vocab.insert(t.into(), n);
-    }
-    let n = vocab.len();
-    let model = WordLevel::builder()
-        .vocab(vocab.into_iter().collect())
-        .unk_token("<unk>".into())
-        .build()
-        .unwrap();
-    let mut tok = tokenizers::Tokenizer::new(model);
-    tok.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::Whitespace {}));
-    tok.with_normalizer(Some(tokenizers::normalizers::Lowercase))
-        .unwrap();
-    tok.save(dir.join("tokenizer.json"), false).unwrap();
-    n
+    let words: Vec<&str> = WORDS.split_whitespace().collect();
+    vlal::models::write_word_tokenizer(dir, &words).unwrap()
 }
 
 fn write_teacher(dir: &Path) {
@@ -500,6 +478,154 @@ fn hub_ids_resolve_from_the_hf_hub_cache_offline() {
     assert!(
         !o.status.success()
             && err.contains("tiny-org/tiny-clip@v2: config.json: not in the hf-hub cache"),
+        "{err}"
+    );
+}
+
+/// A pipeline of the prompt-learning trainer (CoOp) on a cache extracted from the tiny random
+/// CLIP, next to the linear probe: the coop runs work on the teacher's image embeddings, their
+/// heads predict softmax(z·Tᵀ/τ), a repeat selects the same samples, and a coop.model that is not
+/// the cached teacher is refused.
+#[test]
+fn prompt_learning_trainer_runs_on_the_teachers_features() {
+    let f = Fixture::new();
+    ok(&f.extract("cache", &[]));
+    let pipe = |name: &str, model: &str| {
+        let cfg = f.root.join(format!("{name}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"name = "{name}"
+seeds = [0]
+rounds = 2
+strategies = ["cb", "cb+sq", "random"]
+trainers = ["coop", "linear"]
+runs_dir = "{r}/{name}/runs"
+results_dir = "{r}/{name}/results"
+[dataset]
+name = "tiny"
+root = "{r}/cache"
+student = "tiny-dino@local"
+teacher = "tiny-clip@local"
+[linear]
+epochs = 5
+[coop]
+model = "{m}"
+n_ctx = 4
+epochs = 8
+lr = 0.05
+batch_size = 4
+mode = "both"
+"#,
+                r = f.root.display(),
+                m = f.p(model)
+            ),
+        )
+        .unwrap();
+        cfg
+    };
+    let a = pipe("a", "tiny-clip");
+    ok(&vlal(&["run", a.to_str().unwrap()], &[]));
+    let results = |name: &str| -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = mtimes(&f.root.join(name).join("results"))
+            .into_iter()
+            .map(|(p, _)| p)
+            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        results("a").len(),
+        2 * 3 * 3,
+        "2 trainers × 3 strategies × rounds 0..=2"
+    );
+
+    // a coop head classifies the teacher's image embeddings by its prompts' text features
+    let runs = f.root.join("a/runs/a");
+    let coop_cb: Vec<PathBuf> = std::fs::read_dir(&runs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().to_string();
+            n.starts_with("coop-cb-seed0")
+        })
+        .collect();
+    assert_eq!(coop_cb.len(), 1, "{coop_cb:?}");
+    let run = &coop_cb[0];
+    let head = vlal::train::Head::load(
+        &run.join("heads/round-002.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let emb_path = f.root.join("cache/tiny-clip@local/test.parquet");
+    let emb = table::read(&emb_path, Table::Embeddings).unwrap();
+    let z = emb.mat("vector").unwrap();
+    let ids = emb.strings("sample_id").unwrap();
+    let probs = head.predict(&z).unwrap();
+    let pred = table::read(
+        &run.join("predictions/round-002.parquet"),
+        Table::Predictions,
+    )
+    .unwrap();
+    let (pid, psplit, pp) = (
+        pred.strings("sample_id").unwrap(),
+        pred.strings("split").unwrap(),
+        pred.mat("probs").unwrap(),
+    );
+    let mut checked = 0;
+    for (i, id) in ids.iter().enumerate() {
+        let j = (0..pid.len())
+            .find(|&j| &pid[j] == id && psplit[j] == "test")
+            .expect("test row predicted");
+        for c in 0..3 {
+            assert!((probs.row(i)[c] - pp.row(j)[c]).abs() < 1e-5);
+        }
+        checked += 1;
+    }
+    assert!(checked > 0);
+    // the head learned something other than uniform prompts: its rows are proper distributions
+    assert!(probs.data.iter().all(|p| p.is_finite() && *p >= 0.0));
+
+    // same config and seed ⇒ the same selections, run from scratch elsewhere
+    let b = pipe("b", "tiny-clip");
+    ok(&vlal(
+        &["run", b.to_str().unwrap(), "--trainer", "coop"],
+        &[],
+    ));
+    let queries = |name: &str| -> Vec<Vec<String>> {
+        let mut files: Vec<PathBuf> = mtimes(&f.root.join(name).join("runs"))
+            .into_iter()
+            .map(|(p, _)| p)
+            .filter(|p| {
+                p.to_string_lossy().contains("/coop-") && p.to_string_lossy().contains("/queries/")
+            })
+            .collect();
+        files.sort_by_key(|p| {
+            p.strip_prefix(f.root.join(name))
+                .unwrap()
+                .components()
+                .skip(2)
+                .map(|c| c.as_os_str().to_owned())
+                .collect::<Vec<_>>()
+        });
+        files
+            .iter()
+            .map(|p| table::read_utf8_column(p, "sample_id").unwrap())
+            .collect()
+    };
+    let (qa, qb) = (queries("a"), queries("b"));
+    assert_eq!(qa.len(), 3 * 2, "3 coop runs × 2 rounds of queries");
+    assert_eq!(qa, qb);
+
+    // a coop.model other than the cached teacher is refused, naming both
+    let c = pipe("c", "tiny-dino");
+    let o = vlal(&["run", c.to_str().unwrap(), "--trainer", "coop"], &[]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("is not the model whose image embeddings are cached")
+            && err.contains("tiny-clip@local"),
         "{err}"
     );
 }

@@ -520,6 +520,40 @@ pub fn write_random_checkpoint(dir: &Path, config_json: &str) -> Result<()> {
     Ok(())
 }
 
+/// A word-level `tokenizer.json` for a random CLIP: `<unk>` = 0, then `words` (lowercased, each
+/// once, in order), then CLIP's `<|startoftext|>` and `<|endoftext|>` (last, so legacy argmax
+/// pooling finds the EOS). Splits on whitespace and punctuation, lowercases. Returns the vocabulary
+/// size (the checkpoint's `vocab_size`; its `eos_token_id` is one less).
+pub fn write_word_tokenizer<S: AsRef<str>>(dir: &Path, words: &[S]) -> Result<usize> {
+    use tokenizers::models::wordlevel::WordLevel;
+    let mut vocab: Vec<(String, u32)> = vec![("<unk>".into(), 0)];
+    let mut seen = std::collections::HashSet::from(["<unk>".to_string()]);
+    let specials = ["<|startoftext|>", "<|endoftext|>"];
+    for w in words
+        .iter()
+        .map(|w| w.as_ref().to_lowercase())
+        .chain(specials.iter().map(|s| s.to_string()))
+    {
+        if seen.insert(w.clone()) {
+            vocab.push((w, vocab.len() as u32));
+        }
+    }
+    let n = vocab.len();
+    let model = WordLevel::builder()
+        .vocab(vocab.into_iter().collect())
+        .unk_token("<unk>".into())
+        .build()
+        .map_err(|e| anyhow::anyhow!("word-level tokenizer: {e}"))?;
+    let mut tok = tokenizers::Tokenizer::new(model);
+    tok.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::Whitespace {}));
+    tok.with_normalizer(Some(tokenizers::normalizers::Lowercase))
+        .map_err(|e| anyhow::anyhow!("word-level tokenizer: {e}"))?;
+    let path = dir.join("tokenizer.json");
+    tok.save(&path, false)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(n)
+}
+
 /// A random-weight checkpoint in the HF layout for tests: writes `config_json` and the weights
 /// `build` creates through a `VarMap` into `dir`, and returns the built model.
 #[cfg(test)]

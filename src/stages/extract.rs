@@ -302,6 +302,7 @@ fn model_meta(m: &ModelDir, key: &str) -> Vec<(&'static str, String)> {
         ("model_id", m.id.clone()),
         ("revision", m.revision.clone()),
         ("commit", m.commit.clone().unwrap_or_default()),
+        ("fingerprint", m.fingerprint.clone()),
         ("created_by", TOOL_VERSION.to_string()),
         ("content_key", key.to_string()),
     ]

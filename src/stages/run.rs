@@ -43,11 +43,36 @@ pub fn run(p: &Pipeline, filter: &Filter) -> Result<()> {
         ));
         return Ok(());
     }
-    let mut need = Need::default();
-    for s in &todo {
-        need = need.union(super::need_of(s)?);
+    // runs on the student's features and runs on the teacher's (prompt learning) need a cache each
+    let mut groups: Vec<(Need, Vec<&RunSpec>)> = Vec::new();
+    for s in todo {
+        let n = super::need_of(s)?;
+        match groups
+            .iter_mut()
+            .find(|(g, _)| g.teacher_features == n.teacher_features)
+        {
+            Some((g, v)) => {
+                *g = g.union(n);
+                v.push(s);
+            }
+            None => groups.push((n, vec![s])),
+        }
     }
-    let cache = Cache::for_pipeline(p, need)?;
+    let total: usize = groups.iter().map(|(_, v)| v.len()).sum();
+    let pb = progress::bar((total * (p.rounds + 1)) as u64, "rounds");
+    for (need, specs) in groups {
+        let cache = Cache::for_pipeline(p, need)?;
+        let budget = check_budget(p, &cache)?;
+        for spec in specs {
+            run_one(spec, &cache, budget, &pb)?;
+        }
+    }
+    pb.finish_and_clear();
+    Ok(())
+}
+
+/// The round budget; the pool must hold the seed labels and every round's.
+fn check_budget(p: &Pipeline, cache: &Cache) -> Result<usize> {
     let budget = p.budget.unwrap_or(cache.n_classes());
     let needed = p.initial_per_class * cache.n_classes() + p.rounds * budget;
     if needed > cache.train.ids.len() {
@@ -59,12 +84,7 @@ pub fn run(p: &Pipeline, filter: &Filter) -> Result<()> {
             cache.train.ids.len()
         );
     }
-    let pb = progress::bar((todo.len() * (p.rounds + 1)) as u64, "rounds");
-    for spec in todo {
-        run_one(spec, &cache, budget, &pb)?;
-    }
-    pb.finish_and_clear();
-    Ok(())
+    Ok(budget)
 }
 
 /// Run (or resume) one run; returns the number of rounds it worked on.

@@ -40,6 +40,8 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize) -> Result<()> {
         labels: &labels,
         n_classes: cache.n_classes(),
         teacher,
+        class_names: &cache.classes,
+        feature_model: &cache.feature_model,
     };
     let mut r = rng::stream(spec.seed, "train", round);
     let (head, losses) = train::fit(&spec.trainer, p, &data, &mut r, &device)?;

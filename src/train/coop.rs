@@ -5,7 +5,8 @@
 //! round. Contexts are unified (one shared by all classes), class-wise (one per class), or both,
 //! whose similarities are averaged (eq. 14 of the paper).
 //!
-//! Not yet wired into `vlal train` (the CB+SQ issue): this is the learner and its checks.
+//! As the `coop` trainer ([`fit_head`]) the learned prompts become a [`PromptHead`]: the text
+//! features of the class prompts, which classify any row of teacher image features.
 
 use crate::mat::Mat;
 use crate::models::clip::{l2_normalize, Clip};
@@ -17,36 +18,7 @@ use candle_nn::Optimizer;
 use rand::seq::SliceRandom;
 use rand_distr::{Distribution, Normal};
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Mode {
-    Unified,
-    ClassWise,
-    Both,
-}
-
-#[derive(Clone, Debug)]
-pub struct CoopCfg {
-    pub n_ctx: usize,
-    pub epochs: usize,
-    pub lr: f64,
-    pub batch_size: usize,
-    pub mode: Mode,
-    /// Temperature of cos/τ (CLIP's logit scale 100 → 0.01).
-    pub tau: f64,
-}
-
-impl Default for CoopCfg {
-    fn default() -> Self {
-        Self {
-            n_ctx: 16,
-            epochs: 200,
-            lr: 0.002,
-            batch_size: 32,
-            mode: Mode::Both,
-            tau: 0.01,
-        }
-    }
-}
+pub use crate::config::{CoopCfg, CoopMode as Mode};
 
 /// The class prompts' token embeddings with placeholder context, and where each row pools.
 pub struct Prompts {
@@ -189,8 +161,8 @@ pub fn fit(
     let mut opt = candle_nn::SGD::new(learner.vars(), cfg.lr)?;
     let zt = z.to_tensor(&dev)?;
     let mut order: Vec<usize> = (0..z.rows).collect();
-    let mut losses = Vec::with_capacity(cfg.epochs);
-    for epoch in 0..cfg.epochs {
+    let mut epoch = 0;
+    let losses = super::run_epochs(cfg.epochs, "coop epochs", || {
         // cosine decay from lr to 0 over the epochs
         let lr =
             0.5 * cfg.lr * (1.0 + (std::f64::consts::PI * epoch as f64 / cfg.epochs as f64).cos());
@@ -209,9 +181,136 @@ pub fn fit(
             opt.backward_step(&loss)?;
             total += loss.to_scalar::<f32>()? * batch.len() as f32;
         }
-        losses.push(total / z.rows as f32);
-    }
+        epoch += 1;
+        Ok((total / z.rows as f32, 1))
+    })?;
     Ok((learner, losses))
+}
+
+/// The fitted prompts as a classifier head: softmax(z·Tᵀ/τ), T the mean over the contexts of the
+/// class prompts' normalised text features (so "both" averages the two similarities, eq. 14).
+pub struct PromptHead {
+    text: Tensor,
+    tau: f64,
+    /// The learned context vectors, saved with the head for reuse (not needed to predict).
+    contexts: Vec<(&'static str, Tensor)>,
+}
+
+impl PromptHead {
+    pub fn from_learner(
+        learner: &PromptLearner,
+        clip: &Clip,
+        prompts: &Prompts,
+    ) -> Result<PromptHead> {
+        let vars = learner.vars();
+        let mut sum: Option<Tensor> = None;
+        for v in &vars {
+            let t = prompts.features(clip, v.as_tensor())?.detach();
+            sum = Some(match sum {
+                Some(a) => (a + t)?,
+                None => t,
+            });
+        }
+        let text = (sum.expect("at least one context") / vars.len() as f64)?;
+        let mut contexts = Vec::new();
+        if let Some(u) = &learner.unified {
+            contexts.push(("prompt.ctx_unified", u.as_tensor().detach()));
+        }
+        if let Some(c) = &learner.class_wise {
+            contexts.push(("prompt.ctx_class_wise", c.as_tensor().detach()));
+        }
+        Ok(PromptHead {
+            text,
+            tau: learner.tau,
+            contexts,
+        })
+    }
+
+    pub fn from_tensors(text: Tensor, tau: f64) -> Result<PromptHead> {
+        if text.rank() != 2 || tau <= 0.0 {
+            bail!("a prompt head needs (C, D) text features and τ > 0");
+        }
+        Ok(PromptHead {
+            text,
+            tau,
+            contexts: Vec::new(),
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        self.text.device()
+    }
+
+    /// Class probabilities of rows of (normalised) teacher image features (differentiable).
+    pub fn probs_t(&self, z: &Tensor) -> Result<Tensor> {
+        let logits = (z.matmul(&self.text.t()?)? / self.tau)?;
+        Ok(candle_nn::ops::softmax(&logits, 1)?)
+    }
+
+    pub fn predict(&self, x: &Mat) -> Result<Mat> {
+        super::predict_chunked(x, self.device(), |t| self.probs_t(t))
+    }
+
+    /// The last layer's input is the image feature itself; a(x) = p − e_ŷ.
+    pub fn grad_factors(&self, x: &Mat) -> Result<(Mat, Mat)> {
+        let p = self.predict(x)?;
+        Ok((x.clone(), super::minus_onehot(&p, &p)))
+    }
+
+    pub fn tensors(&self) -> Result<std::collections::HashMap<String, Tensor>> {
+        let tau = Tensor::new(&[self.tau as f32], self.device())?;
+        let mut pairs = vec![("prompt.text", &self.text), ("prompt.tau", &tau)];
+        pairs.extend(self.contexts.iter().map(|(k, t)| (*k, t)));
+        Ok(super::named(pairs))
+    }
+}
+
+/// The `coop` trainer: load the teacher CLIP named by `cfg.model` (it must be the model whose
+/// image embeddings are the run's features), build the class prompts from the class names, and
+/// fit fresh contexts on the labeled rows.
+pub fn fit_head(
+    cfg: &CoopCfg,
+    data: &super::TrainData,
+    rng: &mut VRng,
+    dev: &Device,
+) -> Result<(PromptHead, Vec<f32>)> {
+    let spec = cfg.model.as_deref().ok_or_else(|| {
+        anyhow::anyhow!("trainer coop needs coop.model: the teacher's CLIP checkpoint")
+    })?;
+    let model = crate::models::hub::resolve(
+        spec,
+        &crate::models::hub::Source {
+            revision: cfg.revision.clone(),
+            ..Default::default()
+        },
+    )?;
+    let feat = &data.feature_model;
+    let same = match &feat.fingerprint {
+        Some(f) => *f == model.fingerprint,
+        None => feat.key == model.key(),
+    };
+    if !same {
+        bail!(
+            "coop.model '{spec}' ({}) is not the model whose image embeddings are cached ({}); \
+             prompts must be learned on the teacher that embedded the images",
+            model.key(),
+            feat.key
+        );
+    }
+    let clip = Clip::load(&model.dir, dev)?;
+    if clip.config.projection_dim != data.features.cols {
+        bail!(
+            "{}: text features are {}-d, the cached image embeddings {}-d",
+            model.dir.join("config.json").display(),
+            clip.config.projection_dim,
+            data.features.cols
+        );
+    }
+    let tok = crate::models::encoder::tokenizer_for(&model.dir, &clip)?;
+    let prompts = Prompts::new(&clip, &tok, data.class_names, cfg.n_ctx)?;
+    let z = data.features.select_rows(data.labeled);
+    let (learner, losses) = fit(cfg, &clip, &prompts, &z, data.labels, rng)?;
+    Ok((PromptHead::from_learner(&learner, &clip, &prompts)?, losses))
 }
 
 #[cfg(test)]
@@ -219,37 +318,11 @@ mod tests {
     use super::*;
     use crate::models::clip::tests::tiny_checkpoint;
 
-    /// A tokenizer.json over a few words, with CLIP's special tokens last (ids < 50, the tiny
+    /// A word-level tokenizer over a few words, CLIP's special tokens last (ids < 50, the tiny
     /// tower's vocabulary).
     fn tokenizer(dir: &std::path::Path) -> ClipTokenizer {
-        use tokenizers::models::wordlevel::WordLevel;
-        let words = [
-            "<unk>",
-            "x",
-            "cat",
-            "dog",
-            "bird",
-            ".",
-            "<|startoftext|>",
-            "<|endoftext|>",
-        ];
-        let vocab = words
-            .iter()
-            .enumerate()
-            .map(|(i, w)| (w.to_string(), i as u32))
-            .collect();
-        let model = WordLevel::builder()
-            .vocab(vocab)
-            .unk_token("<unk>".into())
-            .build()
-            .unwrap();
-        let mut t = tokenizers::Tokenizer::new(model);
-        t.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::Whitespace {}));
-        t.with_normalizer(Some(tokenizers::normalizers::Lowercase))
-            .unwrap();
-        let p = dir.join("tokenizer.json");
-        t.save(&p, false).unwrap();
-        let mut tok = ClipTokenizer::from_tokenizer_json(&p).unwrap();
+        crate::models::write_word_tokenizer(dir, &["x", "cat", "dog", "bird", "."]).unwrap();
+        let mut tok = ClipTokenizer::from_tokenizer_json(&dir.join("tokenizer.json")).unwrap();
         tok.context_length = 10;
         tok
     }
@@ -351,6 +424,7 @@ mod tests {
             batch_size: 8,
             mode: Mode::Both,
             tau: 0.07,
+            ..CoopCfg::default()
         };
         let run = || {
             fit(
@@ -378,6 +452,27 @@ mod tests {
             .count() as f64
             / 24.0;
         assert!(acc > 0.9, "training accuracy {acc}");
+        // as a head: the same class probabilities, also after a save/load round trip
+        let head = PromptHead::from_learner(&l, &clip, &prompts).unwrap();
+        let want = Mat::from_tensor(&candle_nn::ops::softmax(&logits, 1).unwrap()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.safetensors");
+        let h = crate::train::Head::Prompt(head);
+        h.save(&path).unwrap();
+        let back = crate::train::Head::load(&path, &Device::Cpu).unwrap();
+        for got in [h.predict(&z).unwrap(), back.predict(&z).unwrap()] {
+            let d = got
+                .data
+                .iter()
+                .zip(&want.data)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(d < 1e-5, "prompt head vs learner: {d}");
+        }
+        let saved = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+        assert!(
+            saved.contains_key("prompt.ctx_unified") && saved.contains_key("prompt.ctx_class_wise")
+        );
     }
 }
 

@@ -262,6 +262,8 @@ mod tests {
             labels: &y,
             n_classes: 3,
             teacher: Some((&t, 0.01)),
+            class_names: &[],
+            feature_model: &crate::train::FeatureModel::default(),
         };
         let (_, losses) = fit_named(
             "dho",
@@ -283,6 +285,8 @@ mod tests {
             labels: &y,
             n_classes: 3,
             teacher: Some((&t, 0.01)),
+            class_names: &[],
+            feature_model: &crate::train::FeatureModel::default(),
         };
         let p1 = pipeline(1.0, 30);
         let (dho1, _) =

@@ -1,5 +1,6 @@
-//! Student heads fitted on cached features with candle autograd: the linear probe and DHO
-//! dual-head distillation (plus its CE-only ablation). Every random draw is seeded (see `rng`).
+//! Student heads fitted on cached features with candle autograd: the linear probe, DHO
+//! dual-head distillation (plus its CE-only ablation), and CoOp prompt learning on the teacher's
+//! own features. Every random draw is seeded (see `rng`).
 
 pub mod coop;
 pub mod dho;
@@ -21,12 +22,25 @@ pub struct TrainData<'a> {
     pub n_classes: usize,
     /// Teacher logits cos/τ for every train row, and τ.
     pub teacher: Option<(&'a Mat, f32)>,
+    /// Class names, by class id (the prompt learner's prompts).
+    pub class_names: &'a [String],
+    /// The model whose embeddings `features` are.
+    pub feature_model: &'a FeatureModel,
+}
+
+/// Which model made a set of cached features: its cache key `id@revision` and, when `extract`
+/// recorded it, the fingerprint of its weights.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FeatureModel {
+    pub key: String,
+    pub fingerprint: Option<String>,
 }
 
 /// A fitted head.
 pub enum Head {
     Linear(linear::LinearProbe),
     Dual(dho::DualHead),
+    Prompt(coop::PromptHead),
 }
 
 impl Head {
@@ -35,6 +49,7 @@ impl Head {
         match self {
             Head::Linear(h) => h.predict(x),
             Head::Dual(h) => h.predict(x),
+            Head::Prompt(h) => h.predict(x),
         }
     }
 
@@ -44,7 +59,7 @@ impl Head {
     pub fn embed(&self, x: &Mat) -> Result<Mat> {
         match self {
             Head::Linear(h) => h.embed(x),
-            Head::Dual(_) => Ok(x.clone()),
+            Head::Dual(_) | Head::Prompt(_) => Ok(x.clone()),
         }
     }
 
@@ -53,6 +68,7 @@ impl Head {
         match self {
             Head::Linear(l) => l.probs_from_embedded(h),
             Head::Dual(d) => d.probs_t(h),
+            Head::Prompt(p) => p.probs_t(h),
         }
     }
 
@@ -60,6 +76,7 @@ impl Head {
         match self {
             Head::Linear(l) => l.device(),
             Head::Dual(d) => d.device(),
+            Head::Prompt(p) => p.device(),
         }
     }
 
@@ -97,7 +114,13 @@ impl Head {
                 .cloned()
                 .ok_or_else(|| anyhow::anyhow!("{}: missing tensor '{k}'", path.display()))
         };
-        if t.contains_key("linear.weight") {
+        if t.contains_key("prompt.text") {
+            let tau = get("prompt.tau")?.to_vec1::<f32>()?;
+            Ok(Head::Prompt(coop::PromptHead::from_tensors(
+                get("prompt.text")?,
+                tau.first().copied().unwrap_or(0.0) as f64,
+            )?))
+        } else if t.contains_key("linear.weight") {
             Ok(Head::Linear(linear::LinearProbe::from_tensors(
                 get("bn.running_mean")?,
                 get("bn.running_var")?,
@@ -123,6 +146,7 @@ impl Head {
         match self {
             Head::Linear(h) => h.grad_factors(x),
             Head::Dual(h) => h.grad_factors(x),
+            Head::Prompt(h) => h.grad_factors(x),
         }
     }
 
@@ -131,6 +155,7 @@ impl Head {
         let tensors = match self {
             Head::Linear(h) => h.tensors(),
             Head::Dual(h) => h.tensors(),
+            Head::Prompt(h) => h.tensors()?,
         };
         let dir = path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir)?;
@@ -169,6 +194,10 @@ pub fn fit(
         "ce" => {
             let (h, l) = dho::fit(&p.dho, false, data, rng, device)?;
             Ok((Head::Dual(h), l))
+        }
+        "coop" => {
+            let (h, l) = coop::fit_head(&p.coop, data, rng, device)?;
+            Ok((Head::Prompt(h), l))
         }
         other => bail!("unknown trainer '{other}'"),
     }
@@ -344,6 +373,8 @@ mod tests {
                 labels: &y,
                 n_classes: 3,
                 teacher: Some((&t, 0.01)),
+                class_names: &[],
+                feature_model: &FeatureModel::default(),
             };
             let (head, _) = fit(
                 trainer,
