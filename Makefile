@@ -15,7 +15,7 @@ DATA     ?= data/synth
 RUN_ARGS := --pipeline $(PIPELINE) --trainer $(TRAINER) --strategy $(STRATEGY) --seed $(SEED)
 PATHS_MK := .make/$(notdir $(basename $(PIPELINE)))-$(TRAINER)-$(STRATEGY)-$(SEED)-$(ROUND).mk
 
-.PHONY: all build test parity parity-reference extract bench-extract init train select label eval round sweep report bench-round bench-ccma clean-runs
+.PHONY: all build test parity parity-reference extract bench-extract cbsq-tiny bench-coop bench-kmeans init train select label eval round sweep report bench-round bench-ccma clean-runs
 all: build
 
 build: $(VLAL)
@@ -40,7 +40,7 @@ parity: parity-reference
 
 # The run's file names (RUN_DIR, LABELS, PREDICTIONS, QUERIES, NEXT_LABELS, RESULTS) come from
 # `vlal paths`; make rebuilds this include and restarts when it is missing or stale.
-ifeq ($(filter build test clean-runs extract bench-extract,$(MAKECMDGOALS)),)
+ifeq ($(filter build test clean-runs extract bench-extract cbsq-tiny bench-coop bench-kmeans,$(MAKECMDGOALS)),)
 -include $(PATHS_MK)
 endif
 $(PATHS_MK): $(PIPELINE) $(VLAL)
@@ -114,6 +114,16 @@ bench-ccma: $(VLAL)
 # torch, transformers, safetensors, pillow, pyarrow).
 bench-extract: $(VLAL)
 	python3 bench/extract_bench.py --bin $(VLAL)
+
+# The CB+SQ protocol under the prompt trainer (CoOp) and the linear probe on a tiny offline world:
+# random-weight CLIP + DINOv2 and generated class images (`vlal tiny`), extracted, then
+# pipelines/cbsq-tiny.toml. The checkpoints are random: it checks the machinery, not the methods.
+cbsq-tiny: $(VLAL)
+	test -f data/tiny/tiny-clip/model.safetensors || $(VLAL) tiny --out data/tiny
+	$(VLAL) extract --images data/tiny/images --classes data/tiny/classes.txt --out data/tiny/cache \
+	  --teacher data/tiny/tiny-clip --student data/tiny/tiny-dino
+	$(VLAL) run pipelines/cbsq-tiny.toml
+	$(VLAL) report --pipeline cbsq-tiny
 
 clean-runs:
 	rm -rf runs results diagnostics .make

@@ -59,6 +59,9 @@ enum Cmd {
     Extract(stages::extract::ExtractArgs),
     /// Generate the example feature cache (the layout `extract` writes).
     Synth(stages::synth::SynthArgs),
+    /// Write a tiny offline world: random-weight CLIP and DINOv2 checkpoints (HF layout) and
+    /// generated class images, to try `extract` and the prompt trainer without downloads.
+    Tiny(stages::tiny::TinyArgs),
     /// Fit the student head on a round's labels; write predictions and the head.
     Train {
         #[command(flatten)]
@@ -136,6 +139,7 @@ fn main_inner(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Extract(a) => stages::extract::run(&a),
         Cmd::Synth(a) => stages::synth::run(&a),
+        Cmd::Tiny(a) => stages::tiny::run(&a),
         Cmd::Train { run, round } => {
             let spec = run.spec()?;
             stages::train::run(&spec, &load(&spec)?, round)

@@ -8,6 +8,7 @@ pub mod report;
 pub mod run;
 pub mod select;
 pub mod synth;
+pub mod tiny;
 pub mod train;
 
 use crate::cache::Cache;
