@@ -125,5 +125,12 @@ cbsq-tiny: $(VLAL)
 	$(VLAL) run pipelines/cbsq-tiny.toml
 	$(VLAL) report --pipeline cbsq-tiny
 
+# One CoOp step (C = 100, 16 contexts) in vlal and PyTorch; COOP_MODEL: a CLIP checkpoint folder
+# with its tokenizer (e.g. ViT-B/32). And CB's k-means on 1.28M generated class-guided features.
+bench-coop:
+	python3 bench/coop_bench.py --model $(COOP_MODEL)
+bench-kmeans: $(VLAL)
+	$(dir $(VLAL))vlal-bench --strategy cb --pool 1280000 --classes 1000 --teacher-dim 512 --budget 1000
+
 clean-runs:
 	rm -rf runs results diagnostics .make

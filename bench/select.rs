@@ -13,7 +13,7 @@ use vlal::strategy::badge::kmeanspp;
 
 #[derive(Parser)]
 struct Args {
-    /// pcoreset | badge | ccma-v1 … ccma-v5 | ccma-uherding
+    /// pcoreset | badge | ccma-v1 … ccma-v5 | ccma-uherding | cb
     #[arg(long)]
     strategy: String,
     /// Teacher (CLIP) embedding dimension (CCMA).
@@ -36,6 +36,12 @@ struct Args {
     labeled: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// k-means clusters (cb; default: the budget, CB's cold-start K = B).
+    #[arg(long)]
+    k: Option<usize>,
+    /// k-means iterations (cb).
+    #[arg(long, default_value_t = 20)]
+    iters: usize,
 }
 
 fn normal(n: usize, r: &mut rng::VRng) -> Vec<f32> {
@@ -50,14 +56,10 @@ fn peak_rss_mib() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
-/// CCMA on generated CLIP-like data: class means in the teacher space, images = normalised
-/// mean + noise, prototypes = normalised mean + smaller noise, teacher p = softmax(cos/0.03);
-/// student p = softmax(3·N(0,1) + 4·e_y). Rows: pool, then labeled, then calib.
-fn ccma(a: &Args, name: &str, r: &mut rng::VRng) -> Result<f64> {
+/// CLIP-like data: class means in a dt-d space, n images = normalised mean of a random class +
+/// noise (σ 1.5), prototypes = normalised mean + smaller noise (σ 0.5). Returns (z, prototypes, y).
+fn clip_like(n: usize, c: usize, dt: usize, r: &mut rng::VRng) -> Result<(Mat, Mat, Vec<usize>)> {
     use rand::Rng;
-    use vlal::strategy::{Calib, SelectContext};
-    let (c, dt) = (a.classes, a.teacher_dim);
-    let n = a.pool + a.labeled + a.calib;
     let means = Mat::new(c, dt, normal(c * dt, r))?;
     let y: Vec<usize> = (0..n).map(|_| r.random_range(0..c)).collect();
     let mut z = Mat::new(n, dt, normal(n * dt, r).iter().map(|v| v * 1.5).collect())?;
@@ -74,6 +76,17 @@ fn ccma(a: &Args, name: &str, r: &mut rng::VRng) -> Result<f64> {
         }
     }
     protos.normalize_rows();
+    Ok((z, protos, y))
+}
+
+/// CCMA on generated CLIP-like data (`clip_like`): class means in the teacher space, images = normalised
+/// mean + noise, prototypes = normalised mean + smaller noise, teacher p = softmax(cos/0.03);
+/// student p = softmax(3·N(0,1) + 4·e_y). Rows: pool, then labeled, then calib.
+fn ccma(a: &Args, name: &str, r: &mut rng::VRng) -> Result<f64> {
+    use vlal::strategy::{Calib, SelectContext};
+    let (c, dt) = (a.classes, a.teacher_dim);
+    let n = a.pool + a.labeled + a.calib;
+    let (z, protos, y) = clip_like(n, c, dt, r)?;
     let mut cos = Mat::zeros(n, c);
     for i in 0..n {
         for k in 0..c {
@@ -122,10 +135,53 @@ fn ccma(a: &Args, name: &str, r: &mut rng::VRng) -> Result<f64> {
     Ok(secs)
 }
 
+/// CB at ImageNet scale: generated CLIP-like image embeddings z and prototypes (as for CCMA),
+/// p = softmax(cos/0.01) as the prompt learner would give; times the class-guided features
+/// F = [z, Σ p·t] over the pool and the k-means on them. Returns (features s, k-means s).
+fn cb(a: &Args, r: &mut rng::VRng) -> Result<(f64, f64)> {
+    use vlal::kmeans::{kmeans, KMeansCfg};
+    let (n, c, dt) = (a.pool, a.classes, a.teacher_dim);
+    let (z, protos, _) = clip_like(n, c, dt, r)?;
+    let mut probs = Mat::zeros(n, c);
+    let all: Vec<usize> = (0..n).collect();
+    for block in all.chunks(65_536) {
+        let cos = vlal::geometry::matmul_nt(&z.select_rows(block), &protos)?;
+        let p = softmax_rows(&cos, 100.0);
+        let start = block[0] * c;
+        probs.data[start..start + p.data.len()].copy_from_slice(&p.data);
+    }
+    let t = Instant::now();
+    let f = vlal::strategy::cb::class_guided(&probs, &z, &protos, &all)?;
+    let features_s = t.elapsed().as_secs_f64();
+    drop(probs);
+    let cfg = KMeansCfg {
+        iters: a.iters,
+        ..KMeansCfg::new(a.k.unwrap_or(a.budget))
+    };
+    let t = Instant::now();
+    let cl = kmeans(&f, &all, &cfg, &mut rng::stream(a.seed, "select", 0))?;
+    let kmeans_s = t.elapsed().as_secs_f64();
+    assert_eq!(cl.assign.len(), n);
+    Ok((features_s, kmeans_s))
+}
+
 fn main() -> Result<()> {
     let a = Args::parse();
     vlal::progress::set_quiet(true);
     let mut r = rng::stream(a.seed, "bench", 0);
+    if a.strategy == "cb" {
+        let (features_s, kmeans_s) = cb(&a, &mut r)?;
+        println!(
+            "{{\"impl\": \"vlal\", \"strategy\": \"cb\", \"pool\": {}, \"classes\": {}, \"dim\": {}, \"k\": {}, \"iters\": {}, \"features_seconds\": {features_s:.3}, \"kmeans_seconds\": {kmeans_s:.3}, \"peak_rss_mib\": {:.0}}}",
+            a.pool,
+            a.classes,
+            2 * a.teacher_dim,
+            a.k.unwrap_or(a.budget),
+            a.iters,
+            peak_rss_mib()
+        );
+        return Ok(());
+    }
     let n = a.pool + a.labeled;
     let logits = Mat::new(
         n,

@@ -1,7 +1,8 @@
 //! Seeded Lloyd k-means and nearest-centroid search in pure Rust (candle's gemm for the distance
-//! products), used by CCMA's subpool and final diversity, DropQuery, Alfa-mix and TypiClust.
+//! products), used by CCMA's subpool and final diversity, DropQuery, Alfa-mix, TypiClust and CB.
 //!
-//! It follows faiss's `Kmeans` defaults: centroids start at distinct random points, training uses
+//! Centroids start at k-means++ seeds when that is cheap (k ≤ 1000 and k·n·d ≤ 2^33), else at
+//! distinct random points. The rest follows faiss's `Kmeans` defaults: training uses
 //! at most `max_points_per_centroid · k` sampled points, an empty cluster is re-seeded by splitting
 //! the largest one, and a final pass assigns every point. Distances are computed in blocks of rows,
 //! so memory stays at O(block · k + k · d) besides the data.
@@ -98,6 +99,9 @@ pub fn nearest(x: &Mat, rows: &[usize], centroids: &Mat) -> Result<(Vec<u32>, Ve
     Ok((assign, dist))
 }
 
+/// Largest k·n·d for which k-means++ seeding is used.
+pub const PLUSPLUS_WORK: usize = 1 << 33;
+
 /// Cluster the rows `rows` of `x` into `cfg.k` clusters (at most `rows.len()`).
 pub fn kmeans(x: &Mat, rows: &[usize], cfg: &KMeansCfg, rng: &mut VRng) -> Result<Clusters> {
     let n = rows.len();
@@ -113,7 +117,9 @@ pub fn kmeans(x: &Mat, rows: &[usize], cfg: &KMeansCfg, rng: &mut VRng) -> Resul
     } else {
         rows.to_vec()
     };
-    let init = if k <= cfg.plusplus_up_to {
+    // ++ seeding is k sequential passes over the training points: memory-bound, so only where
+    // they are cheap (≤ 2^33 multiply-adds: ~1000 × 8M floats); else faiss's random points
+    let init = if k <= cfg.plusplus_up_to && k * train.len() * x.cols <= PLUSPLUS_WORK {
         plusplus(x, &train, k, rng)
     } else {
         rng::sample(&train, k, rng)

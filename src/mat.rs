@@ -69,6 +69,17 @@ impl Mat {
     }
 
     /// Scale every row to unit L2 norm (zero rows stay zero).
+    /// The transposed matrix (cols × rows).
+    pub fn transpose(&self) -> Mat {
+        let mut t = Mat::zeros(self.cols, self.rows);
+        for i in 0..self.rows {
+            for (j, &v) in self.row(i).iter().enumerate() {
+                t.data[j * self.rows + i] = v;
+            }
+        }
+        t
+    }
+
     pub fn normalize_rows(&mut self) {
         let cols = self.cols;
         for r in self.data.chunks_mut(cols.max(1)) {

@@ -33,20 +33,19 @@ pub fn class_guided(probs: &Mat, image: &Mat, protos: &Mat, rows: &[usize]) -> R
     }
     let d = image.cols;
     let mut f = Mat::zeros(rows.len(), 2 * d);
-    for (i, &r) in rows.iter().enumerate() {
-        let o = f.row_mut(i);
-        o[..d].copy_from_slice(image.row(r));
-        for (c, &p) in probs.row(r).iter().enumerate() {
-            if p != 0.0 {
-                for (a, &t) in o[d..].iter_mut().zip(protos.row(c)) {
-                    *a += p * t;
+    // s = P·T as a product (tᵀ's rows are the prototype dimensions), a block of rows at a time
+    let protos_t = protos.transpose();
+    for (b, block) in rows.chunks(8192).enumerate() {
+        let s = crate::geometry::matmul_nt(&probs.select_rows(block), &protos_t)?;
+        for (j, &r) in block.iter().enumerate() {
+            let o = f.row_mut(b * 8192 + j);
+            o[..d].copy_from_slice(image.row(r));
+            o[d..].copy_from_slice(s.row(j));
+            for half in o.chunks_mut(d) {
+                let n = crate::geometry::dot(half, half).sqrt();
+                if n > 0.0 {
+                    half.iter_mut().for_each(|v| *v /= n);
                 }
-            }
-        }
-        for half in o.chunks_mut(d) {
-            let n = crate::geometry::dot(half, half).sqrt();
-            if n > 0.0 {
-                half.iter_mut().for_each(|v| *v /= n);
             }
         }
     }
@@ -184,6 +183,38 @@ mod tests {
         assert_eq!(paper_k(0, 10), 10);
         assert_eq!(paper_k(10, 10), 20);
         assert_eq!(paper_k(25, 10), 40);
+    }
+
+    /// The blocked product (BLAS above 2^22 multiply-adds) against the definition, on rows out
+    /// of order.
+    #[test]
+    fn class_guided_product_matches_the_sum_over_classes() {
+        let mut r = rng::stream(3, "cg", 0);
+        let (n, c, d) = (300, 100, 200);
+        let image = Mat::new(n, d, rng::uniform(n * d, 1.0, &mut r)).unwrap();
+        let protos = Mat::new(c, d, rng::uniform(c * d, 1.0, &mut r)).unwrap();
+        let probs = crate::mat::softmax_rows(
+            &Mat::new(n, c, rng::uniform(n * c, 5.0, &mut r)).unwrap(),
+            1.0,
+        );
+        let rows: Vec<usize> = (0..n).rev().step_by(2).collect();
+        let f = class_guided(&probs, &image, &protos, &rows).unwrap();
+        for (i, &row) in rows.iter().enumerate() {
+            let mut s = vec![0f64; d];
+            for k in 0..c {
+                for (a, &t) in s.iter_mut().zip(protos.row(k)) {
+                    *a += probs.row(row)[k] as f64 * t as f64;
+                }
+            }
+            let norm = s.iter().map(|v| v * v).sum::<f64>().sqrt();
+            for j in 0..d {
+                let want = s[j] / norm;
+                assert!(
+                    (f.row(i)[d + j] as f64 - want).abs() < 1e-5,
+                    "row {row}, dim {j}"
+                );
+            }
+        }
     }
 
     /// Four tight groups on a line; group 0 is labeled. The teacher image = the student feature.

@@ -516,7 +516,7 @@ mod timing {
             let t0 = std::time::Instant::now();
             fit(&cfg, &clip, &prompts, &z, &y, &mut r).unwrap();
             let s = t0.elapsed().as_secs_f64() / 2.0;
-            eprintln!("{mode:?}: C = 100, 16 context tokens, batch 32: {s:.1} s per step (forward + backward)");
+            eprintln!("{mode:?}: C = 100, 16 context tokens, batch 32: {s:.2} s per step (forward + backward)");
         }
     }
 }
