@@ -214,7 +214,7 @@ impl candle_core::CustomOp3 for LayerNormOp {
         &self,
         x: &candle_core::Tensor,
         w: &candle_core::Tensor,
-        _b: &candle_core::Tensor,
+        b: &candle_core::Tensor,
         _y: &candle_core::Tensor,
         dy: &candle_core::Tensor,
     ) -> candle_core::Result<(
@@ -229,13 +229,22 @@ impl candle_core::CustomOp3 for LayerNormOp {
         let xhat = xc.broadcast_mul(&inv)?;
         let rows = dy.elem_count() / h;
         let dy2 = dy.reshape((rows, h))?;
-        let dw = (&dy2 * xhat.reshape((rows, h))?)?.sum(0)?;
-        let db = dy2.sum(0)?;
+        // a frozen norm (prompt learning) needs only dx
+        let dw = if w.track_op() {
+            Some((&dy2 * xhat.reshape((rows, h))?)?.sum(0)?)
+        } else {
+            None
+        };
+        let db = if b.track_op() {
+            Some(dy2.sum(0)?)
+        } else {
+            None
+        };
         let g = dy.broadcast_mul(w)?;
         let dx = (g.broadcast_sub(&g.mean_keepdim(D::Minus1)?)?
             - xhat.broadcast_mul(&(&g * &xhat)?.mean_keepdim(D::Minus1)?)?)?
         .broadcast_mul(&inv)?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        Ok((Some(dx), dw, db))
     }
 }
 
@@ -304,7 +313,7 @@ impl candle_core::CustomOp2 for MatmulNt {
         _y: &candle_core::Tensor,
         dy: &candle_core::Tensor,
     ) -> candle_core::Result<(Option<candle_core::Tensor>, Option<candle_core::Tensor>)> {
-        Ok((Some(dy.matmul(w)?), Some(dy.t()?.matmul(x)?)))
+        Ok((linear_dx(x, w, dy)?, linear_dw(x, w, dy)?))
     }
 }
 
@@ -329,7 +338,7 @@ impl candle_core::CustomOp3 for MatmulNt {
         &self,
         x: &candle_core::Tensor,
         w: &candle_core::Tensor,
-        _b: &candle_core::Tensor,
+        b: &candle_core::Tensor,
         _y: &candle_core::Tensor,
         dy: &candle_core::Tensor,
     ) -> candle_core::Result<(
@@ -337,12 +346,40 @@ impl candle_core::CustomOp3 for MatmulNt {
         Option<candle_core::Tensor>,
         Option<candle_core::Tensor>,
     )> {
-        Ok((
-            Some(dy.matmul(w)?),
-            Some(dy.t()?.matmul(x)?),
-            Some(dy.sum(0)?),
-        ))
+        let db = if b.track_op() { Some(dy.sum(0)?) } else { None };
+        Ok((linear_dx(x, w, dy)?, linear_dw(x, w, dy)?, db))
     }
+}
+
+/// ∂/∂x of x·wᵀ: dy·w, through OpenBLAS on the CPU (as dy·(wᵀ)ᵀ), and only when x needs it.
+/// Frozen towers (prompt learning) need only this one product per layer.
+fn linear_dx(
+    x: &candle_core::Tensor,
+    w: &candle_core::Tensor,
+    dy: &candle_core::Tensor,
+) -> candle_core::Result<Option<candle_core::Tensor>> {
+    if !x.track_op() {
+        return Ok(None);
+    }
+    if cfg!(feature = "blas") && dy.device().is_cpu() && dy.dtype() == DType::F32 {
+        return Ok(Some(
+            dy.contiguous()?
+                .apply_op2(&w.t()?.contiguous()?, MatmulNt)?,
+        ));
+    }
+    Ok(Some(dy.matmul(w)?))
+}
+
+/// ∂/∂w of x·wᵀ: dyᵀ·x, only when w is trained.
+fn linear_dw(
+    x: &candle_core::Tensor,
+    w: &candle_core::Tensor,
+    dy: &candle_core::Tensor,
+) -> candle_core::Result<Option<candle_core::Tensor>> {
+    if !w.track_op() {
+        return Ok(None);
+    }
+    Ok(Some(dy.t()?.matmul(x)?))
 }
 
 /// Multi-head attention softmax(scale · q kᵀ + mask) v of (B, H, N, D) tensors. Without a mask
@@ -520,6 +557,18 @@ pub fn write_random_checkpoint(dir: &Path, config_json: &str) -> Result<()> {
     Ok(())
 }
 
+/// Keep activation buffers in the heap: by default glibc maps each large buffer afresh and
+/// returns it to the OS when freed, and the page faults of re-mapping cost a tenth of the
+/// forward pass on CPU.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before the models allocate.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
 /// A word-level `tokenizer.json` for a random CLIP: `<unk>` = 0, then `words` (lowercased, each
 /// once, in order), then CLIP's `<|startoftext|>` and `<|endoftext|>` (last, so legacy argmax
 /// pooling finds the EOS). Splits on whitespace and punctuation, lowercases. Returns the vocabulary
@@ -616,6 +665,35 @@ mod tests {
                 assert!(max_diff(gy.get(t).unwrap(), gr.get(t).unwrap()) < 1e-4);
             }
         }
+        // frozen weights (prompt learning): the same input gradient, none for the weights
+        let (fw, fb) = (w.as_tensor().detach(), b.as_tensor().detach());
+        let lin = Linear {
+            weight: fw.clone(),
+            bias: Some(fb.clone()),
+        };
+        let gy = lin
+            .forward(x.as_tensor())
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let r = x
+            .as_tensor()
+            .broadcast_matmul(&w.as_tensor().t().unwrap())
+            .unwrap()
+            .broadcast_add(b.as_tensor())
+            .unwrap();
+        let gr = r.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(
+            max_diff(
+                gy.get(x.as_tensor()).unwrap(),
+                gr.get(x.as_tensor()).unwrap()
+            ) < 1e-4
+        );
+        assert!(gy.get(&fw).is_none() && gy.get(&fb).is_none());
 
         // layer norm, against candle's composed reference
         let xs = Var::from_tensor(&Tensor::randn(0f32, 2.0, (2, 3, 6), &dev).unwrap()).unwrap();

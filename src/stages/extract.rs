@@ -308,20 +308,8 @@ fn model_meta(m: &ModelDir, key: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// Keep activation buffers in the heap: by default glibc maps each large buffer afresh and
-/// returns it to the OS when freed, and the page faults of re-mapping cost a tenth of the
-/// forward pass on CPU.
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; called before the models allocate.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-    }
-}
-
 pub fn run(a: &ExtractArgs) -> Result<()> {
-    keep_freed_memory();
+    crate::models::keep_freed_memory();
     if a.tau <= 0.0 || !a.tau.is_finite() {
         bail!("--tau must be positive");
     }

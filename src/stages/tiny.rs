@@ -111,7 +111,7 @@ fn write_images(root: &Path, names: &[&str], per_class: usize, seed: u64) -> Res
             let phase = r.random_range(0..period);
             let noise: Vec<f32> = (0..w * h).map(|_| r.random_range(-40.0..40.0)).collect();
             let img = image::RgbImage::from_fn(w, h, |x, y| {
-                let stripe = if ((x + y + phase) / period) % 2 == 0 {
+                let stripe = if ((x + y + phase) / period).is_multiple_of(2) {
                     1.0
                 } else {
                     0.55

@@ -154,6 +154,7 @@ pub fn fit(
             y.len()
         );
     }
+    crate::models::keep_freed_memory();
     let dev = clip.device().clone();
     let c = prompts.eos.len();
     let h = clip.config.text_config.hidden_size;
