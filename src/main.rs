@@ -34,6 +34,9 @@ struct RunArgs {
     strategy: Option<String>,
     #[arg(long)]
     seed: Option<u64>,
+    /// Selective querying on top of the strategy (the same as naming it `<strategy>+sq`).
+    #[arg(long)]
+    selective: bool,
 }
 
 impl RunArgs {
@@ -47,6 +50,11 @@ impl RunArgs {
             .strategy
             .clone()
             .unwrap_or_else(|| p.strategies[0].clone());
+        let s = if self.selective {
+            vlal::strategy::sq::selective(&s)
+        } else {
+            s
+        };
         let seed = self.seed.unwrap_or(p.seeds[0]);
         RunSpec::new(&p, &t, &s, seed)
     }
@@ -110,6 +118,9 @@ enum Cmd {
         strategy: Vec<String>,
         #[arg(long)]
         seed: Vec<u64>,
+        /// Run every strategy with selective querying on top (`<strategy>+sq`).
+        #[arg(long)]
+        selective: bool,
     },
     /// Summarise the results table: accuracy mean ± std over seeds per round.
     Report {
@@ -178,13 +189,26 @@ fn main_inner(cli: Cli) -> Result<()> {
             trainer,
             strategy,
             seed,
+            selective,
         } => {
-            let p = Pipeline::load(&pipeline)?;
+            let mut p = Pipeline::load(&pipeline)?;
+            let mut strategies = strategy;
+            if selective {
+                let sq = |v: &mut Vec<String>| {
+                    let mut seen = std::collections::HashSet::new();
+                    v.retain_mut(|s| {
+                        *s = vlal::strategy::sq::selective(s);
+                        seen.insert(s.clone())
+                    });
+                };
+                sq(&mut p.strategies);
+                sq(&mut strategies);
+            }
             stages::run::run(
                 &p,
                 &Filter {
                     trainers: trainer,
-                    strategies: strategy,
+                    strategies,
                     seeds: seed,
                 },
             )

@@ -1036,4 +1036,10 @@ fn selective_querying_gives_free_pseudo_labels_and_counts_them() {
         }
     }
     assert_eq!(checked, 2 * 4, "2 +sq runs × labels of rounds 0..=3");
+    // --selective names the same runs: cb → cb+sq, already complete
+    let err = ok(d, &["run", &p, "--selective", "--strategy", "cb"]);
+    assert!(
+        err.contains("nothing to do: all 1 runs of 'e2e' are complete"),
+        "{err}"
+    );
 }

@@ -14,6 +14,11 @@ pub fn split(name: &str) -> (&str, bool) {
     }
 }
 
+/// The selective-querying variant of a strategy name (`entropy` → `entropy+sq`; idempotent).
+pub fn selective(name: &str) -> String {
+    format!("{}+sq", split(name).0)
+}
+
 /// ε_c for every class (None for a class without labeled samples).
 pub fn thresholds(probs: &Mat, labeled: &[usize], labels: &[u32]) -> Vec<Option<f32>> {
     let c = probs.cols;
