@@ -55,7 +55,9 @@ pub fn run(a: &TinyArgs) -> Result<()> {
     Ok(())
 }
 
-fn write_clip(dir: &Path, names: &[&str]) -> Result<()> {
+/// A random-weight CLIP (32-d projection, 2 + 2 layers of width 32, 32 px images) whose
+/// tokenizer knows `names` and the words of the prompt templates.
+pub fn write_clip(dir: &Path, names: &[&str]) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let mut words: Vec<String> = names.iter().map(|s| s.to_string()).collect();
     for t in TEMPLATES {
@@ -84,7 +86,8 @@ fn write_clip(dir: &Path, names: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn write_dino(dir: &Path) -> Result<()> {
+/// A random-weight DINOv2 (width 32, 2 layers, 28 px crops of 32 px images).
+pub fn write_dino(dir: &Path) -> Result<()> {
     let cfg = r#"{"model_type": "dinov2", "hidden_size": 32, "num_hidden_layers": 2,
   "num_attention_heads": 4, "image_size": 28, "patch_size": 7, "layerscale_value": 1.0}"#;
     write_random_checkpoint(dir, cfg)?;
