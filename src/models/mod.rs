@@ -4,6 +4,7 @@
 pub mod clip;
 pub mod clip_tokenizer;
 pub mod dinov2;
+pub mod efficientnet_lite;
 pub mod encoder;
 pub mod hub;
 

