@@ -77,8 +77,16 @@ impl ConvBn {
 
     fn forward(&self, x: &Tensor, relu6: bool) -> candle_core::Result<Tensor> {
         let (cout, _, k, _) = self.w.dims4()?;
+        let fast = x.device().is_cpu() && x.dtype() == DType::F32;
+        if self.depthwise && fast {
+            return depthwise(x, &self.w, &self.b, self.stride, relu6);
+        }
+        #[cfg(feature = "blas")]
+        if k == 1 && self.stride == 1 && fast {
+            return pointwise_blas(x, &self.w, &self.b, relu6);
+        }
         let y = if self.depthwise {
-            depthwise(x, &self.w, self.stride)?
+            x.conv2d(&self.w, k / 2, self.stride, 1, x.dim(1)?)?
         } else if k == 1 && self.stride == 1 {
             // pointwise: (C_out, C_in) · (B, C_in, H·W)
             let (b, c, h, w) = x.dims4()?;
@@ -99,8 +107,46 @@ impl ConvBn {
     }
 }
 
-/// Depthwise k×k convolution (one filter per channel), zero padding k/2, on (B, C, H, W).
-fn depthwise(x: &Tensor, w: &Tensor, stride: usize) -> candle_core::Result<Tensor> {
+/// ReLU6 in place.
+fn relu6_slice(v: &mut [f32]) {
+    v.iter_mut().for_each(|x| *x = x.clamp(0.0, 6.0));
+}
+
+/// 1×1 convolution + bias (+ ReLU6) of (B, C_in, H, W) through OpenBLAS: per image,
+/// W (C_out × C_in) · X (C_in × H·W), the images spread over rayon.
+#[cfg(feature = "blas")]
+fn pointwise_blas(x: &Tensor, w: &Tensor, b: &Tensor, relu6: bool) -> candle_core::Result<Tensor> {
+    use rayon::prelude::*;
+    let (n, cin, h, wd) = x.dims4()?;
+    let cout = w.dim(0)?;
+    let hw = h * wd;
+    let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    let ws = w.flatten_all()?.to_vec1::<f32>()?;
+    let bs = b.to_vec1::<f32>()?;
+    let mut out = vec![0f32; n * cout * hw];
+    out.par_chunks_mut(cout * hw)
+        .zip(xs.par_chunks(cin * hw))
+        .for_each(|(o, xb)| {
+            for (row, &bv) in o.chunks_mut(hw).zip(&bs) {
+                row.iter_mut().for_each(|v| *v = bv);
+            }
+            crate::geometry::sgemm_1(&ws, xb, cout, hw, cin, false, 1.0, o);
+            if relu6 {
+                relu6_slice(o);
+            }
+        });
+    Tensor::from_vec(out, (n, cout, h, wd), x.device())
+}
+
+/// Depthwise k×k convolution (one filter per channel) + bias (+ ReLU6), zero padding k/2, on
+/// (B, C, H, W).
+fn depthwise(
+    x: &Tensor,
+    w: &Tensor,
+    bias: &Tensor,
+    stride: usize,
+    relu6: bool,
+) -> candle_core::Result<Tensor> {
     use rayon::prelude::*;
     let (b, c, h, wd) = x.dims4()?;
     let k = w.dim(3)?;
@@ -108,31 +154,43 @@ fn depthwise(x: &Tensor, w: &Tensor, stride: usize) -> candle_core::Result<Tenso
     let (oh, ow) = ((h + 2 * p - k) / stride + 1, (wd + 2 * p - k) / stride + 1);
     let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
     let ws = w.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    let bs = bias.to_vec1::<f32>()?;
     let mut out = vec![0f32; b * c * oh * ow];
-    out.par_chunks_mut(oh * ow).enumerate().for_each(|(bc, o)| {
-        let ch = bc % c;
-        let img = &xs[bc * h * wd..(bc + 1) * h * wd];
-        let f = &ws[ch * k * k..(ch + 1) * k * k];
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let mut s = 0f32;
+    let (ph, pw) = (h + 2 * p, wd + 2 * p);
+    out.par_chunks_mut(oh * ow).enumerate().for_each_init(
+        || vec![0f32; ph * pw],
+        |pad, (bc, o)| {
+            // the plane, zero-padded, so that every tap is a plain (vectorisable) row update
+            let img = &xs[bc * h * wd..(bc + 1) * h * wd];
+            for y in 0..h {
+                pad[(y + p) * pw + p..(y + p) * pw + p + wd]
+                    .copy_from_slice(&img[y * wd..(y + 1) * wd]);
+            }
+            let f = &ws[(bc % c) * k * k..(bc % c + 1) * k * k];
+            o.iter_mut().for_each(|v| *v = bs[bc % c]);
+            for oy in 0..oh {
+                let orow = &mut o[oy * ow..(oy + 1) * ow];
                 for ky in 0..k {
-                    let iy = (oy * stride + ky) as isize - p as isize;
-                    if iy < 0 || iy >= h as isize {
-                        continue;
-                    }
-                    let row = &img[iy as usize * wd..(iy as usize + 1) * wd];
+                    let prow = &pad[(oy * stride + ky) * pw..(oy * stride + ky + 1) * pw];
                     for kx in 0..k {
-                        let ix = (ox * stride + kx) as isize - p as isize;
-                        if ix >= 0 && ix < wd as isize {
-                            s += f[ky * k + kx] * row[ix as usize];
+                        let wv = f[ky * k + kx];
+                        if stride == 1 {
+                            for (ov, &xv) in orow.iter_mut().zip(&prow[kx..kx + ow]) {
+                                *ov += wv * xv;
+                            }
+                        } else {
+                            for (ox, ov) in orow.iter_mut().enumerate() {
+                                *ov += wv * prow[ox * stride + kx];
+                            }
                         }
                     }
                 }
-                o[oy * ow + ox] = s;
             }
-        }
-    });
+            if relu6 {
+                relu6_slice(o);
+            }
+        },
+    );
     Tensor::from_vec(out, (b, c, oh, ow), x.device())
 }
 
@@ -277,5 +335,54 @@ impl EfficientNetLite {
             .as_ref()
             .ok_or_else(|| anyhow!("this EfficientNet-Lite checkpoint has no classifier (_fc)"))?;
         Ok(features.matmul(&w.t()?)?.broadcast_add(b)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// The direct depthwise and BLAS pointwise paths against candle's conv2d (+ bias, ReLU6).
+    #[test]
+    fn fast_convolutions_match_candle_conv2d() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 2.0, (2, 6, 11, 9), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, 6, &dev).unwrap();
+        let reference = |y: Tensor, relu6: bool| {
+            let y = y.broadcast_add(&b.reshape((1, 6, 1, 1)).unwrap()).unwrap();
+            if relu6 {
+                y.clamp(0f32, 6f32).unwrap()
+            } else {
+                y
+            }
+        };
+        for (k, stride) in [(3, 1), (3, 2), (5, 1), (5, 2)] {
+            let w = Tensor::randn(0f32, 1.0, (6, 1, k, k), &dev).unwrap();
+            for relu6 in [false, true] {
+                let got = depthwise(&x, &w, &b, stride, relu6).unwrap();
+                let want = reference(x.conv2d(&w, k / 2, stride, 1, 6).unwrap(), relu6);
+                assert!(max_diff(&got, &want) < 1e-4, "k {k}, stride {stride}");
+            }
+        }
+        #[cfg(feature = "blas")]
+        {
+            let w = Tensor::randn(0f32, 1.0, (6, 6, 1, 1), &dev).unwrap();
+            let got = pointwise_blas(&x, &w, &b, true).unwrap();
+            let want = reference(x.conv2d(&w, 0, 1, 1, 1).unwrap(), true);
+            assert!(max_diff(&got, &want) < 1e-4);
+        }
     }
 }

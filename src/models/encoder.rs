@@ -32,6 +32,8 @@ pub enum Net {
         model: Box<Dinov2>,
         mean_patch: bool,
     },
+    /// An ImageNet CNN student: the pooled 1280-d features.
+    EfficientNetLite(Box<super::efficientnet_lite::EfficientNetLite>),
 }
 
 /// A loaded image encoder.
@@ -53,7 +55,7 @@ fn model_type(path: &Path) -> Result<String> {
         return Ok("clip".into());
     }
     bail!(
-        "{}: no model_type (expected clip or dinov2)",
+        "{}: no model_type (expected clip, dinov2 or efficientnet-lite)",
         path.display()
     )
 }
@@ -86,8 +88,23 @@ impl ImageEncoder {
                     dim,
                 )
             }
+            "efficientnet-lite" => {
+                let m = super::efficientnet_lite::EfficientNetLite::load(&model.dir, device)?;
+                let (size, dim) = (m.config.image_size as u32, m.feature_dim());
+                let default = Preprocess {
+                    resize: size,
+                    crop: size,
+                    mean: [0.5; 3],
+                    std: [0.5; 3],
+                };
+                (
+                    Net::EfficientNetLite(Box::new(m)),
+                    Preprocess::from_hf(&pp, default)?,
+                    dim,
+                )
+            }
             t => bail!(
-                "{}: model_type '{t}' is not supported (clip, dinov2)",
+                "{}: model_type '{t}' is not supported (clip, dinov2, efficientnet-lite)",
                 cfg.display()
             ),
         };
@@ -124,6 +141,7 @@ impl ImageEncoder {
                 mean_patch: true, ..
             } => "DINOv2 [CLS | mean patch]",
             Net::Dinov2 { .. } => "DINOv2 CLS",
+            Net::EfficientNetLite(_) => "EfficientNet-Lite pooled head features",
         };
         format!("{}; {pool}; L2-normalised", self.pre.describe())
     }
@@ -133,6 +151,7 @@ impl ImageEncoder {
         let z = match &self.net {
             Net::Clip(m) => m.image_features(pixels)?,
             Net::Dinov2 { model, mean_patch } => model.embed(pixels, *mean_patch)?,
+            Net::EfficientNetLite(m) => m.forward(pixels)?,
         };
         l2_normalize(&z)
     }
