@@ -8,6 +8,7 @@ pub mod config;
 pub mod conformal;
 pub mod dataset;
 pub mod geometry;
+pub mod idx;
 pub mod kmeans;
 pub mod mat;
 pub mod metrics;

@@ -70,6 +70,8 @@ enum Cmd {
     /// Write a tiny offline world: random-weight CLIP and DINOv2 checkpoints (HF layout) and
     /// generated class images, to try `extract` and the prompt trainer without downloads.
     Tiny(stages::tiny::TinyArgs),
+    /// Write an IDX image/label pair (MNIST, Fashion-MNIST) as an image folder for `extract`.
+    ImportIdx(stages::import_idx::ImportIdxArgs),
     /// Fit the student head on a round's labels; write predictions and the head.
     Train {
         #[command(flatten)]
@@ -151,6 +153,7 @@ fn main_inner(cli: Cli) -> Result<()> {
         Cmd::Extract(a) => stages::extract::run(&a),
         Cmd::Synth(a) => stages::synth::run(&a),
         Cmd::Tiny(a) => stages::tiny::run(&a),
+        Cmd::ImportIdx(a) => stages::import_idx::run(&a),
         Cmd::Train { run, round } => {
             let spec = run.spec()?;
             stages::train::run(&spec, &load(&spec)?, round)

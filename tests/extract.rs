@@ -600,3 +600,113 @@ mode = "both"
         "{err}"
     );
 }
+
+/// `vlal import-idx`: IDX images and labels become `split/<label>/` PNG folders (with seeded
+/// calib and excluded parts) that `extract` reads with the class file's names; mismatched label
+/// counts are refused.
+#[test]
+fn idx_files_import_as_an_image_folder_that_extract_reads() {
+    use vlal::idx::{to_bytes, Idx};
+    let f = Fixture::new();
+    let n = 30;
+    let images = Idx {
+        dims: vec![n, 8, 8],
+        data: (0..n * 64)
+            .map(|i| ((i / 64) % 3 * 80 + i % 7) as u8)
+            .collect(),
+    };
+    let labels = Idx {
+        dims: vec![n],
+        data: (0..n).map(|i| (i % 3) as u8).collect(),
+    };
+    std::fs::write(f.root.join("img-idx3-ubyte"), to_bytes(&images)).unwrap();
+    std::fs::write(f.root.join("lab-idx1-ubyte"), to_bytes(&labels)).unwrap();
+    let import = |split: &str, extra: &[&str]| {
+        let (i, l, o) = (
+            f.p("img-idx3-ubyte"),
+            f.p("lab-idx1-ubyte"),
+            f.p("idx-images"),
+        );
+        let mut args = vec![
+            "import-idx",
+            "--images",
+            &i,
+            "--labels",
+            &l,
+            "--out",
+            &o,
+            "--split",
+            split,
+        ];
+        args.extend_from_slice(extra);
+        vlal(&args, &[])
+    };
+    let excl = f.p("excluded");
+    ok(&import(
+        "train",
+        &["--calib", "6", "--exclude", "4", "--exclude-to", &excl],
+    ));
+    ok(&import("test", &[]));
+    let count = |d: &str| {
+        mtimes(&f.root.join(d))
+            .iter()
+            .filter(|(p, _)| p.extension().is_some_and(|e| e == "png"))
+            .count()
+    };
+    assert_eq!(count("idx-images/train"), 20);
+    assert_eq!(count("idx-images/calib"), 6);
+    assert_eq!(count("idx-images/test"), 30);
+    assert_eq!(count("excluded"), 4);
+    // folder 01 holds label 1's images; a second import leaves existing folders alone
+    let before = mtimes(&f.root.join("idx-images"));
+    let err = ok(&import("test", &[]));
+    assert!(err.contains("exists, left as it is"), "{err}");
+    assert_eq!(mtimes(&f.root.join("idx-images")), before);
+    // extract reads it, names from the class file in label order
+    std::fs::write(f.root.join("idx-classes.txt"), "zero\none\ntwo\n").unwrap();
+    let (images_dir, classes) = (f.p("idx-images"), f.p("idx-classes.txt"));
+    let (teacher, student, out) = (f.p("tiny-clip"), f.p("tiny-dino"), f.p("idx-cache"));
+    ok(&vlal(
+        &[
+            "extract",
+            "--images",
+            &images_dir,
+            "--classes",
+            &classes,
+            "--out",
+            &out,
+            "--teacher",
+            &teacher,
+            "--student",
+            &student,
+        ],
+        &[],
+    ));
+    let m = table::read(&f.root.join("idx-cache/manifest.parquet"), Table::Manifest).unwrap();
+    assert_eq!(m.rows, 56);
+    let (ids, labs) = (m.strings("sample_id").unwrap(), m.i32s("label").unwrap());
+    for (id, l) in ids.iter().zip(labs) {
+        let i: usize = id
+            .rsplit('-')
+            .next()
+            .unwrap()
+            .trim_end_matches(".png")
+            .parse()
+            .unwrap();
+        assert_eq!(l.unwrap() as usize, i % 3, "{id}");
+    }
+    let c = table::read(&f.root.join("idx-cache/classes.parquet"), Table::Classes).unwrap();
+    assert_eq!(c.strings("name").unwrap(), ["zero", "one", "two"]);
+    // labels that do not match the images: one line naming the file
+    let short = Idx {
+        dims: vec![n - 1],
+        data: vec![0; n - 1],
+    };
+    std::fs::write(f.root.join("lab-idx1-ubyte"), to_bytes(&short)).unwrap();
+    let o = import("train", &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("lab-idx1-ubyte"),
+        "{err}"
+    );
+}
