@@ -420,6 +420,22 @@ fn read_parquet_columns(path: &Path) -> Result<HashMap<String, Vec<Option<String
 mod tests {
     use super::*;
 
+    /// The committed name lists parse as class files, in the index order of their datasets.
+    #[test]
+    fn shipped_class_lists_parse() {
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+        let inet = read_class_file(&data.join("imagenet.classes.txt")).unwrap();
+        assert_eq!(inet.len(), 1000);
+        assert_eq!(inet[0].name, "tench");
+        assert_eq!(inet[281].name, "tabby");
+        assert_eq!(inet[770].name, "running shoe");
+        let fm = read_class_file(&data.join("fashion-mnist.classes.txt")).unwrap();
+        let names: Vec<&str> = fm.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names[0], "T-shirt/top");
+        assert_eq!(names[9], "Ankle boot");
+        assert_eq!(names.len(), 10);
+    }
+
     fn touch(p: &Path) {
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, b"x").unwrap();
