@@ -75,7 +75,12 @@ impl Fixture {
         self.root.join(rel).display().to_string()
     }
     fn extract(&self, out: &str, extra: &[&str]) -> Output {
-        let (images, classes) = (self.p("images"), self.p("classes.txt"));
+        self.extract_from("images", "classes.txt", out, extra)
+    }
+    /// `vlal extract` of the image folder `images` with the class file `classes` (paths under
+    /// the fixture) into `out`, through the tiny CLIP and DINOv2.
+    fn extract_from(&self, images: &str, classes: &str, out: &str, extra: &[&str]) -> Output {
+        let (images, classes) = (self.p(images), self.p(classes));
         let (teacher, student, out) = (self.p("tiny-clip"), self.p("tiny-dino"), self.p(out));
         let mut args = vec![
             "extract",
@@ -664,24 +669,7 @@ fn idx_files_import_as_an_image_folder_that_extract_reads() {
     assert_eq!(mtimes(&f.root.join("idx-images")), before);
     // extract reads it, names from the class file in label order
     std::fs::write(f.root.join("idx-classes.txt"), "zero\none\ntwo\n").unwrap();
-    let (images_dir, classes) = (f.p("idx-images"), f.p("idx-classes.txt"));
-    let (teacher, student, out) = (f.p("tiny-clip"), f.p("tiny-dino"), f.p("idx-cache"));
-    ok(&vlal(
-        &[
-            "extract",
-            "--images",
-            &images_dir,
-            "--classes",
-            &classes,
-            "--out",
-            &out,
-            "--teacher",
-            &teacher,
-            "--student",
-            &student,
-        ],
-        &[],
-    ));
+    ok(&f.extract_from("idx-images", "idx-classes.txt", "idx-cache", &[]));
     let m = table::read(&f.root.join("idx-cache/manifest.parquet"), Table::Manifest).unwrap();
     assert_eq!(m.rows, 56);
     let (ids, labs) = (m.strings("sample_id").unwrap(), m.i32s("label").unwrap());

@@ -341,19 +341,7 @@ impl EfficientNetLite {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
+    use crate::models::tests::max_diff;
 
     /// The direct depthwise and BLAS pointwise paths against candle's conv2d (+ bias, ReLU6).
     #[test]
