@@ -116,18 +116,23 @@ impl PromptLearner {
 
     /// Logits (N, C) of normalised image features z (N, D): cos/τ, averaged over the contexts.
     pub fn logits(&self, clip: &Clip, prompts: &Prompts, z: &Tensor) -> Result<Tensor> {
-        let mut sum: Option<Tensor> = None;
+        let t = self.text_features(clip, prompts)?;
+        Ok((z.matmul(&t.t()?)? / self.tau)?)
+    }
+
+    /// The mean over the contexts of the class prompts' normalised text features (C, D): the
+    /// classifier whose cosines, averaged, are eq. 14's.
+    pub fn text_features(&self, clip: &Clip, prompts: &Prompts) -> Result<Tensor> {
         let vars = self.vars();
+        let mut sum: Option<Tensor> = None;
         for v in &vars {
             let t = prompts.features(clip, v.as_tensor())?;
-            let s = z.matmul(&t.t()?)?;
             sum = Some(match sum {
-                Some(a) => (a + s)?,
-                None => s,
+                Some(a) => (a + t)?,
+                None => t,
             });
         }
-        let s = sum.expect("at least one context");
-        Ok((s / (vars.len() as f64 * self.tau))?)
+        Ok((sum.expect("at least one context") / vars.len() as f64)?)
     }
 }
 
@@ -203,16 +208,7 @@ impl PromptHead {
         clip: &Clip,
         prompts: &Prompts,
     ) -> Result<PromptHead> {
-        let vars = learner.vars();
-        let mut sum: Option<Tensor> = None;
-        for v in &vars {
-            let t = prompts.features(clip, v.as_tensor())?.detach();
-            sum = Some(match sum {
-                Some(a) => (a + t)?,
-                None => t,
-            });
-        }
-        let text = (sum.expect("at least one context") / vars.len() as f64)?;
+        let text = learner.text_features(clip, prompts)?.detach();
         let mut contexts = Vec::new();
         if let Some(u) = &learner.unified {
             contexts.push(("prompt.ctx_unified", u.as_tensor().detach()));
