@@ -37,9 +37,9 @@ pub struct Cache {
     /// Teacher logits of the calib rows (loaded with the train logits).
     pub calib_logits: Option<Mat>,
     pub test: Part,
-    /// The model whose embeddings `Part::features` are: the student's, or the teacher's for a
-    /// trainer on the teacher's features (`Need::teacher_features`).
-    pub student_model: String,
+    /// The model whose embeddings `Part::features` are (the results' `student_model`): the
+    /// student's, or the teacher's for a trainer on the teacher's features
+    /// (`Need::teacher_features`).
     pub feature_model: crate::train::FeatureModel,
     pub teacher_model: String,
     /// Teacher logits cos/τ for the train rows, and τ (present when loaded with the teacher).
@@ -354,7 +354,6 @@ impl Cache {
             calib,
             calib_logits,
             test,
-            student_model: feature_model.key.clone(),
             feature_model,
             teacher_model,
             teacher_logits,

@@ -216,7 +216,7 @@ fn provenance_columns(
     let one = |v: &str| table::utf8(&[v]);
     vec![
         ("config_hash", one(&spec.config_hash())),
-        ("student_model", one(&cache.student_model)),
+        ("student_model", one(&cache.feature_model.key)),
         ("teacher_model", one(&cache.teacher_model)),
         ("tool_version", one(TOOL_VERSION)),
     ]
