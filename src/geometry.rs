@@ -92,9 +92,6 @@ pub fn sgemm_nt(
     out: &mut [f32],
 ) {
     use rayon::prelude::*;
-    static SINGLE: std::sync::Once = std::sync::Once::new();
-    // SAFETY: a plain setter of OpenBLAS's thread count, called once before any sgemm.
-    SINGLE.call_once(|| unsafe { openblas_set_num_threads(1) });
     assert!(a.len() >= m * k && b.len() >= n * k && out.len() >= m * n);
     if m == 0 || n == 0 || k == 0 {
         out.iter_mut().for_each(|v| *v = 0.0);
@@ -126,6 +123,11 @@ pub fn sgemm_1(
     beta: f32,
     out: &mut [f32],
 ) {
+    static SINGLE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: a plain setter of OpenBLAS's thread count, called once before any sgemm.
+    // OpenBLAS's own threads busy-wait between calls and starve rayon's.
+    SINGLE.call_once(|| unsafe { openblas_set_num_threads(1) });
+    assert!(a.len() >= m * k && b.len() >= n * k && out.len() >= m * n);
     let i = |v: usize| i32::try_from(v).expect("matrix side fits in i32");
     // SAFETY: the slices hold at least m·k, n·k and m·n floats (asserted above), matching the
     // dimensions and leading dimensions given for row-major A, transposed B and C.

@@ -39,8 +39,12 @@ impl Default for Config {
 struct ConvBn {
     w: Tensor,
     b: Tensor,
+    k: usize,
     stride: usize,
     depthwise: bool,
+    /// The CPU path's copies: depthwise weights as (k·k, C), others as (C_out, C_in·k·k).
+    raw_w: Vec<f32>,
+    raw_b: Vec<f32>,
 }
 
 impl ConvBn {
@@ -67,24 +71,27 @@ impl ConvBn {
         let scale = (gamma / (var + eps)?.sqrt()?)?;
         let b = (beta - (mean * &scale)?)?;
         let w = w.broadcast_mul(&scale.reshape((cout, 1, 1, 1))?)?;
+        let depthwise = cin_g == 1 && conv.ends_with("_depthwise_conv");
+        let raw_w = if depthwise {
+            w.reshape((cout, kh * kw))?.t()?.contiguous()?
+        } else {
+            w.reshape((cout, cin_g * kh * kw))?
+        }
+        .flatten_all()?
+        .to_vec1::<f32>()?;
         Ok(ConvBn {
+            raw_b: b.to_vec1::<f32>()?,
             w,
             b,
+            k: kh,
             stride,
-            depthwise: cin_g == 1 && conv.ends_with("_depthwise_conv"),
+            depthwise,
+            raw_w,
         })
     }
 
     fn forward(&self, x: &Tensor, relu6: bool) -> candle_core::Result<Tensor> {
         let (cout, _, k, _) = self.w.dims4()?;
-        let fast = x.device().is_cpu() && x.dtype() == DType::F32;
-        if self.depthwise && fast {
-            return depthwise(x, &self.w, &self.b, self.stride, relu6);
-        }
-        #[cfg(feature = "blas")]
-        if k == 1 && self.stride == 1 && fast {
-            return pointwise_blas(x, &self.w, &self.b, relu6);
-        }
         let y = if self.depthwise {
             x.conv2d(&self.w, k / 2, self.stride, 1, x.dim(1)?)?
         } else if k == 1 && self.stride == 1 {
@@ -112,89 +119,136 @@ fn relu6_slice(v: &mut [f32]) {
     v.iter_mut().for_each(|x| *x = x.clamp(0.0, 6.0));
 }
 
-/// 1×1 convolution + bias (+ ReLU6) of (B, C_in, H, W) through OpenBLAS: per image,
-/// W (C_out × C_in) · X (C_in × H·W), the images spread over rayon.
+/// The CPU path, one image per rayon task, single-threaded within: feature maps are channels
+/// last ((H·W, C) row-major), so a 1×1 convolution is one sgemm over the image's pixels and a
+/// depthwise tap is a multiply-add over contiguous channels (vectorised; with AVX2 where the
+/// CPU has it). An image's largest map (112² × 96 floats for Lite0) stays in cache.
 #[cfg(feature = "blas")]
-fn pointwise_blas(x: &Tensor, w: &Tensor, b: &Tensor, relu6: bool) -> candle_core::Result<Tensor> {
-    use rayon::prelude::*;
-    let (n, cin, h, wd) = x.dims4()?;
-    let cout = w.dim(0)?;
-    let hw = h * wd;
-    let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-    let ws = w.flatten_all()?.to_vec1::<f32>()?;
-    let bs = b.to_vec1::<f32>()?;
-    let mut out = vec![0f32; n * cout * hw];
-    out.par_chunks_mut(cout * hw)
-        .zip(xs.par_chunks(cin * hw))
-        .for_each(|(o, xb)| {
-            for (row, &bv) in o.chunks_mut(hw).zip(&bs) {
-                row.iter_mut().for_each(|v| *v = bv);
-            }
-            crate::geometry::sgemm_1(&ws, xb, cout, hw, cin, false, 1.0, o);
-            if relu6 {
-                relu6_slice(o);
-            }
-        });
-    Tensor::from_vec(out, (n, cout, h, wd), x.device())
-}
+mod cpu {
+    use super::{relu6_slice, ConvBn};
+    use crate::geometry::sgemm_1;
 
-/// Depthwise k×k convolution (one filter per channel) + bias (+ ReLU6), zero padding k/2, on
-/// (B, C, H, W).
-fn depthwise(
-    x: &Tensor,
-    w: &Tensor,
-    bias: &Tensor,
-    stride: usize,
-    relu6: bool,
-) -> candle_core::Result<Tensor> {
-    use rayon::prelude::*;
-    let (b, c, h, wd) = x.dims4()?;
-    let k = w.dim(3)?;
-    let p = k / 2;
-    let (oh, ow) = ((h + 2 * p - k) / stride + 1, (wd + 2 * p - k) / stride + 1);
-    let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-    let ws = w.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-    let bs = bias.to_vec1::<f32>()?;
-    let mut out = vec![0f32; b * c * oh * ow];
-    let (ph, pw) = (h + 2 * p, wd + 2 * p);
-    out.par_chunks_mut(oh * ow).enumerate().for_each_init(
-        || vec![0f32; ph * pw],
-        |pad, (bc, o)| {
-            // the plane, zero-padded, so that every tap is a plain (vectorisable) row update
-            let img = &xs[bc * h * wd..(bc + 1) * h * wd];
-            for y in 0..h {
-                pad[(y + p) * pw + p..(y + p) * pw + p + wd]
-                    .copy_from_slice(&img[y * wd..(y + 1) * wd]);
-            }
-            let f = &ws[(bc % c) * k * k..(bc % c + 1) * k * k];
-            o.iter_mut().for_each(|v| *v = bs[bc % c]);
-            for oy in 0..oh {
-                let orow = &mut o[oy * ow..(oy + 1) * ow];
+    /// A channels-last feature map of one image.
+    pub struct Map {
+        pub h: usize,
+        pub w: usize,
+        pub c: usize,
+        pub data: Vec<f32>,
+    }
+
+    /// out = bias + x·Wᵀ (1×1 convolution), (+ ReLU6).
+    pub fn pointwise(conv: &ConvBn, x: &Map, relu6: bool) -> Map {
+        let cout = conv.raw_b.len();
+        let hw = x.h * x.w;
+        let mut data = Vec::with_capacity(hw * cout);
+        for _ in 0..hw {
+            data.extend_from_slice(&conv.raw_b);
+        }
+        sgemm_1(&x.data, &conv.raw_w, hw, cout, x.c, true, 1.0, &mut data);
+        if relu6 {
+            relu6_slice(&mut data);
+        }
+        Map {
+            h: x.h,
+            w: x.w,
+            c: cout,
+            data,
+        }
+    }
+
+    /// The stem: a dense k×k, stride-s convolution of a (3, S, S) image (channels first, as
+    /// preprocessed) by im2col + sgemm, + bias + ReLU6.
+    pub fn stem(conv: &ConvBn, px: &[f32], cin: usize, size: usize) -> Map {
+        let (k, s) = (conv.k, conv.stride);
+        let p = k / 2;
+        let o = (size + 2 * p - k) / s + 1;
+        let cols = cin * k * k;
+        let mut im = vec![0f32; o * o * cols];
+        for (pix, row) in im.chunks_mut(cols).enumerate() {
+            let (oy, ox) = (pix / o, pix % o);
+            for ci in 0..cin {
                 for ky in 0..k {
-                    let prow = &pad[(oy * stride + ky) * pw..(oy * stride + ky + 1) * pw];
+                    let iy = (oy * s + ky) as isize - p as isize;
+                    if iy < 0 || iy >= size as isize {
+                        continue;
+                    }
                     for kx in 0..k {
-                        let wv = f[ky * k + kx];
-                        if stride == 1 {
-                            for (ov, &xv) in orow.iter_mut().zip(&prow[kx..kx + ow]) {
-                                *ov += wv * xv;
-                            }
-                        } else {
-                            for (ox, ov) in orow.iter_mut().enumerate() {
-                                *ov += wv * prow[ox * stride + kx];
-                            }
+                        let ix = (ox * s + kx) as isize - p as isize;
+                        if ix >= 0 && ix < size as isize {
+                            row[(ci * k + ky) * k + kx] =
+                                px[(ci * size + iy as usize) * size + ix as usize];
                         }
                     }
                 }
             }
-            if relu6 {
-                relu6_slice(o);
+        }
+        pointwise(
+            conv,
+            &Map {
+                h: o,
+                w: o,
+                c: cols,
+                data: im,
+            },
+            true,
+        )
+    }
+
+    /// Depthwise k×k convolution, zero padding k/2, + bias (+ ReLU6); weights (k·k, C).
+    pub fn depthwise(conv: &ConvBn, x: &Map, relu6: bool) -> Map {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { depthwise_avx2(conv, x, relu6) };
+        }
+        depthwise_generic(conv, x, relu6)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn depthwise_avx2(conv: &ConvBn, x: &Map, relu6: bool) -> Map {
+        depthwise_generic(conv, x, relu6)
+    }
+
+    #[inline(always)]
+    fn depthwise_generic(conv: &ConvBn, x: &Map, relu6: bool) -> Map {
+        let (k, s, c) = (conv.k, conv.stride, x.c);
+        let p = k / 2;
+        let (oh, ow) = ((x.h + 2 * p - k) / s + 1, (x.w + 2 * p - k) / s + 1);
+        let mut data = vec![0f32; oh * ow * c];
+        for (pix, out) in data.chunks_mut(c).enumerate() {
+            let (oy, ox) = (pix / ow, pix % ow);
+            out.copy_from_slice(&conv.raw_b);
+            for ky in 0..k {
+                let iy = (oy * s + ky) as isize - p as isize;
+                if iy < 0 || iy >= x.h as isize {
+                    continue;
+                }
+                for kx in 0..k {
+                    let ix = (ox * s + kx) as isize - p as isize;
+                    if ix < 0 || ix >= x.w as isize {
+                        continue;
+                    }
+                    let at = (iy as usize * x.w + ix as usize) * c;
+                    let w = &conv.raw_w[(ky * k + kx) * c..(ky * k + kx + 1) * c];
+                    for ((o, &xv), &wv) in out.iter_mut().zip(&x.data[at..at + c]).zip(w) {
+                        *o += wv * xv;
+                    }
+                }
             }
-        },
-    );
-    Tensor::from_vec(out, (b, c, oh, ow), x.device())
+        }
+        if relu6 {
+            relu6_slice(&mut data);
+        }
+        Map {
+            h: oh,
+            w: ow,
+            c,
+            data,
+        }
+    }
 }
 
-/// One inverted-residual block (MBConv without squeeze-excite).
 struct Block {
     expand: Option<ConvBn>,
     depthwise: ConvBn,
@@ -315,6 +369,15 @@ impl EfficientNetLite {
     /// Pooled features (B, 1280) of normalised pixels (B, 3, S, S): the head's ReLU6 output
     /// averaged over space.
     pub fn forward(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
+        #[cfg(feature = "blas")]
+        if pixels.device().is_cpu() && pixels.dtype() == DType::F32 {
+            return self.forward_cpu(pixels);
+        }
+        self.forward_candle(pixels)
+    }
+
+    /// [`Self::forward`] in candle ops: any device, and the CPU without BLAS.
+    fn forward_candle(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
         let mut x = self.stem.forward(pixels, true)?;
         for b in &self.blocks {
             let mut h = match &b.expand {
@@ -326,6 +389,50 @@ impl EfficientNetLite {
             x = if b.residual { (h + &x)? } else { h };
         }
         self.head.forward(&x, true)?.mean((2, 3))
+    }
+
+    /// [`Self::forward`] on the CPU path (module `cpu`), one image per rayon task.
+    #[cfg(feature = "blas")]
+    fn forward_cpu(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
+        use rayon::prelude::*;
+        let (n, cin, size, size2) = pixels.dims4()?;
+        if size != size2 || cin != self.stem.w.dim(1)? {
+            candle_core::bail!(
+                "EfficientNet-Lite: expected square {}-channel images, got {:?}",
+                self.stem.w.dim(1)?,
+                pixels.dims()
+            );
+        }
+        let px = pixels.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let dim = self.feature_dim();
+        let mut out = vec![0f32; n * dim];
+        out.par_chunks_mut(dim)
+            .zip(px.par_chunks(cin * size * size))
+            .for_each(|(o, img)| {
+                let mut x = cpu::stem(&self.stem, img, cin, size);
+                for b in &self.blocks {
+                    let h = match &b.expand {
+                        Some(e) => cpu::pointwise(e, &x, true),
+                        None => cpu::Map {
+                            data: x.data.clone(),
+                            ..x
+                        },
+                    };
+                    let h = cpu::depthwise(&b.depthwise, &h, true);
+                    let mut h = cpu::pointwise(&b.project, &h, false);
+                    if b.residual {
+                        h.data.iter_mut().zip(&x.data).for_each(|(a, v)| *a += v);
+                    }
+                    x = h;
+                }
+                let f = cpu::pointwise(&self.head, &x, true);
+                for row in f.data.chunks(dim) {
+                    o.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+                }
+                let hw = (f.h * f.w) as f32;
+                o.iter_mut().for_each(|a| *a /= hw);
+            });
+        Tensor::from_vec(out, (n, dim), pixels.device())
     }
 
     /// ImageNet logits (B, 1000) of pooled features, when the checkpoint has the classifier.
@@ -343,34 +450,74 @@ mod tests {
     use super::*;
     use crate::models::tests::max_diff;
 
-    /// The direct depthwise and BLAS pointwise paths against candle's conv2d (+ bias, ReLU6).
-    #[test]
-    fn fast_convolutions_match_candle_conv2d() {
-        let dev = Device::Cpu;
-        let x = Tensor::randn(0f32, 2.0, (2, 6, 11, 9), &dev).unwrap();
-        let b = Tensor::randn(0f32, 1.0, 6, &dev).unwrap();
-        let reference = |y: Tensor, relu6: bool| {
-            let y = y.broadcast_add(&b.reshape((1, 6, 1, 1)).unwrap()).unwrap();
-            if relu6 {
-                y.clamp(0f32, 6f32).unwrap()
-            } else {
-                y
-            }
+    /// A random tiny EfficientNet-Lite: stem 3→8, a block without expansion, a stride-2 5×5
+    /// block, a residual block, head 6→16, classifier 16→5.
+    fn tiny(dev: &Device) -> HashMap<String, Tensor> {
+        let mut t = HashMap::new();
+        let mut conv = |name: &str, bn: &str, shape: (usize, usize, usize, usize)| {
+            t.insert(
+                format!("{name}.weight"),
+                (Tensor::randn(0f32, 1.0, shape, dev).unwrap() * 0.4).unwrap(),
+            );
+            let c = shape.0;
+            t.insert(
+                format!("{bn}.weight"),
+                Tensor::rand(0.5f32, 1.5, c, dev).unwrap(),
+            );
+            t.insert(
+                format!("{bn}.bias"),
+                Tensor::randn(0f32, 0.3, c, dev).unwrap(),
+            );
+            t.insert(
+                format!("{bn}.running_mean"),
+                Tensor::randn(0f32, 0.3, c, dev).unwrap(),
+            );
+            t.insert(
+                format!("{bn}.running_var"),
+                Tensor::rand(0.5f32, 2.0, c, dev).unwrap(),
+            );
         };
-        for (k, stride) in [(3, 1), (3, 2), (5, 1), (5, 2)] {
-            let w = Tensor::randn(0f32, 1.0, (6, 1, k, k), &dev).unwrap();
-            for relu6 in [false, true] {
-                let got = depthwise(&x, &w, &b, stride, relu6).unwrap();
-                let want = reference(x.conv2d(&w, k / 2, stride, 1, 6).unwrap(), relu6);
-                assert!(max_diff(&got, &want) < 1e-4, "k {k}, stride {stride}");
+        conv("_conv_stem", "_bn0", (8, 3, 3, 3));
+        conv("_blocks.0._depthwise_conv", "_blocks.0._bn1", (8, 1, 3, 3));
+        conv("_blocks.0._project_conv", "_blocks.0._bn2", (4, 8, 1, 1));
+        conv("_blocks.1._expand_conv", "_blocks.1._bn0", (12, 4, 1, 1));
+        conv("_blocks.1._depthwise_conv", "_blocks.1._bn1", (12, 1, 5, 5));
+        conv("_blocks.1._project_conv", "_blocks.1._bn2", (6, 12, 1, 1));
+        conv("_blocks.2._expand_conv", "_blocks.2._bn0", (12, 6, 1, 1));
+        conv("_blocks.2._depthwise_conv", "_blocks.2._bn1", (12, 1, 3, 3));
+        conv("_blocks.2._project_conv", "_blocks.2._bn2", (6, 12, 1, 1));
+        conv("_conv_head", "_bn1", (16, 6, 1, 1));
+        t.insert(
+            "_fc.weight".into(),
+            Tensor::randn(0f32, 1.0, (5, 16), dev).unwrap(),
+        );
+        t.insert("_fc.bias".into(), Tensor::randn(0f32, 1.0, 5, dev).unwrap());
+        t
+    }
+
+    /// The CPU path (channels last, im2col stem, direct depthwise, sgemm) against candle's
+    /// convolutions, on odd and even image sizes.
+    #[test]
+    fn cpu_path_matches_candle_convolutions() {
+        let dev = Device::Cpu;
+        let m = EfficientNetLite::from_tensors(&tiny(&dev), Config::default()).unwrap();
+        assert_eq!(m.blocks.len(), 3);
+        assert!(m.blocks[2].residual && !m.blocks[1].residual);
+        assert_eq!(m.blocks[1].depthwise.stride, 2);
+        for size in [17, 16] {
+            let x = Tensor::randn(0f32, 1.0, (2, 3, size, size), &dev).unwrap();
+            let want = m.forward_candle(&x).unwrap();
+            assert_eq!(want.dims(), &[2, 16]);
+            #[cfg(feature = "blas")]
+            {
+                let got = m.forward_cpu(&x).unwrap();
+                assert!(
+                    max_diff(&got, &want) < 1e-4,
+                    "size {size}: {}",
+                    max_diff(&got, &want)
+                );
             }
-        }
-        #[cfg(feature = "blas")]
-        {
-            let w = Tensor::randn(0f32, 1.0, (6, 6, 1, 1), &dev).unwrap();
-            let got = pointwise_blas(&x, &w, &b, true).unwrap();
-            let want = reference(x.conv2d(&w, 0, 1, 1, 1).unwrap(), true);
-            assert!(max_diff(&got, &want) < 1e-4);
+            assert_eq!(m.classify(&want).unwrap().dims(), &[2, 5]);
         }
     }
 }
