@@ -78,7 +78,8 @@ impl Fixture {
         self.extract_from("images", "classes.txt", out, extra)
     }
     /// `vlal extract` of the image folder `images` with the class file `classes` (paths under
-    /// the fixture) into `out`, through the tiny CLIP and DINOv2.
+    /// the fixture) into `out`, through the tiny CLIP (unless `extra` names a `--teacher`) and
+    /// DINOv2.
     fn extract_from(&self, images: &str, classes: &str, out: &str, extra: &[&str]) -> Output {
         let (images, classes) = (self.p(images), self.p(classes));
         let (teacher, student, out) = (self.p("tiny-clip"), self.p("tiny-dino"), self.p(out));
@@ -90,13 +91,14 @@ impl Fixture {
             &classes,
             "--out",
             &out,
-            "--teacher",
-            &teacher,
             "--student",
             &student,
             "--batch-size",
             "8",
         ];
+        if !extra.contains(&"--teacher") {
+            args.extend(["--teacher", &teacher]);
+        }
         args.extend_from_slice(extra);
         vlal(&args, &[])
     }
@@ -695,6 +697,150 @@ fn idx_files_import_as_an_image_folder_that_extract_reads() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         !o.status.success() && err.contains("lab-idx1-ubyte"),
+        "{err}"
+    );
+}
+
+/// A pretrained classifier as the teacher: a label map (names and #indices) turns its logits
+/// into task logits by log-sum-exp, its prototypes are the mean mapped classifier rows, and its
+/// embeddings are the classifier's raw input; a classifier trained on the task's classes needs
+/// no map; mistakes are one-line errors that leave no cache behind.
+#[test]
+fn a_classifier_teacher_with_a_label_map() {
+    let f = Fixture::new();
+    let labels = ["tabby", "beagle", "robin", "tiger cat", "car"];
+    vlal::stages::tiny::write_lite_classifier(&f.root.join("lite-cls"), &labels).unwrap();
+    vlal::stages::tiny::write_lite_classifier(&f.root.join("lite-task"), &["Bird", "cat", "dog"])
+        .unwrap();
+    std::fs::write(
+        f.root.join("map.txt"),
+        "# task: classifier classes\ncat: tabby | Tiger Cat\ndog: beagle\nbird: robin | #4\n",
+    )
+    .unwrap();
+    let (map, cls) = (f.p("map.txt"), f.p("lite-cls"));
+    let err = f.extract("c1", &["--teacher", &cls, "--label-map", &map]);
+    let log = ok(&err);
+    assert!(
+        log.contains("label map: cat: tabby (#0) | tiger cat (#3)"),
+        "{log}"
+    );
+    assert!(log.contains("teacher zero-shot accuracy"), "{log}");
+    let out = f.root.join("c1");
+    let key = "lite-cls@local";
+    let weights = candle_core::safetensors::load(
+        f.root.join("lite-cls/model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let w = weights["_fc.weight"].to_vec2::<f32>().unwrap();
+    let b = weights["_fc.bias"].to_vec1::<f32>().unwrap();
+    let targets = [vec![0, 3], vec![1], vec![2, 4]];
+    let p = table::read(&out.join(key).join("prototypes.parquet"), Table::Prototypes).unwrap();
+    assert_eq!(p.strings("template_set").unwrap()[0], "label-map");
+    let protos = p.mat("vector").unwrap();
+    for (c, t) in targets.iter().enumerate() {
+        for d in 0..16 {
+            let want = t.iter().map(|&i| w[i][d]).sum::<f32>() / t.len() as f32;
+            assert!((protos.row(c)[d] - want).abs() < 1e-6);
+        }
+    }
+    let mut rows = 0;
+    for sp in ["train", "calib", "test"] {
+        let emb = table::read(
+            &out.join(key).join(format!("{sp}.parquet")),
+            Table::Embeddings,
+        )
+        .unwrap();
+        assert!(emb.meta("preprocessing").unwrap().ends_with("; raw"));
+        let l = table::read(
+            &out.join(key).join(format!("{sp}.logits.parquet")),
+            Table::TeacherLogits,
+        )
+        .unwrap();
+        assert_eq!(l.meta("tau").unwrap(), "1");
+        let (z, logits) = (emb.mat("vector").unwrap(), l.mat("logits").unwrap());
+        assert_eq!(logits.cols, 3);
+        let mut norms = Vec::new();
+        for r in 0..z.rows {
+            let full: Vec<f32> = (0..5)
+                .map(|k| b[k] + z.row(r).iter().zip(&w[k]).map(|(x, y)| x * y).sum::<f32>())
+                .collect();
+            for (c, t) in targets.iter().enumerate() {
+                let lse = t.iter().map(|&i| full[i].exp()).sum::<f32>().ln();
+                assert!(
+                    (logits.row(r)[c] - lse).abs() < 1e-4,
+                    "{sp} row {r} class {c}"
+                );
+            }
+            norms.push(z.row(r).iter().map(|v| v * v).sum::<f32>().sqrt());
+        }
+        // raw features, not unit vectors
+        assert!(norms.iter().any(|n| (n - 1.0).abs() > 1e-2), "{norms:?}");
+        rows += z.rows;
+    }
+    assert_eq!(rows, 42);
+
+    // a classifier of the task's classes (any order, any case) needs no map
+    let task = f.p("lite-task");
+    ok(&f.extract("c2", &["--teacher", &task]));
+    let l = table::read(
+        &f.root.join("c2/lite-task@local/test.logits.parquet"),
+        Table::TeacherLogits,
+    )
+    .unwrap();
+    let emb = table::read(
+        &f.root.join("c2/lite-task@local/test.parquet"),
+        Table::Embeddings,
+    )
+    .unwrap();
+    let weights = candle_core::safetensors::load(
+        f.root.join("lite-task/model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let w = weights["_fc.weight"].to_vec2::<f32>().unwrap();
+    let b = weights["_fc.bias"].to_vec1::<f32>().unwrap();
+    let (z, logits) = (emb.mat("vector").unwrap(), l.mat("logits").unwrap());
+    // classes.txt orders cat, dog, bird; the classifier bird, cat, dog
+    for r in 0..z.rows {
+        for (c, k) in [1, 2, 0].into_iter().enumerate() {
+            let want = b[k] + z.row(r).iter().zip(&w[k]).map(|(x, y)| x * y).sum::<f32>();
+            assert!((logits.row(r)[c] - want).abs() < 1e-4);
+        }
+    }
+
+    // mistakes
+    for (out, extra, want) in [
+        (
+            "e1",
+            vec!["--teacher", cls.as_str()],
+            "'cat' is not one of the classifier's 5 classes",
+        ),
+        (
+            "e2",
+            vec!["--teacher", &f.p("tiny-clip"), "--label-map", &map],
+            "--label-map is for a classifier teacher",
+        ),
+    ] {
+        let o = f.extract(out, &extra);
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(want), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(!f.root.join(out).exists());
+    }
+    std::fs::write(
+        f.root.join("bad-map.txt"),
+        "cat: tabby\ndog: poodle\nbird: robin\n",
+    )
+    .unwrap();
+    let o = f.extract(
+        "e3",
+        &["--teacher", &cls, "--label-map", &f.p("bad-map.txt")],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("bad-map.txt:2: 'poodle' is not one"),
         "{err}"
     );
 }

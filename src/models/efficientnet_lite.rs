@@ -435,6 +435,11 @@ impl EfficientNetLite {
         Tensor::from_vec(out, (n, dim), pixels.device())
     }
 
+    /// The classifier (weights K × 1280, bias K), when the checkpoint has one.
+    pub fn fc(&self) -> Option<(&Tensor, &Tensor)> {
+        self.fc.as_ref().map(|(w, b)| (w, b))
+    }
+
     /// ImageNet logits (B, 1000) of pooled features, when the checkpoint has the classifier.
     pub fn classify(&self, features: &Tensor) -> Result<Tensor> {
         let (w, b) = self
@@ -445,62 +450,60 @@ impl EfficientNetLite {
     }
 }
 
+/// The tensors of a random tiny EfficientNet-Lite (stem 3→8, a block without expansion, a
+/// stride-2 5×5 block, a residual block, head 6→16, a classifier 16→`classes`), for tests and
+/// `vlal tiny`.
+pub fn random_tensors(classes: usize, dev: &Device) -> Result<HashMap<String, Tensor>> {
+    let mut t = HashMap::new();
+    let mut conv = |name: &str, bn: &str, shape: (usize, usize, usize, usize)| -> Result<()> {
+        t.insert(
+            format!("{name}.weight"),
+            (Tensor::randn(0f32, 1.0, shape, dev)? * 0.4)?,
+        );
+        let c = shape.0;
+        t.insert(format!("{bn}.weight"), Tensor::rand(0.5f32, 1.5, c, dev)?);
+        t.insert(format!("{bn}.bias"), Tensor::randn(0f32, 0.3, c, dev)?);
+        t.insert(
+            format!("{bn}.running_mean"),
+            Tensor::randn(0f32, 0.3, c, dev)?,
+        );
+        t.insert(
+            format!("{bn}.running_var"),
+            Tensor::rand(0.5f32, 2.0, c, dev)?,
+        );
+        Ok(())
+    };
+    conv("_conv_stem", "_bn0", (8, 3, 3, 3))?;
+    conv("_blocks.0._depthwise_conv", "_blocks.0._bn1", (8, 1, 3, 3))?;
+    conv("_blocks.0._project_conv", "_blocks.0._bn2", (4, 8, 1, 1))?;
+    conv("_blocks.1._expand_conv", "_blocks.1._bn0", (12, 4, 1, 1))?;
+    conv("_blocks.1._depthwise_conv", "_blocks.1._bn1", (12, 1, 5, 5))?;
+    conv("_blocks.1._project_conv", "_blocks.1._bn2", (6, 12, 1, 1))?;
+    conv("_blocks.2._expand_conv", "_blocks.2._bn0", (12, 6, 1, 1))?;
+    conv("_blocks.2._depthwise_conv", "_blocks.2._bn1", (12, 1, 3, 3))?;
+    conv("_blocks.2._project_conv", "_blocks.2._bn2", (6, 12, 1, 1))?;
+    conv("_conv_head", "_bn1", (16, 6, 1, 1))?;
+    t.insert(
+        "_fc.weight".into(),
+        Tensor::randn(0f32, 1.0, (classes, 16), dev)?,
+    );
+    t.insert("_fc.bias".into(), Tensor::randn(0f32, 1.0, classes, dev)?);
+    Ok(t)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::models::tests::max_diff;
-
-    /// A random tiny EfficientNet-Lite: stem 3→8, a block without expansion, a stride-2 5×5
-    /// block, a residual block, head 6→16, classifier 16→5.
-    fn tiny(dev: &Device) -> HashMap<String, Tensor> {
-        let mut t = HashMap::new();
-        let mut conv = |name: &str, bn: &str, shape: (usize, usize, usize, usize)| {
-            t.insert(
-                format!("{name}.weight"),
-                (Tensor::randn(0f32, 1.0, shape, dev).unwrap() * 0.4).unwrap(),
-            );
-            let c = shape.0;
-            t.insert(
-                format!("{bn}.weight"),
-                Tensor::rand(0.5f32, 1.5, c, dev).unwrap(),
-            );
-            t.insert(
-                format!("{bn}.bias"),
-                Tensor::randn(0f32, 0.3, c, dev).unwrap(),
-            );
-            t.insert(
-                format!("{bn}.running_mean"),
-                Tensor::randn(0f32, 0.3, c, dev).unwrap(),
-            );
-            t.insert(
-                format!("{bn}.running_var"),
-                Tensor::rand(0.5f32, 2.0, c, dev).unwrap(),
-            );
-        };
-        conv("_conv_stem", "_bn0", (8, 3, 3, 3));
-        conv("_blocks.0._depthwise_conv", "_blocks.0._bn1", (8, 1, 3, 3));
-        conv("_blocks.0._project_conv", "_blocks.0._bn2", (4, 8, 1, 1));
-        conv("_blocks.1._expand_conv", "_blocks.1._bn0", (12, 4, 1, 1));
-        conv("_blocks.1._depthwise_conv", "_blocks.1._bn1", (12, 1, 5, 5));
-        conv("_blocks.1._project_conv", "_blocks.1._bn2", (6, 12, 1, 1));
-        conv("_blocks.2._expand_conv", "_blocks.2._bn0", (12, 6, 1, 1));
-        conv("_blocks.2._depthwise_conv", "_blocks.2._bn1", (12, 1, 3, 3));
-        conv("_blocks.2._project_conv", "_blocks.2._bn2", (6, 12, 1, 1));
-        conv("_conv_head", "_bn1", (16, 6, 1, 1));
-        t.insert(
-            "_fc.weight".into(),
-            Tensor::randn(0f32, 1.0, (5, 16), dev).unwrap(),
-        );
-        t.insert("_fc.bias".into(), Tensor::randn(0f32, 1.0, 5, dev).unwrap());
-        t
-    }
 
     /// The CPU path (channels last, im2col stem, direct depthwise, sgemm) against candle's
     /// convolutions, on odd and even image sizes.
     #[test]
     fn cpu_path_matches_candle_convolutions() {
         let dev = Device::Cpu;
-        let m = EfficientNetLite::from_tensors(&tiny(&dev), Config::default()).unwrap();
+        let m =
+            EfficientNetLite::from_tensors(&random_tensors(5, &dev).unwrap(), Config::default())
+                .unwrap();
         assert_eq!(m.blocks.len(), 3);
         assert!(m.blocks[2].residual && !m.blocks[1].residual);
         assert_eq!(m.blocks[1].depthwise.stride, 2);

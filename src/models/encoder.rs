@@ -43,6 +43,9 @@ pub struct ImageEncoder {
     pub pre: Preprocess,
     /// Embedding dimension.
     pub dim: usize,
+    /// L2-normalise the embeddings (the default); a classifier teacher keeps its raw features,
+    /// the input of its classifier.
+    pub normalize: bool,
 }
 
 /// Which architecture a `config.json` describes.
@@ -123,7 +126,26 @@ impl ImageEncoder {
             net,
             pre,
             dim,
+            normalize: true,
         })
+    }
+
+    /// The classifier (weights K × D, bias K) on top of the embedding, for a checkpoint that has
+    /// one (EfficientNet-Lite with `_fc`).
+    pub fn classifier(&self) -> Result<Option<(Mat, Vec<f32>)>> {
+        match &self.net {
+            Net::EfficientNetLite(m) => match m.fc() {
+                Some((w, b)) => {
+                    let (k, d) = w.dims2()?;
+                    Ok(Some((
+                        Mat::new(k, d, w.flatten_all()?.to_vec1::<f32>()?)?,
+                        b.to_vec1::<f32>()?,
+                    )))
+                }
+                None => Ok(None),
+            },
+            _ => Ok(None),
+        }
     }
 
     pub fn clip(&self) -> Option<&Clip> {
@@ -143,17 +165,27 @@ impl ImageEncoder {
             Net::Dinov2 { .. } => "DINOv2 CLS",
             Net::EfficientNetLite(_) => "EfficientNet-Lite pooled head features",
         };
-        format!("{}; {pool}; L2-normalised", self.pre.describe())
+        let norm = if self.normalize {
+            "L2-normalised"
+        } else {
+            "raw"
+        };
+        format!("{}; {pool}; {norm}", self.pre.describe())
     }
 
-    /// L2-normalised embeddings (B, dim) of a batch of preprocessed pixels (B, 3, S, S).
+    /// Embeddings (B, dim) of a batch of preprocessed pixels (B, 3, S, S), L2-normalised
+    /// unless `normalize` is off.
     pub fn embed(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
         let z = match &self.net {
             Net::Clip(m) => m.image_features(pixels)?,
             Net::Dinov2 { model, mean_patch } => model.embed(pixels, *mean_patch)?,
             Net::EfficientNetLite(m) => m.forward(pixels)?,
         };
-        l2_normalize(&z)
+        if self.normalize {
+            l2_normalize(&z)
+        } else {
+            Ok(z)
+        }
     }
 }
 

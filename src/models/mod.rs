@@ -1,6 +1,7 @@
 //! Model definitions on candle, one file per model in the candle-transformers style (`Config`,
 //! `load`, forwards), reading checkpoints in the Hugging Face layout.
 
+pub mod classifier;
 pub mod clip;
 pub mod clip_tokenizer;
 pub mod dinov2;

@@ -12,6 +12,7 @@
 use crate::cache::{classes_path, embeddings_path, logits_path, manifest_path, prototypes_path};
 use crate::dataset::{self, Dataset, Sample};
 use crate::mat::Mat;
+use crate::models::classifier::{self, LabelMap};
 use crate::models::encoder::{self, ImageEncoder, TEMPLATES};
 use crate::models::hub::{self, ModelDir, Source};
 use crate::preprocess::load_rgb;
@@ -45,7 +46,9 @@ pub struct ExtractArgs {
     /// Prompt the synonyms too: a prototype averages templates × (name and synonyms).
     #[arg(long)]
     pub synonyms: bool,
-    /// Teacher: a CLIP hub id (openai/clip-vit-base-patch32) or a local folder in HF layout.
+    /// Teacher: a CLIP hub id (openai/clip-vit-base-patch32) or a local folder in HF layout;
+    /// or a pretrained classifier (EfficientNet-Lite with its head; class names in config.json's
+    /// id2label), made zero-shot by --label-map.
     #[arg(long, required_unless_present = "student")]
     pub teacher: Option<String>,
     /// Hub revision (default main), or the label of a local folder (default local).
@@ -64,7 +67,12 @@ pub struct ExtractArgs {
     /// DINOv2 student: store [CLS | mean patch token] instead of CLS alone.
     #[arg(long)]
     pub mean_patch: bool,
-    /// Teacher temperature: logits = cos/τ.
+    /// A classifier teacher's label map: one line per task class, `task class: name | name |
+    /// #index` (the classifier's class names or indices); its logit is the log-sum-exp of the
+    /// mapped logits. Without it the classifier's classes must be the task's, by name.
+    #[arg(long)]
+    pub label_map: Option<PathBuf>,
+    /// CLIP teacher temperature: logits = cos/τ (a classifier teacher's logits are its own).
     #[arg(long, default_value_t = 0.01)]
     pub tau: f32,
     /// Without split folders: share of images held out as test (by a hash of the path).
@@ -297,6 +305,72 @@ fn embed_split(
     Ok((kept, mats, rejects))
 }
 
+/// The entries of a per-split map in the order train, calib, test.
+fn splits_in_order<'a, T>(m: &'a HashMap<&str, T>) -> Vec<(&'a str, &'a T)> {
+    dataset::SPLITS
+        .iter()
+        .filter_map(|s| m.get_key_value(s).map(|(k, v)| (*k, v)))
+        .collect()
+}
+
+/// The teacher's embeddings of a split: computed in this run, else read from the cache.
+fn teacher_embeddings<'a>(
+    out: &Path,
+    key: &str,
+    split: &str,
+    fresh: &'a Option<Mat>,
+) -> Result<std::borrow::Cow<'a, Mat>> {
+    Ok(match fresh {
+        Some(m) => std::borrow::Cow::Borrowed(m),
+        None => std::borrow::Cow::Owned(
+            table::read(&embeddings_path(out, key, split), Table::Embeddings)?.mat("vector")?,
+        ),
+    })
+}
+
+/// Log the teacher's zero-shot accuracy on a labeled split, overall and per class.
+fn log_accuracy(split: &str, ids: &[String], logits: &Mat, data: &Dataset) {
+    let labels: HashMap<&str, i32> = data
+        .samples
+        .iter()
+        .filter_map(|s| Some((s.id.as_str(), s.label?)))
+        .collect();
+    let c = logits.cols;
+    let (mut right, mut total) = (vec![0usize; c], vec![0usize; c]);
+    for (r, id) in ids.iter().enumerate() {
+        let Some(&y) = labels.get(id.as_str()) else {
+            continue;
+        };
+        let Some(y) = usize::try_from(y).ok().filter(|&y| y < c) else {
+            continue;
+        };
+        total[y] += 1;
+        right[y] += (crate::mat::argmax(logits.row(r)) == y) as usize;
+    }
+    let n: usize = total.iter().sum();
+    if n == 0 {
+        return;
+    }
+    let per: Vec<String> = data
+        .classes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| total[*i] > 0)
+        .map(|(i, cl)| {
+            format!(
+                "{} {:.1}%",
+                cl.name,
+                100.0 * right[i] as f64 / total[i] as f64
+            )
+        })
+        .collect();
+    progress::log(format!(
+        "{split}: teacher zero-shot accuracy {:.1}% on {n} labeled images ({})",
+        100.0 * right.iter().sum::<usize>() as f64 / n as f64,
+        per.join(", ")
+    ));
+}
+
 fn model_meta(m: &ModelDir, key: &str) -> Vec<(&'static str, String)> {
     vec![
         ("model_id", m.id.clone()),
@@ -334,14 +408,46 @@ pub fn run(a: &ExtractArgs) -> Result<()> {
             },
         )
     };
+    // a classifier teacher: its classifier, class names and the task's label map
+    let mut head: Option<(Mat, Vec<f32>, Vec<String>, LabelMap)> = None;
     let teacher = match &a.teacher {
         Some(t) => {
             let m = resolve(t, &a.teacher_revision, &a.teacher_name)?;
-            let e = ImageEncoder::load(m, &device, false)?;
-            if e.clip().is_none() {
+            let mut e = ImageEncoder::load(m, &device, false)?;
+            let config = e.model.dir.join("config.json");
+            if e.clip().is_some() {
+                if let Some(p) = &a.label_map {
+                    bail!(
+                        "{}: --label-map is for a classifier teacher; {} is CLIP",
+                        p.display(),
+                        e.model.key()
+                    );
+                }
+            } else if let Some((w, b)) = e.classifier()? {
+                let labels = classifier::class_names(&config)?;
+                if labels.len() != w.rows {
+                    bail!(
+                        "{}: id2label names {} classes, the classifier has {}",
+                        config.display(),
+                        labels.len(),
+                        w.rows
+                    );
+                }
+                let map = match &a.label_map {
+                    Some(p) => LabelMap::read(p, &data.classes, &labels)?,
+                    None => LabelMap::identity(&data.classes, &labels)
+                        .with_context(|| config.display().to_string())?,
+                };
+                for line in map.describe(&data.classes, &labels) {
+                    progress::log(format!("label map: {line}"));
+                }
+                e.normalize = false;
+                head = Some((w, b, labels, map));
+            } else {
                 bail!(
-                    "{}: the teacher must be a CLIP checkpoint (it needs a text tower)",
-                    e.model.dir.join("config.json").display()
+                    "{}: the teacher must be a CLIP checkpoint (it needs a text tower) or a \
+                     classifier with its head",
+                    config.display()
                 );
             }
             Some(e)
@@ -480,7 +586,59 @@ pub fn run(a: &ExtractArgs) -> Result<()> {
         }
     }
 
-    if let Some(t) = &teacher {
+    if let (Some(t), Some((w, bias, labels, map))) = (&teacher, &head) {
+        let lines = map.describe(&data.classes, labels);
+        let mut parts = vec![KEY_VERSION, t.model.fingerprint.as_str(), "label-map"];
+        parts.extend(lines.iter().map(String::as_str));
+        let pkey = sha(&parts);
+        let ppath = prototypes_path(out, &t.model.key());
+        if stored_key(&ppath).as_deref() != Some(pkey.as_str()) {
+            let p = map.prototypes(w);
+            let c = p.rows;
+            let mut meta = model_meta(&t.model, &pkey);
+            meta.push(("dim", p.cols.to_string()));
+            meta.push(("label_map", lines.join("; ")));
+            staging.write(
+                &ppath,
+                Table::Prototypes,
+                vec![
+                    ("class_id", table::i32s(&(0..c as i32).collect::<Vec<_>>())),
+                    ("template_set", table::utf8(&vec!["label-map"; c])),
+                    ("vector", table::fixed_list(&p)?),
+                ],
+                &meta,
+            )?;
+        }
+        for (split, (ids, emb, ikey)) in splits_in_order(&teacher_emb) {
+            let lkey = sha(&[KEY_VERSION, ikey, &pkey]);
+            let lpath = logits_path(out, &t.model.key(), split);
+            if stored_key(&lpath).as_deref() == Some(lkey.as_str()) {
+                continue;
+            }
+            let emb = teacher_embeddings(out, &t.model.key(), split, emb)?;
+            let mut full = crate::geometry::matmul_nt(&emb, w)?;
+            for r in 0..full.rows {
+                full.row_mut(r)
+                    .iter_mut()
+                    .zip(bias)
+                    .for_each(|(v, b)| *v += b);
+            }
+            let logits = map.task_logits(&full)?;
+            log_accuracy(split, ids, &logits, &data);
+            let mut meta = model_meta(&t.model, &lkey);
+            meta.push(("tau", "1".into()));
+            meta.push(("classes", logits.cols.to_string()));
+            staging.write(
+                &lpath,
+                Table::TeacherLogits,
+                vec![
+                    ("sample_id", table::utf8(ids)),
+                    ("logits", table::fixed_list(&logits)?),
+                ],
+                &meta,
+            )?;
+        }
+    } else if let Some(t) = &teacher {
         let clip = t.clip().expect("checked");
         let names: Vec<Vec<String>> = data
             .classes
@@ -530,23 +688,16 @@ pub fn run(a: &ExtractArgs) -> Result<()> {
             )?;
             p
         };
-        for (split, (ids, emb, ikey)) in &teacher_emb {
+        for (split, (ids, emb, ikey)) in splits_in_order(&teacher_emb) {
             let lkey = sha(&[KEY_VERSION, ikey, &pkey, &a.tau.to_string()]);
             let lpath = logits_path(out, &t.model.key(), split);
             if stored_key(&lpath).as_deref() == Some(lkey.as_str()) {
                 continue;
             }
-            let loaded;
-            let emb = match emb {
-                Some(m) => m,
-                None => {
-                    let path = embeddings_path(out, &t.model.key(), split);
-                    loaded = table::read(&path, Table::Embeddings)?.mat("vector")?;
-                    &loaded
-                }
-            };
-            let mut logits = crate::geometry::matmul_nt(emb, &protos)?;
+            let emb = teacher_embeddings(out, &t.model.key(), split, emb)?;
+            let mut logits = crate::geometry::matmul_nt(&emb, &protos)?;
             logits.data.iter_mut().for_each(|v| *v /= a.tau);
+            log_accuracy(split, ids, &logits, &data);
             let mut meta = model_meta(&t.model, &lkey);
             meta.push(("tau", a.tau.to_string()));
             meta.push(("classes", protos.rows.to_string()));

@@ -98,6 +98,24 @@ pub fn write_dino(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A random-weight EfficientNet-Lite classifier (32 px images) whose classes are `labels`
+/// (config.json's id2label): a classifier teacher.
+pub fn write_lite_classifier(dir: &Path, labels: &[&str]) -> Result<()> {
+    use crate::models::efficientnet_lite::random_tensors;
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    let t = random_tensors(labels.len(), &candle_core::Device::Cpu)?;
+    candle_core::safetensors::save(&t, dir.join("model.safetensors"))?;
+    let id2label: serde_json::Map<String, serde_json::Value> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (i.to_string(), serde_json::Value::from(*l)))
+        .collect();
+    let cfg = serde_json::json!({"model_type": "efficientnet-lite", "image_size": 32,
+        "id2label": id2label});
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&cfg)?)?;
+    Ok(())
+}
+
 /// `root/<class>/<i>.png`: a class colour (hue spread over the classes) and stripe period,
 /// with per-image brightness, phase, size and pixel noise.
 fn write_images(root: &Path, names: &[&str], per_class: usize, seed: u64) -> Result<()> {

