@@ -72,6 +72,9 @@ enum Cmd {
     Tiny(stages::tiny::TinyArgs),
     /// Write an IDX image/label pair (MNIST, Fashion-MNIST) as an image folder for `extract`.
     ImportIdx(stages::import_idx::ImportIdxArgs),
+    /// Fit a teacher "trained elsewhere": a linear probe on a classifier backbone's cached raw
+    /// features of held-out images, written as a classifier checkpoint for `extract --teacher`.
+    FitTeacher(stages::fit_teacher::FitTeacherArgs),
     /// Fit the student head on a round's labels; write predictions and the head.
     Train {
         #[command(flatten)]
@@ -154,6 +157,7 @@ fn main_inner(cli: Cli) -> Result<()> {
         Cmd::Synth(a) => stages::synth::run(&a),
         Cmd::Tiny(a) => stages::tiny::run(&a),
         Cmd::ImportIdx(a) => stages::import_idx::run(&a),
+        Cmd::FitTeacher(a) => stages::fit_teacher::run(&a),
         Cmd::Train { run, round } => {
             let spec = run.spec()?;
             stages::train::run(&spec, &load(&spec)?, round)

@@ -844,3 +844,114 @@ fn a_classifier_teacher_with_a_label_map() {
         "{err}"
     );
 }
+
+/// `vlal fit-teacher`: a linear probe on a classifier backbone's raw features of held-out
+/// images becomes a classifier checkpoint of the task's classes that `extract --teacher`
+/// takes without a label map.
+#[test]
+fn fit_teacher_writes_a_classifier_that_extract_takes() {
+    let f = Fixture::new();
+    vlal::stages::tiny::write_lite_classifier(&f.root.join("lite"), &["a", "b", "c", "d"]).unwrap();
+    std::fs::write(f.root.join("map.txt"), "cat: a\ndog: b\nbird: c | d\n").unwrap();
+    let (lite, map) = (f.p("lite"), f.p("map.txt"));
+    ok(&f.extract("held", &["--teacher", &lite, "--label-map", &map]));
+    let fit = |out: &str, backbone: &str| {
+        vlal(
+            &[
+                "fit-teacher",
+                "--cache",
+                &f.p("held"),
+                "--backbone",
+                backbone,
+                "--out",
+                &f.p(out),
+                "--epochs",
+                "200",
+            ],
+            &[],
+        )
+    };
+    let log = ok(&fit("probe", &lite));
+    let acc = |log: &str, what: &str| -> f64 {
+        let at = log.find(what).unwrap_or_else(|| panic!("{what} in {log}")) + what.len();
+        log[at..]
+            .trim_start()
+            .split('%')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let train_acc = acc(&log, "train accuracy");
+    assert!(train_acc > 60.0, "{log}"); // 3 classes: chance is 33%
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(f.root.join("probe/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["id2label"]["2"], "bird");
+    assert_eq!(cfg["model_type"], "efficientnet-lite");
+
+    // the new checkpoint as the teacher: same features, the probe's logits
+    let log = ok(&f.extract("c", &["--teacher", &f.p("probe")]));
+    let held = table::read(
+        &f.root.join("held/lite@local/train.parquet"),
+        Table::Embeddings,
+    )
+    .unwrap()
+    .mat("vector")
+    .unwrap();
+    let emb = table::read(
+        &f.root.join("c/probe@local/train.parquet"),
+        Table::Embeddings,
+    )
+    .unwrap()
+    .mat("vector")
+    .unwrap();
+    assert_eq!(held.data, emb.data);
+    assert!(
+        acc(&log, "train: teacher zero-shot accuracy") > 60.0,
+        "{log}"
+    );
+
+    // mistakes: an existing output, a backbone without cached features, normalised features
+    for (out, backbone, want) in [
+        ("probe", lite.clone(), "exists; remove it"),
+        ("p2", f.p("tiny-clip"), "no features of this backbone"),
+    ] {
+        let o = fit(out, &backbone);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(want), "{err}");
+    }
+    assert!(!f.root.join("p2").exists());
+    let o = vlal(
+        &[
+            "extract",
+            "--images",
+            &f.p("images"),
+            "--classes",
+            &f.p("classes.txt"),
+            "--out",
+            &f.p("norm"),
+            "--student",
+            &lite,
+        ],
+        &[],
+    );
+    ok(&o);
+    let o = vlal(
+        &[
+            "fit-teacher",
+            "--cache",
+            &f.p("norm"),
+            "--backbone",
+            &lite,
+            "--out",
+            &f.p("p3"),
+        ],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("L2-normalised"),
+        "{err}"
+    );
+}

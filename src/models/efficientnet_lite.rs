@@ -454,40 +454,39 @@ impl EfficientNetLite {
 /// stride-2 5×5 block, a residual block, head 6→16, a classifier 16→`classes`), for tests and
 /// `vlal tiny`.
 pub fn random_tensors(classes: usize, dev: &Device) -> Result<HashMap<String, Tensor>> {
+    let mut r = crate::rng::stream(0, "efficientnet-lite", classes);
     let mut t = HashMap::new();
-    let mut conv = |name: &str, bn: &str, shape: (usize, usize, usize, usize)| -> Result<()> {
-        t.insert(
-            format!("{name}.weight"),
-            (Tensor::randn(0f32, 1.0, shape, dev)? * 0.4)?,
-        );
-        let c = shape.0;
-        t.insert(format!("{bn}.weight"), Tensor::rand(0.5f32, 1.5, c, dev)?);
-        t.insert(format!("{bn}.bias"), Tensor::randn(0f32, 0.3, c, dev)?);
-        t.insert(
-            format!("{bn}.running_mean"),
-            Tensor::randn(0f32, 0.3, c, dev)?,
-        );
-        t.insert(
-            format!("{bn}.running_var"),
-            Tensor::rand(0.5f32, 2.0, c, dev)?,
-        );
+    // uniform on [lo, hi)
+    let mut put = |name: String, shape: &[usize], lo: f32, hi: f32| -> Result<()> {
+        let n = shape.iter().product();
+        let v = crate::rng::uniform(n, 1.0, &mut r)
+            .into_iter()
+            .map(|u| lo + (u + 1.0) / 2.0 * (hi - lo))
+            .collect::<Vec<f32>>();
+        t.insert(name, Tensor::from_vec(v, shape, dev)?);
         Ok(())
     };
-    conv("_conv_stem", "_bn0", (8, 3, 3, 3))?;
-    conv("_blocks.0._depthwise_conv", "_blocks.0._bn1", (8, 1, 3, 3))?;
-    conv("_blocks.0._project_conv", "_blocks.0._bn2", (4, 8, 1, 1))?;
-    conv("_blocks.1._expand_conv", "_blocks.1._bn0", (12, 4, 1, 1))?;
-    conv("_blocks.1._depthwise_conv", "_blocks.1._bn1", (12, 1, 5, 5))?;
-    conv("_blocks.1._project_conv", "_blocks.1._bn2", (6, 12, 1, 1))?;
-    conv("_blocks.2._expand_conv", "_blocks.2._bn0", (12, 6, 1, 1))?;
-    conv("_blocks.2._depthwise_conv", "_blocks.2._bn1", (12, 1, 3, 3))?;
-    conv("_blocks.2._project_conv", "_blocks.2._bn2", (6, 12, 1, 1))?;
-    conv("_conv_head", "_bn1", (16, 6, 1, 1))?;
-    t.insert(
-        "_fc.weight".into(),
-        Tensor::randn(0f32, 1.0, (classes, 16), dev)?,
-    );
-    t.insert("_fc.bias".into(), Tensor::randn(0f32, 1.0, classes, dev)?);
+    for (conv, bn, shape) in [
+        ("_conv_stem", "_bn0", [8, 3, 3, 3]),
+        ("_blocks.0._depthwise_conv", "_blocks.0._bn1", [8, 1, 3, 3]),
+        ("_blocks.0._project_conv", "_blocks.0._bn2", [4, 8, 1, 1]),
+        ("_blocks.1._expand_conv", "_blocks.1._bn0", [12, 4, 1, 1]),
+        ("_blocks.1._depthwise_conv", "_blocks.1._bn1", [12, 1, 5, 5]),
+        ("_blocks.1._project_conv", "_blocks.1._bn2", [6, 12, 1, 1]),
+        ("_blocks.2._expand_conv", "_blocks.2._bn0", [12, 6, 1, 1]),
+        ("_blocks.2._depthwise_conv", "_blocks.2._bn1", [12, 1, 3, 3]),
+        ("_blocks.2._project_conv", "_blocks.2._bn2", [6, 12, 1, 1]),
+        ("_conv_head", "_bn1", [16, 6, 1, 1]),
+    ] {
+        put(format!("{conv}.weight"), &shape, -0.7, 0.7)?;
+        let c = [shape[0]];
+        put(format!("{bn}.weight"), &c, 0.5, 1.5)?;
+        put(format!("{bn}.bias"), &c, -0.5, 0.5)?;
+        put(format!("{bn}.running_mean"), &c, -0.5, 0.5)?;
+        put(format!("{bn}.running_var"), &c, 0.5, 2.0)?;
+    }
+    put("_fc.weight".into(), &[classes, 16], -1.0, 1.0)?;
+    put("_fc.bias".into(), &[classes], -1.0, 1.0)?;
     Ok(t)
 }
 

@@ -3,6 +3,7 @@
 
 pub mod eval;
 pub mod extract;
+pub mod fit_teacher;
 pub mod import_idx;
 pub mod label;
 pub mod report;
