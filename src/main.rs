@@ -131,8 +131,13 @@ enum Cmd {
     Report {
         #[arg(long, default_value = "results")]
         results: PathBuf,
+        /// Only these pipelines (repeat the flag for several; default: all).
         #[arg(long)]
-        pipeline: Option<String>,
+        pipeline: Vec<String>,
+        /// Also draw the learning curves (mean ± std over seeds vs labels), one panel per
+        /// pipeline × trainer, into this PNG.
+        #[arg(long)]
+        plot: Option<PathBuf>,
         /// What follows ±: the std over seeds, or the 95% CI half-width of the mean.
         #[arg(long, value_enum, default_value = "std")]
         stat: stages::report::Spread,
@@ -223,14 +228,17 @@ fn main_inner(cli: Cli) -> Result<()> {
         Cmd::Report {
             results,
             pipeline,
+            plot,
             stat,
         } => {
-            let df = stages::report::summary(&results, pipeline.as_deref())?;
+            let pipelines: Vec<&str> = pipeline.iter().map(String::as_str).collect();
+            let df = stages::report::summary(&results, &pipelines)?;
             print!("{}", stages::report::render(&df, stat)?);
-            print!(
-                "{}",
-                stages::report::aulc_report(&results, pipeline.as_deref())?
-            );
+            print!("{}", stages::report::aulc_report(&results, &pipelines)?);
+            if let Some(path) = plot {
+                stages::plot::learning_curves(&df, &path)?;
+                vlal::progress::log(format!("wrote {}", path.display()));
+            }
             Ok(())
         }
         Cmd::Paths { run, round } => {

@@ -609,7 +609,7 @@ mode = "both"
 }
 
 /// `vlal import-idx`: IDX images and labels become `split/<label>/` PNG folders (with seeded
-/// calib and excluded parts) that `extract` reads with the class file's names; mismatched label
+/// calib and excluded parts, and a seeded subset kept) that `extract` reads with the class file's names; mismatched label
 /// counts are refused.
 #[test]
 fn idx_files_import_as_an_image_folder_that_extract_reads() {
@@ -653,7 +653,7 @@ fn idx_files_import_as_an_image_folder_that_extract_reads() {
         "train",
         &["--calib", "6", "--exclude", "4", "--exclude-to", &excl],
     ));
-    ok(&import("test", &[]));
+    ok(&import("test", &["--keep", "12"]));
     let count = |d: &str| {
         mtimes(&f.root.join(d))
             .iter()
@@ -662,7 +662,7 @@ fn idx_files_import_as_an_image_folder_that_extract_reads() {
     };
     assert_eq!(count("idx-images/train"), 20);
     assert_eq!(count("idx-images/calib"), 6);
-    assert_eq!(count("idx-images/test"), 30);
+    assert_eq!(count("idx-images/test"), 12);
     assert_eq!(count("excluded"), 4);
     // folder 01 holds label 1's images; a second import leaves existing folders alone
     let before = mtimes(&f.root.join("idx-images"));
@@ -673,7 +673,7 @@ fn idx_files_import_as_an_image_folder_that_extract_reads() {
     std::fs::write(f.root.join("idx-classes.txt"), "zero\none\ntwo\n").unwrap();
     ok(&f.extract_from("idx-images", "idx-classes.txt", "idx-cache", &[]));
     let m = table::read(&f.root.join("idx-cache/manifest.parquet"), Table::Manifest).unwrap();
-    assert_eq!(m.rows, 56);
+    assert_eq!(m.rows, 38);
     let (ids, labs) = (m.strings("sample_id").unwrap(), m.i32s("label").unwrap());
     for (id, l) in ids.iter().zip(labs) {
         let i: usize = id

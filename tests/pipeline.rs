@@ -212,7 +212,7 @@ fn run_rerun_kill_resume_and_read_back() {
         .collect()
         .unwrap();
     assert_eq!(df.height(), 48);
-    let summary = vlal::stages::report::summary(&a.join("results"), Some("e2e")).unwrap();
+    let summary = vlal::stages::report::summary(&a.join("results"), &["e2e"]).unwrap();
     assert_eq!(summary.height(), 2 * 3 * 4);
     let last = summary
         .clone()
@@ -568,7 +568,7 @@ epochs = 40
             ),
         ],
     );
-    let all = vlal::stages::report::summary(&d.join("results"), None).unwrap();
+    let all = vlal::stages::report::summary(&d.join("results"), &[]).unwrap();
     assert_eq!(all.height(), 2 * 3 * 3 + 1);
 }
 

@@ -328,6 +328,13 @@ fn teacher_embeddings<'a>(
     })
 }
 
+/// [`log_accuracy`] of cached teacher logits.
+fn log_cached_accuracy(split: &str, path: &Path, data: &Dataset) -> Result<()> {
+    let f = table::read(path, Table::TeacherLogits)?;
+    log_accuracy(split, &f.strings("sample_id")?, &f.mat("logits")?, data);
+    Ok(())
+}
+
 /// Log the teacher's zero-shot accuracy on a labeled split, overall and per class.
 fn log_accuracy(split: &str, ids: &[String], logits: &Mat, data: &Dataset) {
     let labels: HashMap<&str, i32> = data
@@ -613,6 +620,7 @@ pub fn run(a: &ExtractArgs) -> Result<()> {
             let lkey = sha(&[KEY_VERSION, ikey, &pkey]);
             let lpath = logits_path(out, &t.model.key(), split);
             if stored_key(&lpath).as_deref() == Some(lkey.as_str()) {
+                log_cached_accuracy(split, &lpath, &data)?;
                 continue;
             }
             let emb = teacher_embeddings(out, &t.model.key(), split, emb)?;
@@ -692,6 +700,7 @@ pub fn run(a: &ExtractArgs) -> Result<()> {
             let lkey = sha(&[KEY_VERSION, ikey, &pkey, &a.tau.to_string()]);
             let lpath = logits_path(out, &t.model.key(), split);
             if stored_key(&lpath).as_deref() == Some(lkey.as_str()) {
+                log_cached_accuracy(split, &lpath, &data)?;
                 continue;
             }
             let emb = teacher_embeddings(out, &t.model.key(), split, emb)?;

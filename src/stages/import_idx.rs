@@ -33,6 +33,10 @@ pub struct ImportIdxArgs {
     pub exclude: usize,
     #[arg(long)]
     pub exclude_to: Option<PathBuf>,
+    /// Keep only a seeded random N of the remaining images in OUT/<split> (0: all), for a
+    /// smaller pool or test split.
+    #[arg(long, default_value_t = 0)]
+    pub keep: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
@@ -71,14 +75,25 @@ pub fn run(a: &ImportIdxArgs) -> Result<()> {
             a.split
         );
     }
-    // a seeded permutation: its first `calib` go to calib, the next `exclude` out of the pool
+    // a seeded permutation: its first `calib` go to calib, the next `exclude` out of the pool,
+    // the next `keep` (or all the rest) to the split
     let mut order: Vec<usize> = (0..n).collect();
     rng::shuffle(&mut order, &mut rng::stream(a.seed, "import-idx", 0));
-    let mut dest = vec![0u8; n]; // 0 = split, 1 = calib, 2 = excluded
-    order[..a.calib].iter().for_each(|&i| dest[i] = 1);
-    order[a.calib..a.calib + a.exclude]
-        .iter()
-        .for_each(|&i| dest[i] = 2);
+    let mut dest = vec![3u8; n]; // 0 = split, 1 = calib, 2 = excluded, 3 = left out
+    let kept = if a.keep == 0 {
+        n
+    } else {
+        a.calib + a.exclude + a.keep
+    };
+    for (pos, &i) in order.iter().enumerate().take(kept) {
+        dest[i] = if pos < a.calib {
+            1
+        } else if pos < a.calib + a.exclude {
+            2
+        } else {
+            0
+        };
+    }
     let targets: Vec<(u8, PathBuf)> = [
         (0, Some(a.out.join(&a.split))),
         (1, (a.calib > 0).then(|| a.out.join("calib"))),

@@ -6,6 +6,7 @@ pub mod extract;
 pub mod fit_teacher;
 pub mod import_idx;
 pub mod label;
+pub mod plot;
 pub mod report;
 pub mod run;
 pub mod select;

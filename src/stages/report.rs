@@ -11,7 +11,7 @@ use std::path::Path;
 /// mean number of labels.
 /// Files written by older versions may lack newer columns, so each file is scanned for the
 /// columns the summary needs and the scans are concatenated.
-pub fn summary(results_dir: &Path, pipeline: Option<&str>) -> Result<DataFrame> {
+pub fn summary(results_dir: &Path, pipelines: &[&str]) -> Result<DataFrame> {
     let cols = [
         "pipeline",
         "trainer",
@@ -21,7 +21,7 @@ pub fn summary(results_dir: &Path, pipeline: Option<&str>) -> Result<DataFrame> 
         "accuracy",
         "n_labeled",
     ];
-    let lf = scan(results_dir, pipeline, &cols)?;
+    let lf = scan(results_dir, pipelines, &cols)?;
     let df = lf
         .group_by([
             col("pipeline"),
@@ -44,8 +44,9 @@ pub fn summary(results_dir: &Path, pipeline: Option<&str>) -> Result<DataFrame> 
     Ok(df)
 }
 
-/// A lazy scan of `cols` of every results file under `results_dir` (optionally one pipeline).
-fn scan(results_dir: &Path, pipeline: Option<&str>, cols: &[&str]) -> Result<LazyFrame> {
+/// A lazy scan of `cols` of every results file under `results_dir` (only `pipelines`, unless
+/// empty).
+fn scan(results_dir: &Path, pipelines: &[&str], cols: &[&str]) -> Result<LazyFrame> {
     let files = parquet_files(results_dir);
     if files.is_empty() {
         bail!(
@@ -64,10 +65,16 @@ fn scan(results_dir: &Path, pipeline: Option<&str>, cols: &[&str]) -> Result<Laz
     }
     let lf = concat(scans, UnionArgs::default())
         .map_err(|e| anyhow!("{}: {e}", results_dir.display()))?;
-    Ok(match pipeline {
-        Some(p) => lf.filter(col("pipeline").eq(lit(p))),
-        None => lf,
-    })
+    Ok(
+        match pipelines
+            .iter()
+            .map(|p| col("pipeline").eq(lit(*p)))
+            .reduce(|a, b| a.or(b))
+        {
+            Some(keep) => lf.filter(keep),
+            None => lf,
+        },
+    )
 }
 
 /// Area under the learning curve of one run: the trapezoid area of accuracy over labels,
@@ -90,7 +97,7 @@ pub fn aulc(points: &mut [(f64, f64)]) -> f64 {
 
 /// AULC per (pipeline, trainer, strategy): mean and std over runs (seeds), the runs' round
 /// counts, as text.
-pub fn aulc_report(results_dir: &Path, pipeline: Option<&str>) -> Result<String> {
+pub fn aulc_report(results_dir: &Path, pipelines: &[&str]) -> Result<String> {
     let cols = [
         "run_id",
         "pipeline",
@@ -99,7 +106,7 @@ pub fn aulc_report(results_dir: &Path, pipeline: Option<&str>) -> Result<String>
         "accuracy",
         "n_labeled",
     ];
-    let df = scan(results_dir, pipeline, &cols)?
+    let df = scan(results_dir, pipelines, &cols)?
         .collect()
         .map_err(|e| anyhow!("{}: {e}", results_dir.display()))?;
     let s = |n: &str| str_col(&df, n);
