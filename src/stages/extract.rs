@@ -141,6 +141,28 @@ impl Staging {
         Ok(())
     }
 
+    /// A teacher-logits table (its metadata: the model's, τ and the class count).
+    fn write_logits(
+        &mut self,
+        path: &Path,
+        ids: &[String],
+        logits: &Mat,
+        mut meta: Vec<(&str, String)>,
+        tau: &str,
+    ) -> Result<()> {
+        meta.push(("tau", tau.to_string()));
+        meta.push(("classes", logits.cols.to_string()));
+        self.write(
+            path,
+            Table::TeacherLogits,
+            vec![
+                ("sample_id", table::utf8(ids)),
+                ("logits", table::fixed_list(logits)?),
+            ],
+            &meta,
+        )
+    }
+
     /// Move every staged file into place.
     fn commit(self) -> Result<usize> {
         for rel in &self.files {
@@ -633,18 +655,7 @@ pub fn run(a: &ExtractArgs) -> Result<()> {
             }
             let logits = map.task_logits(&full)?;
             log_accuracy(split, ids, &logits, &data);
-            let mut meta = model_meta(&t.model, &lkey);
-            meta.push(("tau", "1".into()));
-            meta.push(("classes", logits.cols.to_string()));
-            staging.write(
-                &lpath,
-                Table::TeacherLogits,
-                vec![
-                    ("sample_id", table::utf8(ids)),
-                    ("logits", table::fixed_list(&logits)?),
-                ],
-                &meta,
-            )?;
+            staging.write_logits(&lpath, ids, &logits, model_meta(&t.model, &lkey), "1")?;
         }
     } else if let Some(t) = &teacher {
         let clip = t.clip().expect("checked");
@@ -707,18 +718,8 @@ pub fn run(a: &ExtractArgs) -> Result<()> {
             let mut logits = crate::geometry::matmul_nt(&emb, &protos)?;
             logits.data.iter_mut().for_each(|v| *v /= a.tau);
             log_accuracy(split, ids, &logits, &data);
-            let mut meta = model_meta(&t.model, &lkey);
-            meta.push(("tau", a.tau.to_string()));
-            meta.push(("classes", protos.rows.to_string()));
-            staging.write(
-                &lpath,
-                Table::TeacherLogits,
-                vec![
-                    ("sample_id", table::utf8(ids)),
-                    ("logits", table::fixed_list(&logits)?),
-                ],
-                &meta,
-            )?;
+            let meta = model_meta(&t.model, &lkey);
+            staging.write_logits(&lpath, ids, &logits, meta, &a.tau.to_string())?;
         }
     }
 

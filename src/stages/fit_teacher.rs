@@ -239,16 +239,7 @@ fn write_checkpoint(
     classes: &[String],
     features: &str,
 ) -> Result<()> {
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)
-        .with_context(|| format!("{}: cannot create", parent.display()))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".fit-teacher-")
-        .tempdir_in(parent)
-        .with_context(|| format!("{}: cannot create a staging folder", parent.display()))?;
+    let tmp = super::StagedDir::new(out, ".fit-teacher-")?;
     let weights = backbone.join("model.safetensors");
     let mut t = candle_core::safetensors::load(&weights, &Device::Cpu)
         .with_context(|| format!("{}: cannot read the weights", weights.display()))?;
@@ -292,8 +283,5 @@ fn write_checkpoint(
         std::fs::copy(&pp, tmp.path().join("preprocessor_config.json"))
             .with_context(|| format!("{}: cannot copy", pp.display()))?;
     }
-    let staged = tmp.keep();
-    std::fs::rename(&staged, out)
-        .with_context(|| format!("{}: cannot move into place", out.display()))?;
-    Ok(())
+    tmp.commit()
 }

@@ -125,13 +125,7 @@ fn write_folder(
     w: u32,
     split: &str,
 ) -> Result<()> {
-    let parent = dir.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)
-        .with_context(|| format!("{}: cannot create", parent.display()))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".import-")
-        .tempdir_in(parent)
-        .with_context(|| format!("{}: cannot create a temporary folder", parent.display()))?;
+    let tmp = super::StagedDir::new(dir, ".import-")?;
     let pb = progress::bar(rows.len() as u64, "images");
     for &i in rows {
         let class = tmp.path().join(format!("{:02}", labels.item(i)[0]));
@@ -146,8 +140,5 @@ fn write_folder(
         pb.inc(1);
     }
     pb.finish_and_clear();
-    let staged = tmp.keep();
-    std::fs::rename(&staged, dir)
-        .with_context(|| format!("{}: cannot move into place", dir.display()))?;
-    Ok(())
+    tmp.commit()
 }

@@ -20,6 +20,44 @@ use crate::table;
 use anyhow::{bail, Result};
 use std::path::Path;
 
+/// A folder written whole or not at all: built under a hidden temporary name beside `dest` and
+/// renamed to `dest` by [`StagedDir::commit`]; dropped uncommitted, it is removed.
+pub struct StagedDir {
+    tmp: tempfile::TempDir,
+    dest: std::path::PathBuf,
+}
+
+impl StagedDir {
+    pub fn new(dest: &Path, prefix: &str) -> Result<StagedDir> {
+        use anyhow::Context;
+        let parent = dest
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("{}: cannot create", parent.display()))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(parent)
+            .with_context(|| format!("{}: cannot create a staging folder", parent.display()))?;
+        Ok(StagedDir {
+            tmp,
+            dest: dest.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    pub fn commit(self) -> Result<()> {
+        use anyhow::Context;
+        let staged = self.tmp.keep();
+        std::fs::rename(&staged, &self.dest)
+            .with_context(|| format!("{}: cannot move into place", self.dest.display()))
+    }
+}
+
 /// One row of a `labels` table.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LabelRow {

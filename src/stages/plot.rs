@@ -42,20 +42,8 @@ fn register_font() -> Result<()> {
 
 /// The summary of `report::summary` as curves per (pipeline, trainer) and strategy.
 fn curves(df: &DataFrame) -> Result<BTreeMap<(String, String), BTreeMap<String, Curve>>> {
-    let s = |n: &str| -> Result<Vec<String>> {
-        let c = df.column(n)?.as_materialized_series().str()?.clone();
-        Ok((0..c.len())
-            .map(|i| c.get(i).unwrap_or("").to_string())
-            .collect())
-    };
-    let f = |n: &str| -> Result<Vec<f64>> {
-        let c = df
-            .column(n)?
-            .as_materialized_series()
-            .cast(&DataType::Float64)?;
-        let c = c.f64()?;
-        Ok((0..c.len()).map(|i| c.get(i).unwrap_or(f64::NAN)).collect())
-    };
+    let s = |n: &str| super::report::str_col(df, n);
+    let f = |n: &str| super::report::f64_col(df, n);
     let (pipe, trainer, strat) = (s("pipeline")?, s("trainer")?, s("strategy")?);
     let (round, labels, mean, std) = (f("round")?, f("n_labeled")?, f("acc_mean")?, f("acc_std")?);
     let mut out: BTreeMap<(String, String), BTreeMap<String, Vec<(f64, f64, f64, f64)>>> =

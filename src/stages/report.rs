@@ -155,14 +155,14 @@ pub fn aulc_report(results_dir: &Path, pipelines: &[&str]) -> Result<String> {
     Ok(out)
 }
 
-fn str_col(df: &DataFrame, n: &str) -> Result<Vec<String>> {
+pub(crate) fn str_col(df: &DataFrame, n: &str) -> Result<Vec<String>> {
     let c = df.column(n)?.as_materialized_series().str()?.clone();
     Ok((0..c.len())
         .map(|i| c.get(i).unwrap_or("").to_string())
         .collect())
 }
 
-fn f64_col(df: &DataFrame, n: &str) -> Result<Vec<f64>> {
+pub(crate) fn f64_col(df: &DataFrame, n: &str) -> Result<Vec<f64>> {
     let c = df
         .column(n)?
         .as_materialized_series()
