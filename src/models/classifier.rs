@@ -52,6 +52,15 @@ pub fn class_names(config: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
+/// A linear classifier's logits x·Wᵀ + b (x: N × D, W: K × D, b: K).
+pub fn logits(x: &Mat, w: &Mat, b: &[f32]) -> Result<Mat> {
+    let mut z = crate::geometry::matmul_nt(x, w)?;
+    for r in 0..z.rows {
+        z.row_mut(r).iter_mut().zip(b).for_each(|(v, b)| *v += b);
+    }
+    Ok(z)
+}
+
 /// For each task class, the classifier classes it maps to.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LabelMap {

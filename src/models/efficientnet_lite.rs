@@ -411,14 +411,15 @@ impl EfficientNetLite {
             .for_each(|(o, img)| {
                 let mut x = cpu::stem(&self.stem, img, cin, size);
                 for b in &self.blocks {
+                    let expanded;
                     let h = match &b.expand {
-                        Some(e) => cpu::pointwise(e, &x, true),
-                        None => cpu::Map {
-                            data: x.data.clone(),
-                            ..x
-                        },
+                        Some(e) => {
+                            expanded = cpu::pointwise(e, &x, true);
+                            &expanded
+                        }
+                        None => &x,
                     };
-                    let h = cpu::depthwise(&b.depthwise, &h, true);
+                    let h = cpu::depthwise(&b.depthwise, h, true);
                     let mut h = cpu::pointwise(&b.project, &h, false);
                     if b.residual {
                         h.data.iter_mut().zip(&x.data).for_each(|(a, v)| *a += v);

@@ -646,14 +646,7 @@ pub fn run(a: &ExtractArgs) -> Result<()> {
                 continue;
             }
             let emb = teacher_embeddings(out, &t.model.key(), split, emb)?;
-            let mut full = crate::geometry::matmul_nt(&emb, w)?;
-            for r in 0..full.rows {
-                full.row_mut(r)
-                    .iter_mut()
-                    .zip(bias)
-                    .for_each(|(v, b)| *v += b);
-            }
-            let logits = map.task_logits(&full)?;
+            let logits = map.task_logits(&classifier::logits(&emb, w, bias)?)?;
             log_accuracy(split, ids, &logits, &data);
             staging.write_logits(&lpath, ids, &logits, model_meta(&t.model, &lkey), "1")?;
         }

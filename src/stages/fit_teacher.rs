@@ -164,7 +164,7 @@ pub fn run(a: &FitTeacherArgs) -> Result<()> {
     let (probe, _) = linear::fit(&cfg, &data, &mut r, &dev)?;
     let (w, b) = fold(&probe.tensors())?;
     let score = |x: &Mat, y: &[u32]| -> Result<f64> {
-        let logits = logits(x, &w, &b)?;
+        let logits = crate::models::classifier::logits(x, &w, &b)?;
         let probs = probe.predict(x)?;
         let mut right = 0;
         for (i, &yi) in y.iter().enumerate() {
@@ -219,14 +219,6 @@ fn fold(t: &HashMap<String, Tensor>) -> Result<(Mat, Vec<f32>)> {
         }
     }
     Ok((wf, bf))
-}
-
-fn logits(x: &Mat, w: &Mat, b: &[f32]) -> Result<Mat> {
-    let mut z = crate::geometry::matmul_nt(x, w)?;
-    for r in 0..z.rows {
-        z.row_mut(r).iter_mut().zip(b).for_each(|(v, b)| *v += b);
-    }
-    Ok(z)
 }
 
 /// The backbone's folder with `_fc` replaced by the probe and `id2label` by the task's classes,
