@@ -701,6 +701,22 @@ fn idx_files_import_as_an_image_folder_that_extract_reads() {
     );
 }
 
+/// The classifier (`_fc` weight rows and bias) of an EfficientNet-Lite checkpoint folder.
+fn classifier_head(dir: &Path) -> (Vec<Vec<f32>>, Vec<f32>) {
+    let t =
+        candle_core::safetensors::load(dir.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    (
+        t["_fc.weight"].to_vec2::<f32>().unwrap(),
+        t["_fc.bias"].to_vec1::<f32>().unwrap(),
+    )
+}
+
+/// Logit k of that classifier for the features z: b_k + w_k · z.
+fn head_logit(z: &[f32], w: &[Vec<f32>], b: &[f32], k: usize) -> f32 {
+    b[k] + z.iter().zip(&w[k]).map(|(x, y)| x * y).sum::<f32>()
+}
+
 /// A pretrained classifier as the teacher: a label map (names and #indices) turns its logits
 /// into task logits by log-sum-exp, its prototypes are the mean mapped classifier rows, and its
 /// embeddings are the classifier's raw input; a classifier trained on the task's classes needs
@@ -727,13 +743,7 @@ fn a_classifier_teacher_with_a_label_map() {
     assert!(log.contains("teacher zero-shot accuracy"), "{log}");
     let out = f.root.join("c1");
     let key = "lite-cls@local";
-    let weights = candle_core::safetensors::load(
-        f.root.join("lite-cls/model.safetensors"),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
-    let w = weights["_fc.weight"].to_vec2::<f32>().unwrap();
-    let b = weights["_fc.bias"].to_vec1::<f32>().unwrap();
+    let (w, b) = classifier_head(&f.root.join("lite-cls"));
     let targets = [vec![0, 3], vec![1], vec![2, 4]];
     let p = table::read(&out.join(key).join("prototypes.parquet"), Table::Prototypes).unwrap();
     assert_eq!(p.strings("template_set").unwrap()[0], "label-map");
@@ -762,9 +772,7 @@ fn a_classifier_teacher_with_a_label_map() {
         assert_eq!(logits.cols, 3);
         let mut norms = Vec::new();
         for r in 0..z.rows {
-            let full: Vec<f32> = (0..5)
-                .map(|k| b[k] + z.row(r).iter().zip(&w[k]).map(|(x, y)| x * y).sum::<f32>())
-                .collect();
+            let full: Vec<f32> = (0..5).map(|k| head_logit(z.row(r), &w, &b, k)).collect();
             for (c, t) in targets.iter().enumerate() {
                 let lse = t.iter().map(|&i| full[i].exp()).sum::<f32>().ln();
                 assert!(
@@ -793,18 +801,12 @@ fn a_classifier_teacher_with_a_label_map() {
         Table::Embeddings,
     )
     .unwrap();
-    let weights = candle_core::safetensors::load(
-        f.root.join("lite-task/model.safetensors"),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
-    let w = weights["_fc.weight"].to_vec2::<f32>().unwrap();
-    let b = weights["_fc.bias"].to_vec1::<f32>().unwrap();
+    let (w, b) = classifier_head(&f.root.join("lite-task"));
     let (z, logits) = (emb.mat("vector").unwrap(), l.mat("logits").unwrap());
     // classes.txt orders cat, dog, bird; the classifier bird, cat, dog
     for r in 0..z.rows {
         for (c, k) in [1, 2, 0].into_iter().enumerate() {
-            let want = b[k] + z.row(r).iter().zip(&w[k]).map(|(x, y)| x * y).sum::<f32>();
+            let want = head_logit(z.row(r), &w, &b, k);
             assert!((logits.row(r)[c] - want).abs() < 1e-4);
         }
     }
