@@ -123,6 +123,7 @@ fn ccma(a: &Args, name: &str, r: &mut rng::VRng) -> Result<f64> {
             teacher: Some(&ct),
             labels: &cy,
         }),
+        retrieved_labels: None,
         cfg: &cfg,
         dropout: 0.75,
         notes: Default::default(),

@@ -37,6 +37,11 @@ pub struct Cache {
     /// Teacher logits of the calib rows (loaded with the train logits).
     pub calib_logits: Option<Mat>,
     pub test: Part,
+    /// The retrieved samples (manifest `source = retrieved`, labeled by the class their caption
+    /// named), loaded when a run uses them (`Need::retrieved`).
+    pub retrieved: Option<Part>,
+    /// Teacher logits of the retrieved rows (loaded with the train logits).
+    pub retrieved_logits: Option<Mat>,
     /// The model whose embeddings `Part::features` are (the results' `student_model`): the
     /// student's, or the teacher's for a trainer on the teacher's features
     /// (`Need::teacher_features`).
@@ -63,6 +68,8 @@ pub struct Need {
     /// model is the teacher itself: prompt learning). Runs that differ here need separate
     /// caches (`vlal run` groups them).
     pub teacher_features: bool,
+    /// The retrieved samples' features (and logits, with `logits`): a `+rda` run.
+    pub retrieved: bool,
 }
 
 impl Need {
@@ -83,6 +90,11 @@ impl Need {
                 teacher_features: true,
                 ..Need::default()
             },
+            "ct" => Need {
+                teacher_features: true,
+                prototypes: true,
+                ..Need::default()
+            },
             _ => Need::default(),
         }
     }
@@ -93,6 +105,7 @@ impl Need {
             clap: self.clap || o.clap,
             prototypes: self.prototypes || o.prototypes,
             teacher_features: self.teacher_features || o.teacher_features,
+            retrieved: self.retrieved || o.retrieved,
         }
     }
 }
@@ -200,11 +213,11 @@ impl Cache {
         let root = &cfg.root;
         let classes = read_classes(root)?;
         let m = read_manifest(root, classes.len())?;
-        let pick = |split: &str| -> (Vec<String>, Vec<Option<i32>>) {
+        let pick = |split: &str, source: &str| -> (Vec<String>, Vec<Option<i32>>) {
             let mut ids = Vec::new();
             let mut labels = Vec::new();
             for i in 0..m.ids.len() {
-                if m.splits[i] == split && m.sources[i] == "task" {
+                if m.splits[i] == split && m.sources[i] == source {
                     ids.push(m.ids[i].clone());
                     labels.push(m.labels[i]);
                 }
@@ -218,12 +231,30 @@ impl Cache {
         } else {
             &cfg.student
         };
-        for split in ["train", "calib", "test"] {
-            let (ids, labels) = pick(split);
+        // (file, manifest split, source); the retrieved rows' embeddings are `retrieved.parquet`
+        let wanted = [
+            ("train", "train", "task"),
+            ("calib", "calib", "task"),
+            ("test", "test", "task"),
+            ("retrieved", "train", "retrieved"),
+        ];
+        for (split, msplit, source) in wanted {
+            if split == "retrieved" && !need.retrieved {
+                parts.push(None);
+                continue;
+            }
+            let (ids, labels) = pick(msplit, source);
             if ids.is_empty() {
                 if split == "calib" {
                     parts.push(None);
                     continue;
+                }
+                if split == "retrieved" {
+                    bail!(
+                        "{}: no retrieved samples for a +rda run (run `vlal retrieve`, then \
+                         `vlal extract --retrieved`)",
+                        manifest_path(root).display()
+                    );
                 }
                 bail!("{}: no '{split}' samples", manifest_path(root).display());
             }
@@ -259,6 +290,7 @@ impl Cache {
                 index,
             }));
         }
+        let retrieved = parts.pop().flatten();
         let test = parts.pop().flatten().expect("test part");
         let calib = parts.pop().flatten();
         let train = parts.pop().flatten().expect("train part");
@@ -285,6 +317,19 @@ impl Cache {
             (Some(l), tau, model)
         } else {
             (None, 0.0, cfg.teacher.clone())
+        };
+        let retrieved_logits = match (&retrieved, need.logits) {
+            (Some(r), true) => {
+                let (l, t, _) = read_logits("retrieved", &r.ids)?;
+                if t != tau {
+                    bail!(
+                        "{}: tau {t} differs from the train logits' {tau}",
+                        logits_path(root, &cfg.teacher, "retrieved").display()
+                    );
+                }
+                Some(l)
+            }
+            _ => None,
         };
         let calib_logits = match (&calib, need.logits) {
             (Some(c), true) => {
@@ -354,6 +399,8 @@ impl Cache {
             calib,
             calib_logits,
             test,
+            retrieved,
+            retrieved_logits,
             feature_model,
             teacher_model,
             teacher_logits,
@@ -369,9 +416,13 @@ impl Cache {
         let mut c = Cache::load(&p.dataset, need)?;
         if let (Some(t), true) = (p.teacher.tau, c.tau > 0.0) {
             let s = c.tau / t as f32;
-            for m in [c.teacher_logits.as_mut(), c.calib_logits.as_mut()]
-                .into_iter()
-                .flatten()
+            for m in [
+                c.teacher_logits.as_mut(),
+                c.calib_logits.as_mut(),
+                c.retrieved_logits.as_mut(),
+            ]
+            .into_iter()
+            .flatten()
             {
                 m.data.iter_mut().for_each(|v| *v *= s);
             }

@@ -44,6 +44,8 @@ pub struct Pipeline {
     pub clap: ClapCfg,
     #[serde(default)]
     pub coop: CoopCfg,
+    #[serde(default)]
+    pub ct: CtCfg,
     /// Parameters of the acquisition strategies (`[select.ccma]`, `[select.mc]`, …).
     #[serde(default)]
     pub select: SelectCfg,
@@ -402,6 +404,32 @@ impl Default for CoopCfg {
     }
 }
 
+/// Contrastive tuning (trainer `ct`, ALOR): the teacher's class prototypes as the classifier and
+/// a projection of its cached image embeddings, trained with CLIP's contrastive loss.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CtCfg {
+    pub epochs: usize,
+    /// AdamW learning rate and weight decay.
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub batch_size: usize,
+    /// Temperature of cos/τ.
+    pub tau: f64,
+}
+
+impl Default for CtCfg {
+    fn default() -> Self {
+        Self {
+            epochs: 50,
+            lr: 1e-4,
+            weight_decay: 1e-2,
+            batch_size: 64,
+            tau: 0.07,
+        }
+    }
+}
+
 fn one() -> usize {
     1
 }
@@ -421,7 +449,7 @@ fn default_device() -> String {
     "cpu".into()
 }
 
-pub const TRAINERS: [&str; 5] = ["linear", "dho", "dho-clap", "ce", "coop"];
+pub const TRAINERS: [&str; 6] = ["linear", "dho", "dho-clap", "ce", "coop", "ct"];
 
 impl Pipeline {
     pub fn load(path: &Path) -> Result<Self> {
@@ -496,6 +524,12 @@ impl Pipeline {
                 bail!("coop.n_ctx, coop.epochs, coop.batch_size, coop.lr and coop.tau must be positive");
             }
         }
+        if self.trainers.iter().any(|t| t == "ct") {
+            let c = &self.ct;
+            if c.batch_size < 2 || c.tau <= 0.0 || c.lr <= 0.0 {
+                bail!("ct.batch_size must be at least 2, ct.lr and ct.tau positive");
+            }
+        }
         Ok(())
     }
 
@@ -564,6 +598,7 @@ impl RunSpec {
             "ce" => serde_json::to_value(&p.dho),
             "dho" => serde_json::to_value((&p.dho, &p.teacher)),
             "coop" => serde_json::to_value(&p.coop),
+            "ct" => serde_json::to_value(&p.ct),
             _ => serde_json::to_value((&p.dho, &p.teacher, &p.clap)),
         }
         .expect("serialisable");
@@ -582,6 +617,11 @@ impl RunSpec {
         let bytes = serde_json::to_vec(&h).expect("serialisable");
         let d = Sha256::digest(&bytes);
         d.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Whether the run trains on the retrieved data too (strategy name `…+rda`).
+    pub fn rda(&self) -> bool {
+        crate::strategy::rda_split(&self.strategy).1
     }
 
     pub fn run_id(&self) -> String {

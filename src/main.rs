@@ -37,6 +37,32 @@ struct RunArgs {
     /// Selective querying on top of the strategy (the same as naming it `<strategy>+sq`).
     #[arg(long)]
     selective: bool,
+    /// Train on the labeled ∪ retrieved data, and let TFS count the retrieved labels (the same
+    /// as naming the strategy `<strategy>+rda`); `off` removes a `+rda` the name has.
+    #[arg(long, value_enum)]
+    rda: Option<OnOff>,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+/// The strategy name with selective querying and retrieved data applied: `<base>[+sq][+rda]`.
+fn compose(s: &str, selective: bool, rda: Option<OnOff>) -> String {
+    let (base, had) = vlal::strategy::rda_split(s);
+    let base = if selective {
+        vlal::strategy::sq::selective(base)
+    } else {
+        base.to_string()
+    };
+    let on = match rda {
+        Some(OnOff::On) => true,
+        Some(OnOff::Off) => false,
+        None => had,
+    };
+    vlal::strategy::with_rda(&base, on)
 }
 
 impl RunArgs {
@@ -50,11 +76,7 @@ impl RunArgs {
             .strategy
             .clone()
             .unwrap_or_else(|| p.strategies[0].clone());
-        let s = if self.selective {
-            vlal::strategy::sq::selective(&s)
-        } else {
-            s
-        };
+        let s = compose(&s, self.selective, self.rda);
         let seed = self.seed.unwrap_or(p.seeds[0]);
         RunSpec::new(&p, &t, &s, seed)
     }
@@ -75,6 +97,11 @@ enum Cmd {
     /// Fit a teacher "trained elsewhere": a linear probe on a classifier backbone's cached raw
     /// features of held-out images, written as a classifier checkpoint for `extract --teacher`.
     FitTeacher(stages::fit_teacher::FitTeacherArgs),
+    /// Pull samples of the task's classes from a LAION-style corpus of Parquet shards (ALOR):
+    /// whole-word caption matches, top k per class by cos(caption, class prototype).
+    Retrieve(stages::retrieve::RetrieveArgs),
+    /// Generate a LAION-style corpus of captioned images (Parquet shards) to try `retrieve`.
+    Corpus(stages::corpus::CorpusArgs),
     /// Fit the student head on a round's labels; write predictions and the head.
     Train {
         #[command(flatten)]
@@ -126,6 +153,9 @@ enum Cmd {
         /// Run every strategy with selective querying on top (`<strategy>+sq`).
         #[arg(long)]
         selective: bool,
+        /// `on`: every strategy with retrieved data (`+rda`); `off`: every one without.
+        #[arg(long, value_enum)]
+        rda: Option<OnOff>,
     },
     /// Summarise the results table: accuracy mean ± std over seeds per round.
     Report {
@@ -163,6 +193,8 @@ fn main_inner(cli: Cli) -> Result<()> {
         Cmd::Tiny(a) => stages::tiny::run(&a),
         Cmd::ImportIdx(a) => stages::import_idx::run(&a),
         Cmd::FitTeacher(a) => stages::fit_teacher::run(&a),
+        Cmd::Retrieve(a) => stages::retrieve::run(&a),
+        Cmd::Corpus(a) => stages::corpus::run(&a),
         Cmd::Train { run, round } => {
             let spec = run.spec()?;
             stages::train::run(&spec, &load(&spec)?, round)
@@ -202,19 +234,20 @@ fn main_inner(cli: Cli) -> Result<()> {
             strategy,
             seed,
             selective,
+            rda,
         } => {
             let mut p = Pipeline::load(&pipeline)?;
             let mut strategies = strategy;
-            if selective {
-                let sq = |v: &mut Vec<String>| {
+            if selective || rda.is_some() {
+                let apply = |v: &mut Vec<String>| {
                     let mut seen = std::collections::HashSet::new();
                     v.retain_mut(|s| {
-                        *s = vlal::strategy::sq::selective(s);
+                        *s = compose(s, selective, rda);
                         seen.insert(s.clone())
                     });
                 };
-                sq(&mut p.strategies);
-                sq(&mut strategies);
+                apply(&mut p.strategies);
+                apply(&mut strategies);
             }
             stages::run::run(
                 &p,

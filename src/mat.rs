@@ -70,6 +70,21 @@ impl Mat {
 
     /// Scale every row to unit L2 norm (zero rows stay zero).
     /// The transposed matrix (cols × rows).
+    /// The rows of `self`, then those of `other` (same width).
+    pub fn vstack(&self, other: &Mat) -> Result<Mat> {
+        if self.cols != other.cols {
+            anyhow::bail!(
+                "cannot stack {}-wide rows on {}-wide rows",
+                other.cols,
+                self.cols
+            );
+        }
+        let mut data = Vec::with_capacity(self.data.len() + other.data.len());
+        data.extend_from_slice(&self.data);
+        data.extend_from_slice(&other.data);
+        Mat::new(self.rows + other.rows, self.cols, data)
+    }
+
     pub fn transpose(&self) -> Mat {
         let mut t = Mat::zeros(self.cols, self.rows);
         for i in 0..self.rows {

@@ -23,6 +23,7 @@ pub enum Table {
     Results,
     Diagnostics,
     Rejects,
+    Retrieved,
 }
 
 #[derive(Debug, Deserialize)]
@@ -52,7 +53,7 @@ pub struct ColumnDef {
 }
 
 impl Table {
-    pub const ALL: [Table; 11] = [
+    pub const ALL: [Table; 12] = [
         Table::Manifest,
         Table::Classes,
         Table::Embeddings,
@@ -64,6 +65,7 @@ impl Table {
         Table::Results,
         Table::Diagnostics,
         Table::Rejects,
+        Table::Retrieved,
     ];
 
     fn json(self) -> &'static str {
@@ -79,6 +81,7 @@ impl Table {
             Table::Results => include_str!("../schemas/results.json"),
             Table::Diagnostics => include_str!("../schemas/diagnostics.json"),
             Table::Rejects => include_str!("../schemas/rejects.json"),
+            Table::Retrieved => include_str!("../schemas/retrieved.json"),
         }
     }
 

@@ -59,6 +59,25 @@ impl Frame {
             .collect())
     }
 
+    /// A `list<utf8>` column (a null list reads as empty).
+    pub fn list_strings(&self, name: &str) -> Result<Vec<Vec<String>>> {
+        let l = self.typed::<arrow::array::ListArray>(name)?;
+        (0..l.len())
+            .map(|i| {
+                if l.is_null(i) {
+                    return Ok(Vec::new());
+                }
+                let v = l.value(i);
+                let s = v.as_any().downcast_ref::<StringArray>().ok_or_else(|| {
+                    anyhow!("{}: column '{name}' is not a list of strings", self.path)
+                })?;
+                Ok(s.iter()
+                    .map(|x| x.unwrap_or_default().to_string())
+                    .collect())
+            })
+            .collect()
+    }
+
     pub fn i32s(&self, name: &str) -> Result<Vec<Option<i32>>> {
         Ok(self.typed::<Int32Array>(name)?.iter().collect())
     }

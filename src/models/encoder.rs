@@ -211,6 +211,19 @@ pub fn tokenizer_for(dir: &Path, clip: &Clip) -> Result<ClipTokenizer> {
     Ok(tok)
 }
 
+/// Unit-norm text embeddings of token rows (each `len` ids, as [`ClipTokenizer::encode`] gives),
+/// `batch` rows per forward pass.
+pub fn text_embeddings(clip: &Clip, len: usize, ids: &[Vec<u32>], batch: usize) -> Result<Mat> {
+    let mut data = Vec::with_capacity(ids.len() * clip.config.projection_dim);
+    for chunk in ids.chunks(batch.max(1)) {
+        let flat: Vec<u32> = chunk.iter().flatten().copied().collect();
+        let t = Tensor::from_vec(flat, (chunk.len(), len), clip.device())?;
+        let z = l2_normalize(&clip.text_features(&t)?)?;
+        data.extend(z.flatten_all()?.to_vec1::<f32>()?);
+    }
+    Mat::new(ids.len(), clip.config.projection_dim, data)
+}
+
 /// Class prototypes: for each class, the normalised mean over `templates` × its names (the
 /// name, plus the synonyms when given) of the normalised text embeddings.
 pub fn prototypes(
@@ -234,20 +247,12 @@ pub fn prototypes(
             }
         }
     }
-    let dim = clip.config.projection_dim;
-    let mut sums = Mat::zeros(names.len(), dim);
-    let len = tok.context_length;
-    for chunk in prompts.chunks(64) {
-        let flat: Vec<u32> = chunk
-            .iter()
-            .flat_map(|(_, ids)| ids.iter().copied())
-            .collect();
-        let ids = Tensor::from_vec(flat, (chunk.len(), len), clip.device())?;
-        let z = l2_normalize(&clip.text_features(&ids)?)?.to_vec2::<f32>()?;
-        for ((c, _), row) in chunk.iter().zip(z) {
-            for (s, v) in sums.row_mut(*c).iter_mut().zip(row) {
-                *s += v;
-            }
+    let ids: Vec<Vec<u32>> = prompts.iter().map(|(_, ids)| ids.clone()).collect();
+    let z = text_embeddings(clip, tok.context_length, &ids, 64)?;
+    let mut sums = Mat::zeros(names.len(), z.cols);
+    for (i, (c, _)) in prompts.iter().enumerate() {
+        for (s, v) in sums.row_mut(*c).iter_mut().zip(z.row(i)) {
+            *s += v;
         }
     }
     if sums.data.iter().any(|v| !v.is_finite()) {

@@ -92,6 +92,65 @@ pub struct ExtractArgs {
     /// Resolve hub ids from the local hf-hub cache only (also HF_HUB_OFFLINE=1).
     #[arg(long)]
     pub offline: bool,
+    /// Retrieved samples (`vlal retrieve`'s retrieved.parquet): their images are embedded by
+    /// every model into `<model>/retrieved.parquet` and they join the manifest as
+    /// split = train, source = retrieved, labeled with the class their caption named.
+    #[arg(long)]
+    pub retrieved: Option<PathBuf>,
+}
+
+/// The embedding files extract writes per model: the task splits, then the retrieved samples.
+const FILE_SPLITS: [&str; 4] = ["train", "calib", "test", "retrieved"];
+
+/// A sample's manifest (split, source): retrieved samples are training data from elsewhere.
+fn manifest_split(s: &Sample) -> (&str, &str) {
+    if s.split == "retrieved" {
+        ("train", "retrieved")
+    } else {
+        (s.split.as_str(), "task")
+    }
+}
+
+/// The retrieved samples with an image path, as samples of the `retrieved` file split.
+fn retrieved_samples(path: &Path, data: &Dataset) -> Result<Vec<Sample>> {
+    let f = table::read(path, Table::Retrieved)?;
+    let (ids, paths, labels, classes) = (
+        f.strings("sample_id")?,
+        f.opt_strings("path")?,
+        f.i32s("label")?,
+        f.strings("class")?,
+    );
+    let mut out = Vec::new();
+    let mut no_path = 0;
+    for i in 0..f.rows {
+        let l = labels[i].unwrap_or(-1);
+        let named = usize::try_from(l).ok().and_then(|l| data.classes.get(l));
+        if named.is_none_or(|c| c.name != classes[i]) {
+            bail!(
+                "{}: sample '{}' is class {l} '{}', which is not this dataset's class {l}; \
+                 retrieve for this cache's classes",
+                path.display(),
+                ids[i],
+                classes[i]
+            );
+        }
+        match &paths[i] {
+            Some(p) => out.push(Sample {
+                id: ids[i].clone(),
+                path: PathBuf::from(p),
+                split: "retrieved".into(),
+                label: Some(l),
+            }),
+            None => no_path += 1,
+        }
+    }
+    if no_path > 0 {
+        progress::log(format!(
+            "{}: {no_path} retrieved sample(s) have no image path; left out",
+            path.display()
+        ));
+    }
+    Ok(out)
 }
 
 const KEY_VERSION: &str = "vlal-extract-1";
@@ -327,9 +386,9 @@ fn embed_split(
     Ok((kept, mats, rejects))
 }
 
-/// The entries of a per-split map in the order train, calib, test.
+/// The entries of a per-split map in the order train, calib, test, retrieved.
 fn splits_in_order<'a, T>(m: &'a HashMap<&str, T>) -> Vec<(&'a str, &'a T)> {
-    dataset::SPLITS
+    FILE_SPLITS
         .iter()
         .filter_map(|s| m.get_key_value(s).map(|(k, v)| (*k, v)))
         .collect()
@@ -419,13 +478,22 @@ pub fn run(a: &ExtractArgs) -> Result<()> {
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let data: Dataset = match (&a.images, &a.manifest) {
+    let mut data: Dataset = match (&a.images, &a.manifest) {
         (Some(dir), _) => {
             dataset::from_folder(dir, a.classes.as_deref(), a.test_fraction, a.calib_fraction)?
         }
         (None, Some(m)) => dataset::from_manifest(m, a.classes.as_deref())?,
         (None, None) => bail!("pass --images or --manifest"),
     };
+    if let Some(r) = &a.retrieved {
+        let extra = retrieved_samples(r, &data)?;
+        progress::log(format!(
+            "{}: {} retrieved samples",
+            r.display(),
+            extra.len()
+        ));
+        data.samples.extend(extra);
+    }
     let device = crate::train::device(&a.device)?;
     let resolve = |spec: &str, revision: &Option<String>, name: &Option<String>| {
         hub::resolve(
@@ -520,7 +588,7 @@ pub fn run(a: &ExtractArgs) -> Result<()> {
     let mut kept_ids: HashMap<&str, HashSet<String>> = HashMap::new();
     // per split: the teacher's ids, its vectors when computed in this run, and its content key
     let mut teacher_emb: HashMap<&str, (Vec<String>, Option<Mat>, String)> = HashMap::new();
-    for split in dataset::SPLITS {
+    for split in FILE_SPLITS {
         let samples: Vec<Sample> = data
             .samples
             .iter()
@@ -754,13 +822,16 @@ pub fn run(a: &ExtractArgs) -> Result<()> {
                 ),
                 (
                     "split",
-                    table::utf8(&rows.iter().map(|s| s.split.as_str()).collect::<Vec<_>>()),
+                    table::utf8(&rows.iter().map(|s| manifest_split(s).0).collect::<Vec<_>>()),
                 ),
                 (
                     "label",
                     table::opt_i32s(&rows.iter().map(|s| s.label).collect::<Vec<_>>()),
                 ),
-                ("source", table::utf8(&vec!["task"; rows.len()])),
+                (
+                    "source",
+                    table::utf8(&rows.iter().map(|s| manifest_split(s).1).collect::<Vec<_>>()),
+                ),
             ],
             &[
                 ("content_key", mkey),

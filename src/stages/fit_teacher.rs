@@ -158,6 +158,7 @@ pub fn run(a: &FitTeacherArgs) -> Result<()> {
         teacher: None,
         class_names: &classes,
         feature_model: &feature_model,
+        prototypes: None,
     };
     let dev = Device::Cpu;
     let mut r = rng::stream(a.seed, "fit-teacher", 0);

@@ -1,6 +1,7 @@
 //! The pipeline's stages as library functions; `vlal <stage>` and `vlal run` call these. Stages
 //! pass state to each other only through the tables of `schemas/`.
 
+pub mod corpus;
 pub mod eval;
 pub mod extract;
 pub mod fit_teacher;
@@ -8,6 +9,7 @@ pub mod import_idx;
 pub mod label;
 pub mod plot;
 pub mod report;
+pub mod retrieve;
 pub mod run;
 pub mod select;
 pub mod synth;
@@ -157,6 +159,7 @@ pub fn need_of(spec: &crate::config::RunSpec) -> Result<crate::cache::Need> {
     let mut n = crate::cache::Need::of(&spec.trainer)
         .union(crate::strategy::by_name(&spec.strategy)?.needs());
     n.logits |= spec.pipeline.select.diagnostics;
+    n.retrieved = spec.rda();
     Ok(n)
 }
 

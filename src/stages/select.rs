@@ -87,6 +87,7 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize, budget: usize) -> Result
         .as_ref()
         .map(|c| c.label_ids())
         .unwrap_or_default();
+    let retrieved_labels = cache.retrieved.as_ref().map(|r| r.label_ids());
     let ctx = SelectContext {
         n_classes: cache.n_classes(),
         probs: &probs,
@@ -98,6 +99,7 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize, budget: usize) -> Result
         teacher_probs: teacher_probs.as_ref(),
         teacher_image: cache.teacher_image.as_ref(),
         prototypes: cache.prototypes.as_ref(),
+        retrieved_labels: retrieved_labels.as_deref(),
         calib: calib_student.as_ref().map(|s| strategy::Calib {
             student: s,
             teacher: calib_teacher.as_ref(),
@@ -121,7 +123,8 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize, budget: usize) -> Result
     let rows: Vec<usize> = picks.iter().map(|p| pool[p.pos]).collect();
     let m = batch_metrics(&ctx, &rows);
     let mut notes = notes;
-    let pseudo: Vec<Option<i32>> = if strategy::sq::split(&spec.strategy).1 {
+    let base = strategy::rda_split(&spec.strategy).0;
+    let pseudo: Vec<Option<i32>> = if strategy::sq::split(base).1 {
         let eps = strategy::sq::thresholds(&probs, &labeled, &labels);
         let pl = strategy::sq::pseudo_labels(&probs, &rows, &eps);
         let k = pl.iter().flatten().count();
@@ -273,6 +276,7 @@ mod tests {
             teacher_image: None,
             prototypes: None,
             calib: None,
+            retrieved_labels: None,
             cfg: &Default::default(),
             dropout: 0.5,
             notes: Default::default(),

@@ -1,5 +1,6 @@
 //! `vlal train`: fit the run's student head on the labels of a round and write the round's
-//! predictions (train pool and test split) and the head as safetensors.
+//! predictions (train pool and test split) and the head as safetensors. A `+rda` run trains on
+//! the labeled ∪ retrieved samples: the retrieved rows are stacked under the pool's.
 
 use super::{labeled_rows, read_labels, require};
 use crate::cache::Cache;
@@ -14,7 +15,7 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize) -> Result<()> {
     let lpath = spec.labels_path(round);
     require(&lpath, "vlal label")?;
     let rows = read_labels(&lpath)?;
-    let (labeled, labels) = labeled_rows(&lpath, cache, &rows)?;
+    let (mut labeled, mut labels) = labeled_rows(&lpath, cache, &rows)?;
     let device = train::device(&spec.pipeline.device)?;
     let start = Instant::now();
     let p = &spec.pipeline;
@@ -30,12 +31,40 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize) -> Result<()> {
         }
         _ => None,
     };
+    let mut features = None;
+    let mut teacher = teacher;
+    if spec.rda() {
+        let Some(r) = &cache.retrieved else {
+            bail!("{}: a +rda run needs the retrieved samples", spec.strategy);
+        };
+        let n = cache.train.ids.len();
+        labeled.extend(n..n + r.ids.len());
+        labels.extend(r.label_ids());
+        features = Some(cache.train.features.vstack(&r.features)?);
+        teacher = match (teacher, spec.trainer.as_str()) {
+            (None, _) => None,
+            (Some(t), "dho") => {
+                let rl = cache
+                    .retrieved_logits
+                    .as_ref()
+                    .expect("loaded with the logits");
+                Some(t.vstack(rl)?)
+            }
+            (Some(_), other) => bail!("the {other} trainer does not take retrieved data (+rda)"),
+        };
+        crate::progress::log(format!(
+            "training on {} labeled + {} retrieved samples",
+            rows.len(),
+            r.ids.len()
+        ));
+    }
     let teacher = teacher
         .map(|l| teacher::logit_adjust(&l, &p.teacher.la, p.teacher.la_tau))
         .transpose()?;
     let teacher = teacher.as_ref().map(|m| (m, cache.tau));
     let data = train::TrainData {
-        features: &cache.train.features,
+        features: features.as_ref().unwrap_or(&cache.train.features),
+        prototypes: cache.prototypes.as_ref(),
         labeled: &labeled,
         labels: &labels,
         n_classes: cache.n_classes(),

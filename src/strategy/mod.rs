@@ -23,6 +23,7 @@ mod power_bald;
 mod probcover;
 mod random;
 pub mod sq;
+mod tfs;
 mod typiclust;
 pub mod uherding;
 
@@ -78,6 +79,8 @@ pub struct SelectContext<'a> {
     /// The teacher's class prototypes t_c (C × D, [`Strategy::needs`] prototypes).
     pub prototypes: Option<&'a Mat>,
     pub calib: Option<Calib<'a>>,
+    /// Labels of the retrieved samples the run trains on (`+rda` runs; TFS counts them).
+    pub retrieved_labels: Option<&'a [u32]>,
     pub cfg: &'a SelectCfg,
     /// MC dropout rate when a strategy's table leaves it unset (the linear probe's).
     pub dropout: f32,
@@ -126,7 +129,7 @@ pub trait Strategy: Send + Sync {
     fn select(&self, ctx: &SelectContext, budget: usize, rng: &mut VRng) -> Result<Vec<Pick>>;
 }
 
-pub const NAMES: [&str; 28] = [
+pub const NAMES: [&str; 29] = [
     "random",
     "entropy",
     "margin",
@@ -155,10 +158,33 @@ pub const NAMES: [&str; 28] = [
     "pcb-entropy",
     "pcb-badge",
     "pcb-coreset",
+    "tfs",
 ];
+
+/// A strategy name without its `+rda` suffix, and whether it had it. A `+rda` run trains on the
+/// labeled ∪ retrieved data of the cache, and TFS counts the retrieved labels.
+pub fn rda_split(name: &str) -> (&str, bool) {
+    match name.strip_suffix("+rda") {
+        Some(base) => (base, true),
+        None => (name, false),
+    }
+}
+
+/// `name` with retrieved data switched on or off (`--rda on|off`).
+pub fn with_rda(name: &str, on: bool) -> String {
+    let base = rda_split(name).0;
+    if on {
+        format!("{base}+rda")
+    } else {
+        base.to_string()
+    }
+}
 
 /// The registry: a strategy by its name.
 pub fn by_name(name: &str) -> Result<Box<dyn Strategy>> {
+    if let (base, true) = rda_split(name) {
+        return by_name(base);
+    }
     if let (base, true) = sq::split(name) {
         return by_name(base);
     }
@@ -194,8 +220,10 @@ pub fn by_name(name: &str) -> Result<Box<dyn Strategy>> {
             base: Box::new(coreset::Coreset),
             name: "pcb-coreset",
         }),
+        "tfs" => Box::new(tfs::Tfs),
         other => bail!(
-            "unknown strategy '{other}' (known: {}; any of them + `+sq` for selective querying)",
+            "unknown strategy '{other}' (known: {}; any of them + `+sq` for selective querying, \
+             then + `+rda` to add the retrieved data)",
             NAMES.join(", ")
         ),
     })
@@ -344,6 +372,7 @@ pub(crate) mod testutil {
                 teacher_image: None,
                 prototypes: None,
                 calib: None,
+                retrieved_labels: None,
                 cfg: &DEFAULT_CFG,
                 dropout: 0.5,
                 notes: Notes::default(),

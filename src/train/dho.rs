@@ -264,6 +264,7 @@ mod tests {
             teacher: Some((&t, 0.01)),
             class_names: &[],
             feature_model: &crate::train::FeatureModel::default(),
+            prototypes: None,
         };
         let (_, losses) = fit_named(
             "dho",
@@ -287,6 +288,7 @@ mod tests {
             teacher: Some((&t, 0.01)),
             class_names: &[],
             feature_model: &crate::train::FeatureModel::default(),
+            prototypes: None,
         };
         let p1 = pipeline(1.0, 30);
         let (dho1, _) =

@@ -3,6 +3,7 @@
 //! own features. Every random draw is seeded (see `rng`).
 
 pub mod coop;
+pub mod ct;
 pub mod dho;
 pub mod linear;
 
@@ -26,6 +27,8 @@ pub struct TrainData<'a> {
     pub class_names: &'a [String],
     /// The model whose embeddings `features` are.
     pub feature_model: &'a FeatureModel,
+    /// The teacher's class prototypes t_c (contrastive tuning's initial classifier).
+    pub prototypes: Option<&'a Mat>,
 }
 
 /// Which model made a set of cached features: its cache key `id@revision` and, when `extract`
@@ -41,6 +44,7 @@ pub enum Head {
     Linear(linear::LinearProbe),
     Dual(dho::DualHead),
     Prompt(coop::PromptHead),
+    Contrastive(ct::CtHead),
 }
 
 impl Head {
@@ -50,6 +54,7 @@ impl Head {
             Head::Linear(h) => h.predict(x),
             Head::Dual(h) => h.predict(x),
             Head::Prompt(h) => h.predict(x),
+            Head::Contrastive(h) => h.predict(x),
         }
     }
 
@@ -59,7 +64,7 @@ impl Head {
     pub fn embed(&self, x: &Mat) -> Result<Mat> {
         match self {
             Head::Linear(h) => h.embed(x),
-            Head::Dual(_) | Head::Prompt(_) => Ok(x.clone()),
+            Head::Dual(_) | Head::Prompt(_) | Head::Contrastive(_) => Ok(x.clone()),
         }
     }
 
@@ -69,6 +74,7 @@ impl Head {
             Head::Linear(l) => l.probs_from_embedded(h),
             Head::Dual(d) => d.probs_t(h),
             Head::Prompt(p) => p.probs_t(h),
+            Head::Contrastive(c) => c.probs_t(h),
         }
     }
 
@@ -77,6 +83,7 @@ impl Head {
             Head::Linear(l) => l.device(),
             Head::Dual(d) => d.device(),
             Head::Prompt(p) => p.device(),
+            Head::Contrastive(c) => c.device(),
         }
     }
 
@@ -114,7 +121,14 @@ impl Head {
                 .cloned()
                 .ok_or_else(|| anyhow::anyhow!("{}: missing tensor '{k}'", path.display()))
         };
-        if t.contains_key("prompt.text") {
+        if t.contains_key("ct.text") {
+            let tau = get("ct.tau")?.to_vec1::<f32>()?;
+            Ok(Head::Contrastive(ct::CtHead::from_tensors(
+                get("ct.proj")?,
+                get("ct.text")?,
+                tau.first().copied().unwrap_or(0.0) as f64,
+            )?))
+        } else if t.contains_key("prompt.text") {
             let tau = get("prompt.tau")?.to_vec1::<f32>()?;
             Ok(Head::Prompt(coop::PromptHead::from_tensors(
                 get("prompt.text")?,
@@ -147,6 +161,7 @@ impl Head {
             Head::Linear(h) => h.grad_factors(x),
             Head::Dual(h) => h.grad_factors(x),
             Head::Prompt(h) => h.grad_factors(x),
+            Head::Contrastive(h) => h.grad_factors(x),
         }
     }
 
@@ -156,6 +171,7 @@ impl Head {
             Head::Linear(h) => h.tensors(),
             Head::Dual(h) => h.tensors(),
             Head::Prompt(h) => h.tensors()?,
+            Head::Contrastive(h) => h.tensors()?,
         };
         let dir = path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir)?;
@@ -198,6 +214,10 @@ pub fn fit(
         "coop" => {
             let (h, l) = coop::fit_head(&p.coop, data, rng, device)?;
             Ok((Head::Prompt(h), l))
+        }
+        "ct" => {
+            let (h, l) = ct::fit(&p.ct, data, rng, device)?;
+            Ok((Head::Contrastive(h), l))
         }
         other => bail!("unknown trainer '{other}'"),
     }
@@ -375,6 +395,7 @@ mod tests {
                 teacher: Some((&t, 0.01)),
                 class_names: &[],
                 feature_model: &FeatureModel::default(),
+                prototypes: None,
             };
             let (head, _) = fit(
                 trainer,

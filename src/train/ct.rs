@@ -1,0 +1,231 @@
+//! Contrastive tuning (ALOR's CT, after FLYP) on cached teacher image embeddings. The classifier
+//! is the teacher's class prototypes t_c; a linear projection of the image features (initialised
+//! to the identity) and the class embeddings (initialised to t_c) are trained with CLIP's
+//! symmetric contrastive loss at temperature τ: image → class texts, and each image's class text
+//! → the batch's images (same-class images share the target). Prediction is softmax(cos(Px, w_c)/τ),
+//! so before any step the head is the teacher's zero-shot classifier.
+
+use super::{batches, named, predict_chunked, rows, run_epochs, targets, TrainData};
+use crate::config::CtCfg;
+use crate::mat::Mat;
+use crate::rng::VRng;
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor, Var, D};
+use candle_nn::Optimizer;
+use std::collections::HashMap;
+
+pub struct CtHead {
+    proj: Var,
+    text: Var,
+    tau: f64,
+}
+
+fn unit_rows(x: &Tensor) -> Result<Tensor> {
+    let n = (x.sqr()?.sum_keepdim(D::Minus1)? + 1e-12)?.sqrt()?;
+    Ok(x.broadcast_div(&n)?)
+}
+
+impl CtHead {
+    pub fn from_tensors(proj: Tensor, text: Tensor, tau: f64) -> Result<CtHead> {
+        if proj.rank() != 2 || text.rank() != 2 || tau <= 0.0 {
+            bail!("a contrastive head needs (D, D) projection, (C, D) class embeddings and τ > 0");
+        }
+        Ok(CtHead {
+            proj: Var::from_tensor(&proj)?,
+            text: Var::from_tensor(&text)?,
+            tau,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        self.text.device()
+    }
+
+    /// Unit-norm projected image features.
+    fn image(&self, x: &Tensor) -> Result<Tensor> {
+        unit_rows(&x.matmul(&self.proj.as_tensor().t()?)?)
+    }
+
+    fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        let w = unit_rows(self.text.as_tensor())?;
+        Ok((self.image(x)?.matmul(&w.t()?)? / self.tau)?)
+    }
+
+    /// Class probabilities of rows of image features (differentiable).
+    pub fn probs_t(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::softmax(&self.logits(x)?, 1)?)
+    }
+
+    pub fn predict(&self, x: &Mat) -> Result<Mat> {
+        predict_chunked(x, self.device(), |t| self.probs_t(t))
+    }
+
+    /// The last layer's input is the projected unit feature; a(x) = p − e_ŷ.
+    pub fn grad_factors(&self, x: &Mat) -> Result<(Mat, Mat)> {
+        let h = predict_chunked(x, self.device(), |t| self.image(t))?;
+        let p = self.predict(x)?;
+        Ok((h, super::minus_onehot(&p, &p)))
+    }
+
+    pub fn tensors(&self) -> Result<HashMap<String, Tensor>> {
+        let tau = Tensor::new(&[self.tau as f32], self.device())?;
+        Ok(named(vec![
+            ("ct.proj", self.proj.as_tensor()),
+            ("ct.text", self.text.as_tensor()),
+            ("ct.tau", &tau),
+        ]))
+    }
+
+    /// The symmetric contrastive loss of one batch.
+    fn loss(&self, x: &Tensor, y: &[u32]) -> Result<Tensor> {
+        let dev = x.device();
+        let z = self.image(x)?;
+        let w = unit_rows(self.text.as_tensor())?;
+        // image → every class text
+        let i2t =
+            candle_nn::loss::cross_entropy(&(z.matmul(&w.t()?)? / self.tau)?, &targets(y, dev)?)?;
+        // each image's class text → the batch's images; same-class images share the target
+        let wy = w.index_select(&targets(y, dev)?, 0)?;
+        let s = (wy.matmul(&z.t()?)? / self.tau)?;
+        let n = y.len();
+        let mut q = vec![0f32; n * n];
+        for i in 0..n {
+            let same = y.iter().filter(|&&v| v == y[i]).count() as f32;
+            for j in 0..n {
+                if y[j] == y[i] {
+                    q[i * n + j] = 1.0 / same;
+                }
+            }
+        }
+        let q = Tensor::from_vec(q, (n, n), dev)?;
+        let t2i = (candle_nn::ops::log_softmax(&s, 1)? * q)?
+            .sum_all()?
+            .neg()?
+            .affine(1.0 / n as f64, 0.0)?;
+        Ok(((i2t + t2i)? * 0.5)?)
+    }
+}
+
+pub fn fit(
+    cfg: &CtCfg,
+    data: &TrainData,
+    rng: &mut VRng,
+    dev: &Device,
+) -> Result<(CtHead, Vec<f32>)> {
+    let Some(protos) = data.prototypes else {
+        bail!("trainer ct needs the teacher's class prototypes in the cache");
+    };
+    let d = data.features.cols;
+    if protos.cols != d || protos.rows != data.n_classes {
+        bail!(
+            "trainer ct: prototypes are {}×{}, the features {d}-d with {} classes",
+            protos.rows,
+            protos.cols,
+            data.n_classes
+        );
+    }
+    let head = CtHead::from_tensors(
+        Tensor::eye(d, DType::F32, dev)?,
+        protos.to_tensor(dev)?,
+        cfg.tau,
+    )?;
+    let params = candle_nn::ParamsAdamW {
+        lr: cfg.lr,
+        weight_decay: cfg.weight_decay,
+        ..Default::default()
+    };
+    let mut opt = candle_nn::AdamW::new(vec![head.proj.clone(), head.text.clone()], params)?;
+    let label_of: HashMap<usize, u32> = data
+        .labeled
+        .iter()
+        .copied()
+        .zip(data.labels.iter().copied())
+        .collect();
+    let losses = run_epochs(cfg.epochs, "ct", || {
+        let mut sum = 0.0f32;
+        let bs = batches(data.labeled, cfg.batch_size, 2, rng);
+        for batch in &bs {
+            let x = rows(data.features, batch, dev)?;
+            let y: Vec<u32> = batch.iter().map(|i| label_of[i]).collect();
+            let loss = head.loss(&x, &y)?;
+            opt.backward_step(&loss)?;
+            sum += loss.to_scalar::<f32>()?;
+        }
+        Ok((sum, bs.len()))
+    })?;
+    Ok((head, losses))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CtCfg;
+    use crate::rng;
+    use crate::train::FeatureModel;
+
+    /// Features near class directions, and prototypes that are rotated away from them: at step 0
+    /// the head is the zero-shot classifier cos(x, t_c)/τ; training moves it toward the labels.
+    #[test]
+    fn starts_zero_shot_and_learns_the_labels() {
+        let mut r = rng::stream(1, "ct", 0);
+        let (c, d, n) = (3, 6, 60);
+        let noise = rng::uniform(n * d, 0.3, &mut r);
+        let mut f = Mat::zeros(n, d);
+        for i in 0..n {
+            for j in 0..d {
+                f.row_mut(i)[j] = noise[i * d + j] + if j == i % c { 1.0 } else { 0.0 };
+            }
+        }
+        // class k's prototype points half at its own direction, half at the next class's
+        let mut p = Mat::zeros(c, d);
+        for k in 0..c {
+            p.row_mut(k)[k] = 0.5;
+            p.row_mut(k)[(k + 1) % c] = 0.9;
+        }
+        let labeled: Vec<usize> = (0..n).collect();
+        let labels: Vec<u32> = labeled.iter().map(|&i| (i % c) as u32).collect();
+        let data = TrainData {
+            features: &f,
+            labeled: &labeled,
+            labels: &labels,
+            n_classes: c,
+            teacher: None,
+            class_names: &[],
+            feature_model: &FeatureModel::default(),
+            prototypes: Some(&p),
+        };
+        let acc = |h: &CtHead| {
+            let pr = h.predict(&f).unwrap();
+            (0..n)
+                .filter(|&i| crate::mat::argmax(pr.row(i)) == i % c)
+                .count() as f64
+                / n as f64
+        };
+        let mut cfg = CtCfg::default();
+        cfg.epochs = 0;
+        let (h0, _) = fit(&cfg, &data, &mut rng::stream(0, "t", 0), &Device::Cpu).unwrap();
+        // zero-shot: softmax(cos(x, t_c)/τ) exactly
+        let pr = h0.predict(&f).unwrap();
+        let mut zs = p.clone();
+        zs.normalize_rows();
+        let mut fx = f.clone();
+        fx.normalize_rows();
+        let lg = crate::geometry::matmul_nt(&fx, &zs).unwrap();
+        let want = crate::mat::softmax_rows(&lg, (1.0 / cfg.tau) as f32);
+        assert!(pr
+            .data
+            .iter()
+            .zip(&want.data)
+            .all(|(a, b)| (a - b).abs() < 1e-4));
+        let before = acc(&h0);
+        cfg.epochs = 60;
+        cfg.lr = 1e-2;
+        let fit_once = || fit(&cfg, &data, &mut rng::stream(0, "t", 0), &Device::Cpu).unwrap();
+        let (h1, losses) = fit_once();
+        assert!(losses.last().unwrap() < &losses[0], "{losses:?}");
+        assert!(acc(&h1) > before + 0.2, "{before} → {}", acc(&h1));
+        // seeded: the same run gives the same head
+        let (h2, _) = fit_once();
+        assert_eq!(h1.predict(&f).unwrap(), h2.predict(&f).unwrap());
+    }
+}
