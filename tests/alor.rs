@@ -1,0 +1,314 @@
+//! End-to-end test of ALOR on the tiny world: a generated corpus (with unreadable shards) →
+//! `vlal retrieve` (stopped after one shard, then resumed, then compared with an uninterrupted
+//! run) → `extract --retrieved` → a pipeline of TFS and random with and without retrieved data,
+//! trained with the linear probe and contrastive tuning.
+
+use arrow::array::{ArrayRef, RecordBatch, StringArray};
+use arrow::buffer::{Buffer, OffsetBuffer};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Arc;
+use vlal::schema::Table;
+use vlal::table;
+
+const BIN: &str = env!("CARGO_BIN_EXE_vlal");
+
+fn vlal(dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("vlal runs")
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let o = vlal(dir, args);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "vlal {args:?} failed: {err}");
+    err
+}
+
+/// A shard whose caption column is utf8-typed but holds bytes that are not UTF-8.
+fn write_bad_utf8_shard(path: &Path) {
+    let bytes: &[u8] = b"a cat\xc3\x28 photo";
+    let offsets = OffsetBuffer::new(vec![0i32, bytes.len() as i32].into());
+    // SAFETY: deliberately invalid UTF-8, to test that the reader refuses the shard; the array
+    // is only handed to the Parquet writer, which copies bytes.
+    let caption = unsafe { StringArray::new_unchecked(offsets, Buffer::from(bytes), None) };
+    let batch = RecordBatch::try_from_iter(vec![
+        ("key", Arc::new(StringArray::from(vec!["z0"])) as ArrayRef),
+        ("caption", Arc::new(caption) as ArrayRef),
+    ])
+    .unwrap();
+    let f = std::fs::File::create(path).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(f, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+fn whole_word(caption: &str, word: &str) -> bool {
+    let c = caption.to_lowercase();
+    c.match_indices(word).any(|(i, _)| {
+        let before = c[..i].chars().next_back();
+        let after = c[i + word.len()..].chars().next();
+        !before.is_some_and(|x| x.is_alphanumeric() || x == '_')
+            && !after.is_some_and(|x| x.is_alphanumeric() || x == '_')
+    })
+}
+
+/// (trainer, strategy, round, accuracy) of every results file under `dir`.
+fn results(dir: &Path) -> Vec<(String, String, i32, f64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        for e in std::fs::read_dir(&p).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                let t = table::read(&p, Table::Results).unwrap();
+                let s = |c: &str| t.strings(c).unwrap()[0].clone();
+                out.push((
+                    s("trainer"),
+                    s("strategy"),
+                    t.i32s("round").unwrap()[0].unwrap(),
+                    t.f64s("accuracy").unwrap()[0].unwrap(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn retrieve_extract_and_a_pipeline_with_and_without_retrieved_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(
+        d,
+        &["tiny", "--out", "w", "--classes", "4", "--per-class", "24"],
+    );
+    // a class file with a synonym, so synonyms are matched too
+    std::fs::write(d.join("classes.txt"), "apple | pomme\nboat\ncloud\ndaisy\n").unwrap();
+    ok(
+        d,
+        &[
+            "corpus",
+            "--images",
+            "w/images",
+            "--classes",
+            "classes.txt",
+            "--out",
+            "corpus",
+            "--captions",
+            "30000",
+            "--shards",
+            "3",
+            "--named",
+            "0.03",
+            "--tail",
+            "0.05",
+            "--bad-shards",
+        ],
+    );
+    write_bad_utf8_shard(&d.join("corpus/part-bad-utf8-typed.parquet"));
+    ok(
+        d,
+        &[
+            "extract",
+            "--images",
+            "w/images",
+            "--classes",
+            "classes.txt",
+            "--out",
+            "cache",
+            "--teacher",
+            "w/tiny-clip",
+            "--student",
+            "w/tiny-dino",
+        ],
+    );
+    let retrieve = [
+        "retrieve",
+        "--data",
+        "cache",
+        "--corpus",
+        "corpus",
+        "--text-model",
+        "w/tiny-clip",
+        "--classes",
+        "classes.txt",
+        "--k",
+        "60",
+        "--batch-size",
+        "100",
+    ];
+    let with = |extra: &[&'static str]| {
+        let mut v = retrieve.to_vec();
+        v.extend_from_slice(extra);
+        v
+    };
+    // stopped after one shard: state saved, no result yet
+    let log = ok(d, &with(&["--max-shards", "1"]));
+    assert!(log.contains("beyond --max-shards"), "{log}");
+    assert!(d.join("cache/retrieve.state.parquet").exists());
+    assert!(!d.join("cache/retrieved.parquet").exists());
+    // resumed: the three bad shards are reported and skipped, the result is written
+    let log = ok(d, &retrieve);
+    assert!(log.contains("resuming: 1 shard(s) already done"), "{log}");
+    assert!(
+        log.contains("part-bad-no-caption.parquet: skipped: no column 'caption'"),
+        "{log}"
+    );
+    assert!(
+        log.contains("part-bad-utf8.parquet: skipped: column 'caption' is not valid UTF-8"),
+        "{log}"
+    );
+    assert!(
+        log.contains("part-bad-utf8-typed.parquet: skipped:"),
+        "{log}"
+    );
+    let out = d.join("cache/retrieved.parquet");
+    let f = table::read(&out, Table::Retrieved).unwrap();
+    assert_eq!(f.meta["skipped_shards"].lines().count(), 3);
+    let (caps, labels, classes, scores, paths) = (
+        f.strings("caption").unwrap(),
+        f.i32s("label").unwrap(),
+        f.strings("class").unwrap(),
+        f.f64s("score").unwrap(),
+        f.opt_strings("path").unwrap(),
+    );
+    let names = ["apple", "boat", "cloud", "daisy"];
+    let mut per_class = [0usize; 4];
+    let mut synonym_used = false;
+    for i in 0..f.rows {
+        let l = labels[i].unwrap() as usize;
+        per_class[l] += 1;
+        assert_eq!(classes[i], names[l]);
+        // the caption names its class (or the synonym) as a whole word
+        let named = whole_word(&caps[i], names[l]) || (l == 0 && whole_word(&caps[i], "pomme"));
+        assert!(named, "{:?} retrieved for {}", caps[i], names[l]);
+        synonym_used |= l == 0 && whole_word(&caps[i], "pomme") && !whole_word(&caps[i], "apple");
+        assert!(Path::new(paths[i].as_ref().unwrap()).is_file());
+    }
+    assert!(synonym_used, "no caption was retrieved through the synonym");
+    assert!(per_class.iter().all(|&n| n > 0 && n <= 60), "{per_class:?}");
+    assert!(
+        per_class.iter().any(|&n| n == 60),
+        "{per_class:?}: no class reached k"
+    );
+    assert!(
+        per_class.iter().any(|&n| n < 60),
+        "{per_class:?}: no tail class"
+    );
+    // best first within a class
+    for l in 0..4 {
+        let s: Vec<f64> = (0..f.rows)
+            .filter(|&i| labels[i] == Some(l as i32))
+            .map(|i| scores[i].unwrap())
+            .collect();
+        assert!(s.windows(2).all(|w| w[0] >= w[1]), "class {l}: {s:?}");
+    }
+    // an uninterrupted run gives the same table
+    let first = std::fs::read(&out).unwrap();
+    let first_rows = (f.strings("sample_id").unwrap(), scores.clone());
+    std::fs::remove_file(d.join("cache/retrieve.state.parquet")).unwrap();
+    std::fs::remove_file(&out).unwrap();
+    ok(d, &retrieve);
+    let g = table::read(&out, Table::Retrieved).unwrap();
+    assert_eq!(
+        (g.strings("sample_id").unwrap(), g.f64s("score").unwrap()),
+        first_rows
+    );
+    assert!(!first.is_empty());
+
+    // the retrieved images join the cache
+    ok(
+        d,
+        &[
+            "extract",
+            "--images",
+            "w/images",
+            "--classes",
+            "classes.txt",
+            "--out",
+            "cache",
+            "--teacher",
+            "w/tiny-clip",
+            "--student",
+            "w/tiny-dino",
+            "--retrieved",
+            "cache/retrieved.parquet",
+        ],
+    );
+    let m = table::read(&d.join("cache/manifest.parquet"), Table::Manifest).unwrap();
+    let (src, split) = (m.strings("source").unwrap(), m.strings("split").unwrap());
+    let n_ret = src.iter().filter(|s| *s == "retrieved").count();
+    assert_eq!(n_ret, f.rows);
+    assert!((0..m.rows).all(|i| src[i] != "retrieved" || split[i] == "train"));
+    for model in ["tiny-clip@local", "tiny-dino@local"] {
+        let e = table::read(
+            &d.join(format!("cache/{model}/retrieved.parquet")),
+            Table::Embeddings,
+        )
+        .unwrap();
+        assert_eq!(e.rows, f.rows, "{model}");
+    }
+
+    // a pipeline with and without the retrieved data
+    std::fs::write(
+        d.join("alor.toml"),
+        r#"name = "alor-tiny"
+seeds = [0]
+rounds = 2
+initial_per_class = 1
+strategies = ["tfs", "tfs+rda", "random+rda"]
+trainers = ["linear", "ct"]
+[dataset]
+name = "tiny"
+root = "cache"
+student = "tiny-dino@local"
+teacher = "tiny-clip@local"
+[linear]
+epochs = 20
+[ct]
+epochs = 10
+"#,
+    )
+    .unwrap();
+    // --rda on names the +rda run
+    let o = vlal(
+        d,
+        &[
+            "paths",
+            "--pipeline",
+            "alor.toml",
+            "--strategy",
+            "tfs",
+            "--rda",
+            "on",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("-tfs+rda-seed0-"));
+    let log = ok(d, &["run", "alor.toml"]);
+    assert!(
+        log.contains(&format!(
+            "training on 4 labeled + {} retrieved samples",
+            f.rows
+        )),
+        "{log}"
+    );
+    let res = results(&d.join("results"));
+    // 2 trainers × 3 strategies × 3 rounds
+    assert_eq!(res.len(), 18, "{res:?}");
+    let acc = |trainer: &str, strategy: &str, round: i32| -> f64 {
+        res.iter()
+            .find(|r| r.0 == trainer && r.1 == strategy && r.2 == round)
+            .unwrap_or_else(|| panic!("{trainer} {strategy} {round}"))
+            .3
+    };
+    for t in ["linear", "ct"] {
+        // round 0 has the same labels; the retrieved data changes the model
+        assert_ne!(acc(t, "tfs", 0), acc(t, "tfs+rda", 0), "{t}");
+    }
+}
