@@ -15,7 +15,7 @@ DATA     ?= data/synth
 RUN_ARGS := --pipeline $(PIPELINE) --trainer $(TRAINER) --strategy $(STRATEGY) --seed $(SEED)
 PATHS_MK := .make/$(notdir $(basename $(PIPELINE)))-$(TRAINER)-$(STRATEGY)-$(SEED)-$(ROUND).mk
 
-.PHONY: demo demo-deps demo-ceiling all build test parity parity-reference extract bench-extract cbsq-tiny bench-coop bench-kmeans init train select label eval round sweep report bench-round bench-ccma clean-runs
+.PHONY: alor bench-retrieve demo demo-deps demo-ceiling all build test parity parity-reference extract bench-extract cbsq-tiny bench-coop bench-kmeans init train select label eval round sweep report bench-round bench-ccma clean-runs
 all: build
 
 build: $(VLAL)
@@ -40,7 +40,7 @@ parity: parity-reference
 
 # The run's file names (RUN_DIR, LABELS, PREDICTIONS, QUERIES, NEXT_LABELS, RESULTS) come from
 # `vlal paths`; make rebuilds this include and restarts when it is missing or stale.
-ifeq ($(filter build test clean-runs extract bench-extract cbsq-tiny bench-coop bench-kmeans demo demo-deps demo-ceiling,$(MAKECMDGOALS)),)
+ifeq ($(filter build test clean-runs extract bench-extract cbsq-tiny bench-coop bench-kmeans demo demo-deps demo-ceiling alor bench-retrieve,$(MAKECMDGOALS)),)
 -include $(PATHS_MK)
 endif
 $(PATHS_MK): $(PIPELINE) $(VLAL)
@@ -185,3 +185,49 @@ bench-kmeans: $(VLAL)
 
 clean-runs:
 	rm -rf runs results diagnostics .make
+
+# ALOR on the demo (README "Retrieval and Tail First Sampling"): a generated corpus of
+# ALOR_CAPTIONS captions in ALOR_SHARDS shards whose class captions point to Fashion-MNIST
+# training images outside the demo's pool, calib and held-out sets (import-idx --skip), a tiny
+# random CLIP whose word tokenizer knows the corpus's words (the text model that ranks captions:
+# no real CLIP is reachable offline), `vlal retrieve` (top ALOR_K per class), `extract
+# --retrieved` into a copy of the demo's cache, then pipelines/alor.toml and its report.
+ALOR          := $(DEMO)/alor
+ALOR_CAPTIONS ?= 1000000
+ALOR_SHARDS   ?= 16
+ALOR_K        ?= 500
+ALOR_EXTRACT = $(VLAL) extract --images $(DEMO)/images --classes data/fashion-mnist.synonyms.txt \
+	  --out $(DEMO)/alor-cache --student $(DEMO_LITE)0 --teacher $(DEMO_LITE)2 \
+	  --label-map data/fashion-mnist.imagenet-map.txt
+alor: demo-deps $(VLAL)
+	@test -f $(DEMO)/cache/manifest.parquet || { echo "run 'make demo' first" >&2; exit 1; }
+	$(VLAL) import-idx --images $(FMNIST)/train-images-idx3-ubyte.gz \
+	  --labels $(FMNIST)/train-labels-idx1-ubyte.gz --out $(ALOR)/images --split train \
+	  --skip $$((500 + $(DEMO_HELD) + $(DEMO_POOL))) --keep 10000
+	test -d $(ALOR)/corpus || $(VLAL) corpus --images $(ALOR)/images \
+	  --classes data/fashion-mnist.synonyms.txt --out $(ALOR)/corpus \
+	  --captions $(ALOR_CAPTIONS) --shards $(ALOR_SHARDS) --bad-shards
+	test -f $(ALOR)/text/tiny-clip/model.safetensors || $(VLAL) tiny --out $(ALOR)/text \
+	  --words $(ALOR)/corpus/words.txt
+	mkdir -p $(DEMO)/alor-cache
+	for m in efficientnet-lite0@local efficientnet-lite2@local; do \
+	  test -d $(DEMO)/alor-cache/$$m || cp -r $(DEMO)/cache/$$m $(DEMO)/alor-cache/; done
+	$(ALOR_EXTRACT)
+	$(VLAL) retrieve --data $(DEMO)/alor-cache --corpus $(ALOR)/corpus \
+	  --text-model $(ALOR)/text/tiny-clip --k $(ALOR_K)
+	$(ALOR_EXTRACT) --retrieved $(DEMO)/alor-cache/retrieved.parquet
+	$(VLAL) run pipelines/alor.toml
+	$(VLAL) report --pipeline alor --plot results/alor.png
+
+# Retrieval throughput on a generated corpus of BENCH_CAPTIONS captions over the tiny world
+# (matching, text-tower scoring of the matches, top-k, state saves): captions/s in the log.
+BENCH_CAPTIONS ?= 1000000
+bench-retrieve: $(VLAL)
+	rm -rf target/bench-retrieve && mkdir -p target/bench-retrieve
+	$(VLAL) tiny --out target/bench-retrieve/w --classes 10 --per-class 20
+	$(VLAL) corpus --images target/bench-retrieve/w/images --classes target/bench-retrieve/w/classes.txt \
+	  --out target/bench-retrieve/corpus --captions $(BENCH_CAPTIONS) --shards 16
+	$(VLAL) extract --images target/bench-retrieve/w/images --classes target/bench-retrieve/w/classes.txt \
+	  --out target/bench-retrieve/cache --teacher target/bench-retrieve/w/tiny-clip
+	time $(VLAL) retrieve --data target/bench-retrieve/cache --corpus target/bench-retrieve/corpus \
+	  --text-model target/bench-retrieve/w/tiny-clip --k 500

@@ -276,6 +276,24 @@ pub fn run(a: &CorpusArgs) -> Result<()> {
             ],
         )?;
     }
+    // every word a caption can hold, for a word-level tokenizer (`vlal tiny --words`)
+    let mut words: Vec<String> = TEMPLATES
+        .iter()
+        .chain(ADJ.iter())
+        .chain(WORDS.iter())
+        .map(|s| s.to_string())
+        .collect();
+    for cl in &data.classes {
+        for p in std::iter::once(&cl.name).chain(&cl.synonyms) {
+            let w = p.to_lowercase();
+            words.push(w.clone());
+            for suffix in ["s", "ing"] {
+                words.push(format!("{w}{suffix}"));
+            }
+            words.push(format!("sub{w}"));
+        }
+    }
+    std::fs::write(staged.path().join("words.txt"), words.join("\n") + "\n")?;
     staged.commit()?;
     let named: usize = counts.iter().sum();
     progress::log(format!(

@@ -39,6 +39,11 @@ pub struct ImportIdxArgs {
     pub keep: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Leave out the first N images of the seeded order before calib, exclude and keep: with
+    /// the same seed, N = the calib + exclude + keep of an earlier import gives images disjoint
+    /// from it (the ALOR demo's corpus images).
+    #[arg(long, default_value_t = 0)]
+    pub skip: usize,
 }
 
 pub fn run(a: &ImportIdxArgs) -> Result<()> {
@@ -67,9 +72,10 @@ pub fn run(a: &ImportIdxArgs) -> Result<()> {
         );
     }
     let n = images.len();
-    if a.calib + a.exclude >= n {
+    if a.skip + a.calib + a.exclude >= n {
         bail!(
-            "--calib {} + --exclude {} leave no {} images of {n}",
+            "--skip {} + --calib {} + --exclude {} leave no {} images of {n}",
+            a.skip,
             a.calib,
             a.exclude,
             a.split
@@ -81,11 +87,11 @@ pub fn run(a: &ImportIdxArgs) -> Result<()> {
     rng::shuffle(&mut order, &mut rng::stream(a.seed, "import-idx", 0));
     let mut dest = vec![3u8; n]; // 0 = split, 1 = calib, 2 = excluded, 3 = left out
     let kept = if a.keep == 0 {
-        n
+        n - a.skip
     } else {
         a.calib + a.exclude + a.keep
     };
-    for (pos, &i) in order.iter().enumerate().take(kept) {
+    for (pos, &i) in order.iter().skip(a.skip).enumerate().take(kept) {
         dest[i] = if pos < a.calib {
             1
         } else if pos < a.calib + a.exclude {

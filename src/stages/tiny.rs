@@ -23,6 +23,11 @@ pub struct TinyArgs {
     pub per_class: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// More words for the tiny CLIP's tokenizer (a text file, split on whitespace and
+    /// punctuation), e.g. the `words.txt` of a `vlal corpus` folder, so its text tower tells
+    /// the corpus's captions apart.
+    #[arg(long)]
+    pub words: Option<PathBuf>,
 }
 
 /// Class names of the tiny world, each one token of its tokenizer.
@@ -41,7 +46,13 @@ pub fn run(a: &TinyArgs) -> Result<()> {
     let names = &NAMES[..a.classes];
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("{}: cannot create", a.out.display()))?;
-    write_clip(&a.out.join("tiny-clip"), names)?;
+    let mut vocab: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    if let Some(w) = &a.words {
+        let text = std::fs::read_to_string(w)
+            .with_context(|| format!("{}: cannot read", w.display()))?;
+        vocab.extend(words_of(&text));
+    }
+    write_clip(&a.out.join("tiny-clip"), &vocab)?;
     write_dino(&a.out.join("tiny-dino"))?;
     let classes = a.out.join("classes.txt");
     std::fs::write(&classes, names.join("\n") + "\n")
@@ -57,15 +68,11 @@ pub fn run(a: &TinyArgs) -> Result<()> {
 
 /// A random-weight CLIP (32-d projection, 2 + 2 layers of width 32, 32 px images) whose
 /// tokenizer knows `names` and the words of the prompt templates.
-pub fn write_clip(dir: &Path, names: &[&str]) -> Result<()> {
+pub fn write_clip<S: AsRef<str>>(dir: &Path, names: &[S]) -> Result<()> {
     std::fs::create_dir_all(dir)?;
-    let mut words: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    let mut words: Vec<String> = names.iter().map(|s| s.as_ref().to_string()).collect();
     for t in TEMPLATES {
-        words.extend(
-            t.split(|c: char| !c.is_alphanumeric())
-                .filter(|w| !w.is_empty())
-                .map(str::to_string),
-        );
+        words.extend(words_of(t));
     }
     words.push(".".into());
     let vocab = write_word_tokenizer(dir, &words)?;
@@ -84,6 +91,14 @@ pub fn write_clip(dir: &Path, names: &[&str]) -> Result<()> {
         r#"{"size": {"shortest_edge": 32}, "crop_size": {"height": 32, "width": 32}}"#,
     )?;
     Ok(())
+}
+
+/// The words of `text`, split on whitespace and punctuation (as the word tokenizer splits).
+pub fn words_of(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// A random-weight DINOv2 (width 32, 2 layers, 28 px crops of 32 px images).
