@@ -204,7 +204,7 @@ alor: demo-deps $(VLAL)
 	$(VLAL) import-idx --images $(FMNIST)/train-images-idx3-ubyte.gz \
 	  --labels $(FMNIST)/train-labels-idx1-ubyte.gz --out $(ALOR)/images --split train \
 	  --skip $$((500 + $(DEMO_HELD) + $(DEMO_POOL))) --keep 10000
-	test -d $(ALOR)/corpus || $(VLAL) corpus --images $(ALOR)/images \
+	test -d $(ALOR)/corpus || $(VLAL) corpus --images $(ALOR)/images/train \
 	  --classes data/fashion-mnist.synonyms.txt --out $(ALOR)/corpus \
 	  --captions $(ALOR_CAPTIONS) --shards $(ALOR_SHARDS) --bad-shards
 	test -f $(ALOR)/text/tiny-clip/model.safetensors || $(VLAL) tiny --out $(ALOR)/text \

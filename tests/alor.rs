@@ -1,7 +1,7 @@
 //! End-to-end test of ALOR on the tiny world: a generated corpus (with unreadable shards) →
 //! `vlal retrieve` (stopped after one shard, then resumed, then compared with an uninterrupted
 //! run) → `extract --retrieved` → a pipeline of TFS and random with and without retrieved data,
-//! trained with the linear probe and contrastive tuning.
+//! trained with the linear probe, contrastive tuning and prompt learning.
 
 use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use arrow::buffer::{Buffer, OffsetBuffer};
@@ -263,7 +263,7 @@ seeds = [0]
 rounds = 2
 initial_per_class = 1
 strategies = ["tfs", "tfs+rda", "random+rda"]
-trainers = ["linear", "ct"]
+trainers = ["linear", "ct", "coop"]
 [dataset]
 name = "tiny"
 root = "cache"
@@ -273,6 +273,10 @@ teacher = "tiny-clip@local"
 epochs = 20
 [ct]
 epochs = 10
+[coop]
+model = "w/tiny-clip"
+epochs = 5
+n_ctx = 2
 "#,
     )
     .unwrap();
@@ -299,15 +303,15 @@ epochs = 10
         "{log}"
     );
     let res = results(&d.join("results"));
-    // 2 trainers × 3 strategies × 3 rounds
-    assert_eq!(res.len(), 18, "{res:?}");
+    // 3 trainers × 3 strategies × 3 rounds
+    assert_eq!(res.len(), 27, "{res:?}");
     let acc = |trainer: &str, strategy: &str, round: i32| -> f64 {
         res.iter()
             .find(|r| r.0 == trainer && r.1 == strategy && r.2 == round)
             .unwrap_or_else(|| panic!("{trainer} {strategy} {round}"))
             .3
     };
-    for t in ["linear", "ct"] {
+    for t in ["linear", "ct", "coop"] {
         // round 0 has the same labels; the retrieved data changes the model
         assert_ne!(acc(t, "tfs", 0), acc(t, "tfs+rda", 0), "{t}");
     }

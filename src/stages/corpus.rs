@@ -132,23 +132,38 @@ fn phrase(c: &Class, r: &mut impl Rng) -> String {
     }
 }
 
-/// A distractor: generic words and near misses (a class word glued into a longer word).
-fn distractor(classes: &[Class], r: &mut impl Rng) -> String {
+/// Near misses: the last word of each class phrase glued into a longer word ("bags", "subcoat",
+/// "top_7"), keeping only those that name no class as a whole word.
+fn near_misses(classes: &[Class]) -> Result<Vec<String>> {
+    let phrases: Vec<Vec<String>> = classes
+        .iter()
+        .map(|c| std::iter::once(c.name.clone()).chain(c.synonyms.clone()).collect())
+        .collect();
+    let m = super::retrieve::Matcher::new(&phrases)?;
+    let mut out = Vec::new();
+    for p in phrases.iter().flatten() {
+        let p = p.to_lowercase();
+        let Some(w) = p.split(|c: char| !c.is_alphanumeric()).rfind(|w| !w.is_empty()) else {
+            continue;
+        };
+        for v in [format!("{w}s"), format!("{w}ing"), format!("sub{w}"), format!("{w}_7")] {
+            if m.classes(&v).is_empty() && !out.contains(&v) {
+                out.push(v);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A distractor: generic words and near misses.
+fn distractor(near: &[String], r: &mut impl Rng) -> String {
     let n = r.random_range(3..9);
-    let mut out: Vec<String> = Vec::with_capacity(n);
+    let mut out: Vec<&str> = Vec::with_capacity(n);
     for _ in 0..n {
-        if r.random::<f64>() < 0.15 {
-            let c = &classes[r.random_range(0..classes.len())];
-            let w = c.name.to_lowercase();
-            let w = w.split_whitespace().last().unwrap_or("x").to_string();
-            out.push(match r.random_range(0..4) {
-                0 => format!("{w}s"),
-                1 => format!("{w}ing"),
-                2 => format!("sub{w}"),
-                _ => format!("{w}_{}", r.random_range(0..100)),
-            });
+        if !near.is_empty() && r.random::<f64>() < 0.15 {
+            out.push(&near[r.random_range(0..near.len())]);
         } else {
-            out.push(WORDS[r.random_range(0..WORDS.len())].to_string());
+            out.push(WORDS[r.random_range(0..WORDS.len())]);
         }
     }
     out.join(" ")
@@ -199,6 +214,7 @@ pub fn run(a: &CorpusArgs) -> Result<()> {
         rng::shuffle(v, &mut rng::stream(a.seed, "corpus-images", k));
     }
     let w = class_weights(c, a.tail, a.seed);
+    let near = near_misses(&data.classes)?;
     let staged = super::StagedDir::new(&a.out, ".corpus-")?;
     let per = a.captions.div_ceil(a.shards);
     let pb = progress::bar(a.shards as u64, "shards");
@@ -232,7 +248,7 @@ pub fn run(a: &CorpusArgs) -> Result<()> {
                         Some(v[r.random_range(0..v.len())].clone()),
                     )
                 } else {
-                    (distractor(&data.classes, &mut r), None)
+                    (distractor(&near, &mut r), None)
                 };
                 urls.push(format!("https://example.org/{key}.jpg"));
                 keys.push(key);
@@ -286,13 +302,10 @@ pub fn run(a: &CorpusArgs) -> Result<()> {
     for cl in &data.classes {
         for p in std::iter::once(&cl.name).chain(&cl.synonyms) {
             let w = p.to_lowercase();
-            words.push(w.clone());
-            for suffix in ["s", "ing"] {
-                words.push(format!("{w}{suffix}"));
-            }
-            words.push(format!("sub{w}"));
+            words.push(w);
         }
     }
+    words.extend(near.iter().cloned());
     std::fs::write(staged.path().join("words.txt"), words.join("\n") + "\n")?;
     staged.commit()?;
     let named: usize = counts.iter().sum();
@@ -323,6 +336,24 @@ pub fn run(a: &CorpusArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn near_misses_name_no_class() {
+        let classes = vec![
+            Class {
+                name: "Sandal".into(),
+                synonyms: vec!["sandals".into()],
+            },
+            Class {
+                name: "T-shirt/top".into(),
+                synonyms: vec!["tee".into()],
+            },
+        ];
+        let n = near_misses(&classes).unwrap();
+        assert!(!n.contains(&"sandals".to_string()), "{n:?}");
+        assert!(n.contains(&"subsandal".to_string()) && n.contains(&"tops".to_string()));
+        assert!(n.contains(&"top_7".to_string()) && n.contains(&"tees".to_string()));
+    }
 
     #[test]
     fn weights_are_long_tailed_and_seeded() {
