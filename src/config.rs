@@ -416,11 +416,15 @@ pub struct CtCfg {
     pub batch_size: usize,
     /// Temperature of cos/τ.
     pub tau: f64,
+    /// Train a D × D projection of the image features (initialised to the identity) with the
+    /// class embeddings; `false`: the class embeddings alone (much cheaper at large D).
+    pub projection: bool,
 }
 
 impl Default for CtCfg {
     fn default() -> Self {
         Self {
+            projection: true,
             epochs: 50,
             lr: 1e-4,
             weight_decay: 1e-2,

@@ -15,7 +15,8 @@ use candle_nn::Optimizer;
 use std::collections::HashMap;
 
 pub struct CtHead {
-    proj: Var,
+    /// The image-side projection P; `None`: the identity, not trained (`ct.projection = false`).
+    proj: Option<Var>,
     text: Var,
     tau: f64,
 }
@@ -26,12 +27,12 @@ fn unit_rows(x: &Tensor) -> Result<Tensor> {
 }
 
 impl CtHead {
-    pub fn from_tensors(proj: Tensor, text: Tensor, tau: f64) -> Result<CtHead> {
-        if proj.rank() != 2 || text.rank() != 2 || tau <= 0.0 {
+    pub fn from_tensors(proj: Option<Tensor>, text: Tensor, tau: f64) -> Result<CtHead> {
+        if proj.as_ref().is_some_and(|p| p.rank() != 2) || text.rank() != 2 || tau <= 0.0 {
             bail!("a contrastive head needs (D, D) projection, (C, D) class embeddings and τ > 0");
         }
         Ok(CtHead {
-            proj: Var::from_tensor(&proj)?,
+            proj: proj.map(|p| Var::from_tensor(&p)).transpose()?,
             text: Var::from_tensor(&text)?,
             tau,
         })
@@ -43,7 +44,10 @@ impl CtHead {
 
     /// Unit-norm projected image features.
     fn image(&self, x: &Tensor) -> Result<Tensor> {
-        unit_rows(&x.matmul(&self.proj.as_tensor().t()?)?)
+        match &self.proj {
+            Some(p) => unit_rows(&x.matmul(&p.as_tensor().t()?)?),
+            None => unit_rows(x),
+        }
     }
 
     fn logits(&self, x: &Tensor) -> Result<Tensor> {
@@ -69,11 +73,11 @@ impl CtHead {
 
     pub fn tensors(&self) -> Result<HashMap<String, Tensor>> {
         let tau = Tensor::new(&[self.tau as f32], self.device())?;
-        Ok(named(vec![
-            ("ct.proj", self.proj.as_tensor()),
-            ("ct.text", self.text.as_tensor()),
-            ("ct.tau", &tau),
-        ]))
+        let mut pairs = vec![("ct.text", self.text.as_tensor()), ("ct.tau", &tau)];
+        if let Some(p) = &self.proj {
+            pairs.push(("ct.proj", p.as_tensor()));
+        }
+        Ok(named(pairs))
     }
 
     /// The symmetric contrastive loss of one batch.
@@ -124,17 +128,20 @@ pub fn fit(
             data.n_classes
         );
     }
-    let head = CtHead::from_tensors(
-        Tensor::eye(d, DType::F32, dev)?,
-        protos.to_tensor(dev)?,
-        cfg.tau,
-    )?;
+    let proj = if cfg.projection {
+        Some(Tensor::eye(d, DType::F32, dev)?)
+    } else {
+        None
+    };
+    let head = CtHead::from_tensors(proj, protos.to_tensor(dev)?, cfg.tau)?;
     let params = candle_nn::ParamsAdamW {
         lr: cfg.lr,
         weight_decay: cfg.weight_decay,
         ..Default::default()
     };
-    let mut opt = candle_nn::AdamW::new(vec![head.proj.clone(), head.text.clone()], params)?;
+    let mut vars = vec![head.text.clone()];
+    vars.extend(head.proj.clone());
+    let mut opt = candle_nn::AdamW::new(vars, params)?;
     let label_of: HashMap<usize, u32> = data
         .labeled
         .iter()
@@ -227,5 +234,10 @@ mod tests {
         // seeded: the same run gives the same head
         let (h2, _) = fit_once();
         assert_eq!(h1.predict(&f).unwrap(), h2.predict(&f).unwrap());
+        // the class embeddings alone also learn
+        cfg.projection = false;
+        let (h3, _) = fit(&cfg, &data, &mut rng::stream(0, "t", 0), &Device::Cpu).unwrap();
+        assert!(acc(&h3) > before + 0.2, "{before} → {}", acc(&h3));
+        assert!(!h3.tensors().unwrap().contains_key("ct.proj"));
     }
 }

@@ -124,7 +124,7 @@ impl Head {
         if t.contains_key("ct.text") {
             let tau = get("ct.tau")?.to_vec1::<f32>()?;
             Ok(Head::Contrastive(ct::CtHead::from_tensors(
-                get("ct.proj")?,
+                t.get("ct.proj").cloned(),
                 get("ct.text")?,
                 tau.first().copied().unwrap_or(0.0) as f64,
             )?))
