@@ -318,32 +318,22 @@ impl Cache {
         } else {
             (None, 0.0, cfg.teacher.clone())
         };
-        let retrieved_logits = match (&retrieved, need.logits) {
-            (Some(r), true) => {
-                let (l, t, _) = read_logits("retrieved", &r.ids)?;
-                if t != tau {
-                    bail!(
-                        "{}: tau {t} differs from the train logits' {tau}",
-                        logits_path(root, &cfg.teacher, "retrieved").display()
-                    );
-                }
-                Some(l)
+        // another split's logits, at the train logits' τ
+        let same_tau = |split: &str, part: &Option<Part>| -> Result<Option<Mat>> {
+            let (Some(p), true) = (part, need.logits) else {
+                return Ok(None);
+            };
+            let (l, t, _) = read_logits(split, &p.ids)?;
+            if t != tau {
+                bail!(
+                    "{}: tau {t} differs from the train logits' {tau}",
+                    logits_path(root, &cfg.teacher, split).display()
+                );
             }
-            _ => None,
+            Ok(Some(l))
         };
-        let calib_logits = match (&calib, need.logits) {
-            (Some(c), true) => {
-                let (l, t, _) = read_logits("calib", &c.ids)?;
-                if t != tau {
-                    bail!(
-                        "{}: tau {t} differs from the train logits' {tau}",
-                        logits_path(root, &cfg.teacher, "calib").display()
-                    );
-                }
-                Some(l)
-            }
-            _ => None,
-        };
+        let retrieved_logits = same_tau("retrieved", &retrieved)?;
+        let calib_logits = same_tau("calib", &calib)?;
         let teacher_image = if need.teacher_features && (need.clap || need.image || need.prototypes)
         {
             Some(train.features.clone())

@@ -137,16 +137,28 @@ fn phrase(c: &Class, r: &mut impl Rng) -> String {
 fn near_misses(classes: &[Class]) -> Result<Vec<String>> {
     let phrases: Vec<Vec<String>> = classes
         .iter()
-        .map(|c| std::iter::once(c.name.clone()).chain(c.synonyms.clone()).collect())
+        .map(|c| {
+            std::iter::once(c.name.clone())
+                .chain(c.synonyms.clone())
+                .collect()
+        })
         .collect();
     let m = super::retrieve::Matcher::new(&phrases)?;
     let mut out = Vec::new();
     for p in phrases.iter().flatten() {
         let p = p.to_lowercase();
-        let Some(w) = p.split(|c: char| !c.is_alphanumeric()).rfind(|w| !w.is_empty()) else {
+        let Some(w) = p
+            .split(|c: char| !c.is_alphanumeric())
+            .rfind(|w| !w.is_empty())
+        else {
             continue;
         };
-        for v in [format!("{w}s"), format!("{w}ing"), format!("sub{w}"), format!("{w}_7")] {
+        for v in [
+            format!("{w}s"),
+            format!("{w}ing"),
+            format!("sub{w}"),
+            format!("{w}_7"),
+        ] {
             if m.classes(&v).is_empty() && !out.contains(&v) {
                 out.push(v);
             }

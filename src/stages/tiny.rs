@@ -48,8 +48,8 @@ pub fn run(a: &TinyArgs) -> Result<()> {
         .with_context(|| format!("{}: cannot create", a.out.display()))?;
     let mut vocab: Vec<String> = names.iter().map(|s| s.to_string()).collect();
     if let Some(w) = &a.words {
-        let text = std::fs::read_to_string(w)
-            .with_context(|| format!("{}: cannot read", w.display()))?;
+        let text =
+            std::fs::read_to_string(w).with_context(|| format!("{}: cannot read", w.display()))?;
         vocab.extend(words_of(&text));
     }
     write_clip(&a.out.join("tiny-clip"), &vocab)?;

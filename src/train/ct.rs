@@ -5,7 +5,7 @@
 //! → the batch's images (same-class images share the target). Prediction is softmax(cos(Px, w_c)/τ),
 //! so before any step the head is the teacher's zero-shot classifier.
 
-use super::{batches, named, predict_chunked, rows, run_epochs, targets, TrainData};
+use super::{fit_labeled, named, predict_chunked, targets, TrainData};
 use crate::config::CtCfg;
 use crate::mat::Mat;
 use crate::rng::VRng;
@@ -142,24 +142,16 @@ pub fn fit(
     let mut vars = vec![head.text.clone()];
     vars.extend(head.proj.clone());
     let mut opt = candle_nn::AdamW::new(vars, params)?;
-    let label_of: HashMap<usize, u32> = data
-        .labeled
-        .iter()
-        .copied()
-        .zip(data.labels.iter().copied())
-        .collect();
-    let losses = run_epochs(cfg.epochs, "ct", || {
-        let mut sum = 0.0f32;
-        let bs = batches(data.labeled, cfg.batch_size, 2, rng);
-        for batch in &bs {
-            let x = rows(data.features, batch, dev)?;
-            let y: Vec<u32> = batch.iter().map(|i| label_of[i]).collect();
-            let loss = head.loss(&x, &y)?;
-            opt.backward_step(&loss)?;
-            sum += loss.to_scalar::<f32>()?;
-        }
-        Ok((sum, bs.len()))
-    })?;
+    let losses = fit_labeled(
+        cfg.epochs,
+        "ct",
+        data,
+        cfg.batch_size,
+        &mut opt,
+        rng,
+        dev,
+        |x, y, _| head.loss(&x, y),
+    )?;
     Ok((head, losses))
 }
 

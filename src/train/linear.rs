@@ -1,9 +1,7 @@
 //! Linear probe: BatchNorm without affine → Dropout → Linear, trained with AdamW on
 //! cross-entropy from a cold start every round (METHODS.md "Students").
 
-use super::{
-    affine, batches, init_linear, named, predict_chunked, rows, run_epochs, targets, TrainData,
-};
+use super::{affine, fit_labeled, init_linear, named, predict_chunked, targets, TrainData};
 use crate::config::LinearCfg;
 use crate::mat::Mat;
 use crate::rng::VRng;
@@ -122,21 +120,19 @@ pub fn fit(
         ..Default::default()
     };
     let mut opt = candle_nn::AdamW::new(vec![head.w.clone(), head.b.clone()], params)?;
-    let label_of: HashMap<usize, u32> = data
-        .labeled
-        .iter()
-        .copied()
-        .zip(data.labels.iter().copied())
-        .collect();
-    let losses = run_epochs(cfg.epochs, "linear", || {
-        let mut sum = 0.0f32;
-        let bs = batches(data.labeled, cfg.batch_size, 2, rng);
-        for batch in &bs {
-            let x = rows(data.features, batch, dev)?;
-            let y: Vec<u32> = batch.iter().map(|i| label_of[i]).collect();
-            let mask = dropout_mask(batch.len(), d, cfg.dropout, rng, dev)?;
+    let losses = fit_labeled(
+        cfg.epochs,
+        "linear",
+        data,
+        cfg.batch_size,
+        &mut opt,
+        rng,
+        dev,
+        |x, y, rng| {
+            let n = y.len();
+            let mask = dropout_mask(n, d, cfg.dropout, rng, dev)?;
             // BatchNorm needs two rows for a batch variance; a single labeled sample trains without it.
-            let logits = if batch.len() > 1 {
+            let logits = if n > 1 {
                 head.logits(&x, true, mask.as_ref())?
             } else {
                 let h = match &mask {
@@ -145,11 +141,8 @@ pub fn fit(
                 };
                 affine(&h, &head.w, &head.b)?
             };
-            let loss = candle_nn::loss::cross_entropy(&logits, &targets(&y, dev)?)?;
-            opt.backward_step(&loss)?;
-            sum += loss.to_scalar::<f32>()?;
-        }
-        Ok((sum, bs.len()))
-    })?;
+            Ok(candle_nn::loss::cross_entropy(&logits, &targets(y, dev)?)?)
+        },
+    )?;
     Ok((head, losses))
 }

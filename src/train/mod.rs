@@ -322,6 +322,39 @@ pub(crate) fn run_epochs(
     Ok(losses)
 }
 
+/// `epochs` epochs of AdamW steps over shuffled mini-batches of the labeled rows; `loss(x, y, rng)`
+/// gives a batch's loss from its features and labels. Returns the mean loss of each epoch.
+pub(crate) fn fit_labeled(
+    epochs: usize,
+    what: &str,
+    data: &TrainData,
+    batch_size: usize,
+    opt: &mut candle_nn::AdamW,
+    rng: &mut VRng,
+    dev: &Device,
+    mut loss: impl FnMut(Tensor, &[u32], &mut VRng) -> Result<Tensor>,
+) -> Result<Vec<f32>> {
+    use candle_nn::Optimizer;
+    let label_of: HashMap<usize, u32> = data
+        .labeled
+        .iter()
+        .copied()
+        .zip(data.labels.iter().copied())
+        .collect();
+    run_epochs(epochs, what, || {
+        let mut sum = 0.0f32;
+        let bs = batches(data.labeled, batch_size, 2, rng);
+        for batch in &bs {
+            let x = rows(data.features, batch, dev)?;
+            let y: Vec<u32> = batch.iter().map(|i| label_of[i]).collect();
+            let l = loss(x, &y, rng)?;
+            opt.backward_step(&l)?;
+            sum += l.to_scalar::<f32>()?;
+        }
+        Ok((sum, bs.len()))
+    })
+}
+
 /// a = p − e_ŷ for each row, with ŷ the argmax of `pred` (the head's final prediction).
 pub(crate) fn minus_onehot(p: &Mat, pred: &Mat) -> Mat {
     let mut a = p.clone();
