@@ -112,9 +112,8 @@ fn retrieve_extract_and_a_pipeline_with_and_without_retrieved_data() {
         ],
     );
     write_bad_utf8_shard(&d.join("corpus/part-bad-utf8-typed.parquet"));
-    ok(
-        d,
-        &[
+    let extract = |extra: &[&str]| {
+        let mut v = vec![
             "extract",
             "--images",
             "w/images",
@@ -126,8 +125,11 @@ fn retrieve_extract_and_a_pipeline_with_and_without_retrieved_data() {
             "w/tiny-clip",
             "--student",
             "w/tiny-dino",
-        ],
-    );
+        ];
+        v.extend_from_slice(extra);
+        ok(d, &v)
+    };
+    extract(&[]);
     let retrieve = [
         "retrieve",
         "--data",
@@ -223,24 +225,7 @@ fn retrieve_extract_and_a_pipeline_with_and_without_retrieved_data() {
     assert!(!first.is_empty());
 
     // the retrieved images join the cache
-    ok(
-        d,
-        &[
-            "extract",
-            "--images",
-            "w/images",
-            "--classes",
-            "classes.txt",
-            "--out",
-            "cache",
-            "--teacher",
-            "w/tiny-clip",
-            "--student",
-            "w/tiny-dino",
-            "--retrieved",
-            "cache/retrieved.parquet",
-        ],
-    );
+    extract(&["--retrieved", "cache/retrieved.parquet"]);
     let m = table::read(&d.join("cache/manifest.parquet"), Table::Manifest).unwrap();
     let (src, split) = (m.strings("source").unwrap(), m.strings("split").unwrap());
     let n_ret = src.iter().filter(|s| *s == "retrieved").count();

@@ -88,21 +88,23 @@ impl CtHead {
         // image → every class text
         let i2t =
             candle_nn::loss::cross_entropy(&(z.matmul(&w.t()?)? / self.tau)?, &targets(y, dev)?)?;
-        // each image's class text → the batch's images; same-class images share the target
-        let wy = w.index_select(&targets(y, dev)?, 0)?;
-        let s = (wy.matmul(&z.t()?)? / self.tau)?;
+        // each image's class text → the batch's images; same-class images share the target:
+        // −(1/n) Σ_i Σ_{j: y_j = y_i} (1/n_{y_i}) log softmax_j(w_{y_i}·z_j/τ). The n_c rows of a
+        // class are equal, so it is −(1/n) Σ_c Σ_{j ∈ c} log softmax_j(w_c·z_j/τ) over the classes
+        // present (k × n, not n × n).
         let n = y.len();
-        let mut q = vec![0f32; n * n];
-        for i in 0..n {
-            let same = y.iter().filter(|&&v| v == y[i]).count() as f32;
-            for j in 0..n {
-                if y[j] == y[i] {
-                    q[i * n + j] = 1.0 / same;
-                }
-            }
+        let mut present: Vec<u32> = y.to_vec();
+        present.sort_unstable();
+        present.dedup();
+        let wp = w.index_select(&targets(&present, dev)?, 0)?;
+        let s = (wp.matmul(&z.t()?)? / self.tau)?;
+        let mut mask = vec![0f32; present.len() * n];
+        for (j, c) in y.iter().enumerate() {
+            let r = present.binary_search(c).expect("present");
+            mask[r * n + j] = 1.0;
         }
-        let q = Tensor::from_vec(q, (n, n), dev)?;
-        let t2i = (candle_nn::ops::log_softmax(&s, 1)? * q)?
+        let mask = Tensor::from_vec(mask, (present.len(), n), dev)?;
+        let t2i = (candle_nn::ops::log_softmax(&s, 1)? * mask)?
             .sum_all()?
             .neg()?
             .affine(1.0 / n as f64, 0.0)?;
@@ -164,6 +166,42 @@ mod tests {
 
     /// Features near class directions, and prototypes that are rotated away from them: at step 0
     /// the head is the zero-shot classifier cos(x, t_c)/τ; training moves it toward the labels.
+    /// The k × n form of the text → image loss equals the n × n soft-target form it replaces.
+    #[test]
+    fn text_to_image_loss_equals_the_soft_target_form() {
+        let mut r = rng::stream(3, "ct", 0);
+        let (c, d, n) = (4, 5, 9);
+        let x = Tensor::from_vec(rng::uniform(n * d, 1.0, &mut r), (n, d), &Device::Cpu).unwrap();
+        let t = Tensor::from_vec(rng::uniform(c * d, 1.0, &mut r), (c, d), &Device::Cpu).unwrap();
+        let y: Vec<u32> = vec![2, 0, 2, 3, 0, 2, 3, 3, 2];
+        let h = CtHead::from_tensors(None, t, 0.07).unwrap();
+        let got = h.loss(&x, &y).unwrap().to_scalar::<f32>().unwrap() as f64;
+        // the n × n form, by hand
+        let z = unit_rows(&x).unwrap().to_vec2::<f32>().unwrap();
+        let w = unit_rows(h.text.as_tensor())
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(p, q)| (p * q) as f64).sum::<f64>();
+        let (mut i2t, mut t2i) = (0.0, 0.0);
+        for i in 0..n {
+            let li: Vec<f64> = (0..c).map(|k| dot(&z[i], &w[k]) / 0.07).collect();
+            let lse = li.iter().map(|v| v.exp()).sum::<f64>().ln();
+            i2t += lse - li[y[i] as usize];
+            let si: Vec<f64> = (0..n)
+                .map(|j| dot(&w[y[i] as usize], &z[j]) / 0.07)
+                .collect();
+            let lse = si.iter().map(|v| v.exp()).sum::<f64>().ln();
+            let same: Vec<usize> = (0..n).filter(|&j| y[j] == y[i]).collect();
+            t2i += same.iter().map(|&j| lse - si[j]).sum::<f64>() / same.len() as f64;
+        }
+        let want = 0.5 * (i2t / n as f64 + t2i / n as f64);
+        assert!(
+            (got - want).abs() < 1e-4 * want.abs().max(1.0),
+            "{got} vs {want}"
+        );
+    }
+
     #[test]
     fn starts_zero_shot_and_learns_the_labels() {
         let mut r = rng::stream(1, "ct", 0);
