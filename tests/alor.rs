@@ -224,6 +224,24 @@ fn retrieve_extract_and_a_pipeline_with_and_without_retrieved_data() {
         first_rows
     );
     assert!(!first.is_empty());
+    // a shard that changes after it was read makes the next run start over
+    let extra = d.join("corpus/part-zz-extra.parquet");
+    std::fs::copy(d.join("corpus/part-00000.parquet"), &extra).unwrap();
+    let log = ok(d, &retrieve);
+    assert!(log.contains("4 to read"), "{log}"); // the new shard and the three bad ones
+    std::fs::write(&extra, b"not parquet any more").unwrap();
+    let log = ok(d, &retrieve);
+    assert!(
+        log.contains("shard part-zz-extra.parquet changed or went away"),
+        "{log}"
+    );
+    std::fs::remove_file(&extra).unwrap();
+    ok(d, &retrieve);
+    let h = table::read(&out, Table::Retrieved).unwrap();
+    assert_eq!(
+        (h.strings("sample_id").unwrap(), h.f64s("score").unwrap()),
+        first_rows
+    );
 
     // the retrieved images join the cache
     extract(&["--retrieved", "cache/retrieved.parquet"]);

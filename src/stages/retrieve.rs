@@ -589,12 +589,33 @@ pub fn run(a: &RetrieveArgs) -> Result<()> {
         }
     }
     let all = shards(&a.corpus)?;
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    // a finished shard that changed or went away since: its candidates and counts are stale
+    let now: BTreeMap<String, u64> = all
+        .iter()
+        .filter_map(|p| Some((p.file_name()?.to_string_lossy().into_owned(), size(p))))
+        .collect();
+    if let Some(name) = done
+        .shards
+        .iter()
+        .find(|(n, d)| now.get(*n) != Some(&d.0))
+        .map(|(n, _)| n.clone())
+    {
+        progress::log(format!(
+            "{}: shard {name} changed or went away since it was read; starting over",
+            spath.display()
+        ));
+        top = TopK::new(c, a.k);
+        done = Done {
+            matched: vec![0; c],
+            ..Done::default()
+        };
+    }
     let todo: Vec<(PathBuf, u64)> = all
         .iter()
         .filter_map(|p| {
-            let bytes = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
             let name = p.file_name()?.to_string_lossy().into_owned();
-            (done.shards.get(&name).map(|d| d.0) != Some(bytes)).then(|| (p.clone(), bytes))
+            (!done.shards.contains_key(&name)).then(|| (p.clone(), size(p)))
         })
         .take(a.max_shards.unwrap_or(usize::MAX))
         .collect();
