@@ -21,7 +21,8 @@ use std::sync::Arc;
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct CorpusArgs {
-    /// Image folder, <class>/<image> or <split>/<class>/<image>: the images captions point to.
+    /// Image folder of <class>/<image> (class folders matched to --classes as `extract` matches
+    /// them): the images captions point to.
     #[arg(long)]
     pub images: PathBuf,
     /// Class names and synonyms (`name | synonym | …`), as for extract.
