@@ -562,6 +562,16 @@ pub fn run(a: &RetrieveArgs) -> Result<()> {
     }
     let run_key = hub::hex(&h.finalize());
 
+    // the metadata of the state and of the result
+    let meta = |done: &Done| -> Result<Vec<(&'static str, String)>> {
+        Ok(vec![
+            ("text_model", model.key()),
+            ("k", a.k.to_string()),
+            ("created_by", crate::TOOL_VERSION.to_string()),
+            ("run_key", run_key.clone()),
+            ("done_shards", serde_json::to_string(done)?),
+        ])
+    };
     let spath = state_path(&a.data);
     let mut top = TopK::new(c, a.k);
     let mut done = Done {
@@ -667,18 +677,7 @@ pub fn run(a: &RetrieveArgs) -> Result<()> {
                 }
                 .finish_keep_all();
                 let rows: Vec<&Candidate> = snapshot.iter().flatten().collect();
-                write_table(
-                    &spath,
-                    &rows,
-                    &names,
-                    &[
-                        ("text_model", model.key()),
-                        ("k", a.k.to_string()),
-                        ("created_by", crate::TOOL_VERSION.to_string()),
-                        ("run_key", run_key.clone()),
-                        ("done_shards", serde_json::to_string(&done)?),
-                    ],
-                )?;
+                write_table(&spath, &rows, &names, &meta(&done)?)?;
             }
             Err(e) => {
                 progress::log(format!("{}: skipped: {e:#}", p.display()));
@@ -711,20 +710,10 @@ pub fn run(a: &RetrieveArgs) -> Result<()> {
     }
     let rows: Vec<&Candidate> = classes.iter().flatten().collect();
     let out = out_path(&a.data);
-    write_table(
-        &out,
-        &rows,
-        &names,
-        &[
-            ("text_model", model.key()),
-            ("k", a.k.to_string()),
-            ("created_by", crate::TOOL_VERSION.to_string()),
-            ("run_key", run_key),
-            ("done_shards", serde_json::to_string(&done)?),
-            ("matched", serde_json::to_string(&done.matched)?),
-            ("skipped_shards", skipped.join("\n")),
-        ],
-    )?;
+    let mut m = meta(&done)?;
+    m.push(("matched", serde_json::to_string(&done.matched)?));
+    m.push(("skipped_shards", skipped.join("\n")));
+    write_table(&out, &rows, &names, &m)?;
     progress::log(format!(
         "wrote {}: {} samples of {c} classes (k = {}){}",
         out.display(),

@@ -159,12 +159,7 @@ pub fn fit(
     // and without distillation.
     let mut rng_u = rng::stream(rand::Rng::random(rng), "dho-unlabeled", 0);
     let all: Vec<usize> = (0..n).collect();
-    let label_of: HashMap<usize, u32> = data
-        .labeled
-        .iter()
-        .copied()
-        .zip(data.labels.iter().copied())
-        .collect();
+    let label_of = data.label_of();
     let losses = run_epochs(cfg.epochs, if distill { "dho" } else { "ce" }, || {
         let mut sum = 0.0f32;
         let bs = batches(data.labeled, cfg.batch_labeled, 1, rng);

@@ -31,6 +31,17 @@ pub struct TrainData<'a> {
     pub prototypes: Option<&'a Mat>,
 }
 
+impl TrainData<'_> {
+    /// The label of each labeled row, by row.
+    pub(crate) fn label_of(&self) -> HashMap<usize, u32> {
+        self.labeled
+            .iter()
+            .copied()
+            .zip(self.labels.iter().copied())
+            .collect()
+    }
+}
+
 /// Which model made a set of cached features: its cache key `id@revision` and, when `extract`
 /// recorded it, the fingerprint of its weights.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -335,12 +346,7 @@ pub(crate) fn fit_labeled(
     mut loss: impl FnMut(Tensor, &[u32], &mut VRng) -> Result<Tensor>,
 ) -> Result<Vec<f32>> {
     use candle_nn::Optimizer;
-    let label_of: HashMap<usize, u32> = data
-        .labeled
-        .iter()
-        .copied()
-        .zip(data.labels.iter().copied())
-        .collect();
+    let label_of = data.label_of();
     run_epochs(epochs, what, || {
         let mut sum = 0.0f32;
         let bs = batches(data.labeled, batch_size, 2, rng);
