@@ -62,8 +62,8 @@ impl Fixture {
         write_images(&root.join("images"));
         // the random checkpoints of `vlal tiny`; the tokenizer knows the names and synonyms
         let words = ["cat", "kitty", "dog", "bird", "birdie"];
-        vlal::stages::tiny::write_clip(&root.join("tiny-clip"), &words).unwrap();
-        vlal::stages::tiny::write_dino(&root.join("tiny-dino")).unwrap();
+        vlal::stages::tiny::write_clip(&root.join("tiny-clip"), &words, 0).unwrap();
+        vlal::stages::tiny::write_dino(&root.join("tiny-dino"), 0).unwrap();
         std::fs::write(
             root.join("classes.txt"),
             "cat | kitty\ndog\nbird | birdie\n",

@@ -543,20 +543,97 @@ pub(crate) fn load_weights<T>(
 }
 
 /// A random-weight CLIP or DINOv2 checkpoint in the HF layout (config.json + model.safetensors)
-/// for the end-to-end tests and the benchmarks; the model type is read from `config_json`.
-pub fn write_random_checkpoint(dir: &Path, config_json: &str) -> Result<()> {
+/// for the end-to-end tests and the benchmarks; the model type is read from `config_json`. The
+/// same `seed` writes the same weights.
+pub fn write_random_checkpoint(dir: &Path, config_json: &str, seed: u64) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     let v: serde_json::Value = serde_json::from_str(config_json)?;
-    let vm = candle_nn::VarMap::new();
-    let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+    let drawn = std::sync::Arc::new(std::sync::Mutex::new(Default::default()));
+    let init = SeededInit {
+        seed,
+        drawn: drawn.clone(),
+    };
+    let vb = VarBuilder::from_backend(Box::new(init), DType::F32, Device::Cpu);
     if v.get("model_type").and_then(|t| t.as_str()) == Some("dinov2") {
         dinov2::Dinov2::new(vb, serde_json::from_str(config_json)?)?;
     } else {
         clip::Clip::new(vb, serde_json::from_str(config_json)?)?;
     }
     std::fs::write(dir.join("config.json"), config_json)?;
-    vm.save(dir.join("model.safetensors"))?;
+    let drawn = drawn.lock().expect("not poisoned");
+    candle_core::safetensors::save(&drawn, dir.join("model.safetensors"))?;
     Ok(())
+}
+
+/// A variable builder that draws each tensor from its initialisation hint with a random stream
+/// named by the seed and the tensor's name (candle's own initialisers draw from an unseeded
+/// generator), and keeps what it drew.
+struct SeededInit {
+    seed: u64,
+    drawn: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, candle_core::Tensor>>>,
+}
+
+impl candle_nn::var_builder::SimpleBackend for SeededInit {
+    fn get(
+        &self,
+        s: candle_core::Shape,
+        name: &str,
+        h: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<candle_core::Tensor> {
+        use candle_nn::init::{Init, NormalOrUniform};
+        use rand::Rng;
+        let mut drawn = self.drawn.lock().expect("not poisoned");
+        if let Some(t) = drawn.get(name) {
+            return Ok(t.clone());
+        }
+        let mut r = crate::rng::stream(self.seed, name, 0);
+        let n = s.elem_count();
+        let mut uniform = |lo: f64, up: f64| -> Vec<f32> {
+            (0..n).map(|_| r.random_range(lo..up) as f32).collect()
+        };
+        let v = match h {
+            Init::Const(c) => vec![c as f32; n],
+            Init::Uniform { lo, up } => uniform(lo, up),
+            Init::Randn { mean, stdev } => {
+                let d = rand_distr::Normal::new(mean, stdev)
+                    .map_err(|e| candle_core::Error::Msg(format!("{name}: {e}")))?;
+                (0..n).map(|_| r.sample(d) as f32).collect()
+            }
+            Init::Kaiming {
+                dist,
+                fan,
+                non_linearity,
+            } => {
+                let std = non_linearity.gain() / (fan.for_shape(&s) as f64).sqrt();
+                match dist {
+                    NormalOrUniform::Uniform => uniform(-(3f64.sqrt()) * std, 3f64.sqrt() * std),
+                    NormalOrUniform::Normal => {
+                        let d = rand_distr::Normal::new(0.0, std)
+                            .map_err(|e| candle_core::Error::Msg(format!("{name}: {e}")))?;
+                        (0..n).map(|_| r.sample(d) as f32).collect()
+                    }
+                }
+            }
+        };
+        let t = candle_core::Tensor::from_vec(v, s, dev)?.to_dtype(dtype)?;
+        drawn.insert(name.to_string(), t.clone());
+        Ok(t)
+    }
+
+    fn get_unchecked(
+        &self,
+        name: &str,
+        _: DType,
+        _: &Device,
+    ) -> candle_core::Result<candle_core::Tensor> {
+        candle_core::bail!("{name}: a random checkpoint needs the tensor's shape")
+    }
+
+    fn contains_tensor(&self, _: &str) -> bool {
+        true
+    }
 }
 
 /// Keep activation buffers in the heap: by default glibc maps each large buffer afresh and
@@ -744,5 +821,28 @@ pub(crate) mod tests {
             let d = max_diff(gf.get(t).unwrap(), gr.get(t).unwrap());
             assert!(d < 1e-4, "{d}");
         }
+    }
+
+    #[test]
+    fn random_checkpoints_are_reproducible_and_follow_the_init_hints() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = r#"{"model_type": "dinov2", "hidden_size": 16, "num_hidden_layers": 1,
+  "num_attention_heads": 2, "image_size": 14, "patch_size": 7, "layerscale_value": 1.0}"#;
+        let bytes = |name: &str, seed: u64| {
+            let d = tmp.path().join(name);
+            write_random_checkpoint(&d, cfg, seed).unwrap();
+            std::fs::read(d.join("model.safetensors")).unwrap()
+        };
+        let (a, b, c) = (bytes("a", 3), bytes("b", 3), bytes("c", 4));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        let t =
+            candle_core::safetensors::load(tmp.path().join("a/model.safetensors"), &Device::Cpu)
+                .unwrap();
+        let v = |n: &str| t[n].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        // LayerNorm weights are ones, a linear layer's weights are spread around zero
+        assert!(v("encoder.layer.0.norm1.weight").iter().all(|&x| x == 1.0));
+        let w = v("encoder.layer.0.attention.attention.query.weight");
+        assert!(w.iter().any(|&x| x > 0.0) && w.iter().any(|&x| x < 0.0));
     }
 }

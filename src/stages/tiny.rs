@@ -52,8 +52,8 @@ pub fn run(a: &TinyArgs) -> Result<()> {
             std::fs::read_to_string(w).with_context(|| format!("{}: cannot read", w.display()))?;
         vocab.extend(words_of(&text));
     }
-    write_clip(&a.out.join("tiny-clip"), &vocab)?;
-    write_dino(&a.out.join("tiny-dino"))?;
+    write_clip(&a.out.join("tiny-clip"), &vocab, a.seed)?;
+    write_dino(&a.out.join("tiny-dino"), a.seed)?;
     let classes = a.out.join("classes.txt");
     std::fs::write(&classes, names.join("\n") + "\n")
         .with_context(|| format!("{}: cannot write", classes.display()))?;
@@ -68,7 +68,7 @@ pub fn run(a: &TinyArgs) -> Result<()> {
 
 /// A random-weight CLIP (32-d projection, 2 + 2 layers of width 32, 32 px images) whose
 /// tokenizer knows `names` and the words of the prompt templates.
-pub fn write_clip<S: AsRef<str>>(dir: &Path, names: &[S]) -> Result<()> {
+pub fn write_clip<S: AsRef<str>>(dir: &Path, names: &[S], seed: u64) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let mut words: Vec<String> = names.iter().map(|s| s.as_ref().to_string()).collect();
     for t in TEMPLATES {
@@ -85,7 +85,7 @@ pub fn write_clip<S: AsRef<str>>(dir: &Path, names: &[S]) -> Result<()> {
     "num_attention_heads": 4, "image_size": 32, "patch_size": 8}}}}"#,
         vocab - 1
     );
-    write_random_checkpoint(dir, &cfg)?;
+    write_random_checkpoint(dir, &cfg, seed)?;
     std::fs::write(
         dir.join("preprocessor_config.json"),
         r#"{"size": {"shortest_edge": 32}, "crop_size": {"height": 32, "width": 32}}"#,
@@ -102,10 +102,10 @@ pub fn words_of(text: &str) -> Vec<String> {
 }
 
 /// A random-weight DINOv2 (width 32, 2 layers, 28 px crops of 32 px images).
-pub fn write_dino(dir: &Path) -> Result<()> {
+pub fn write_dino(dir: &Path, seed: u64) -> Result<()> {
     let cfg = r#"{"model_type": "dinov2", "hidden_size": 32, "num_hidden_layers": 2,
   "num_attention_heads": 4, "image_size": 28, "patch_size": 7, "layerscale_value": 1.0}"#;
-    write_random_checkpoint(dir, cfg)?;
+    write_random_checkpoint(dir, cfg, seed)?;
     std::fs::write(
         dir.join("preprocessor_config.json"),
         r#"{"size": {"shortest_edge": 32}, "crop_size": {"height": 28, "width": 28}}"#,
