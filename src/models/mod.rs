@@ -588,19 +588,8 @@ impl candle_nn::var_builder::SimpleBackend for SeededInit {
         if let Some(t) = drawn.get(name) {
             return Ok(t.clone());
         }
-        let mut r = crate::rng::stream(self.seed, name, 0);
-        let n = s.elem_count();
-        let mut uniform = |lo: f64, up: f64| -> Vec<f32> {
-            (0..n).map(|_| r.random_range(lo..up) as f32).collect()
-        };
-        let v = match h {
-            Init::Const(c) => vec![c as f32; n],
-            Init::Uniform { lo, up } => uniform(lo, up),
-            Init::Randn { mean, stdev } => {
-                let d = rand_distr::Normal::new(mean, stdev)
-                    .map_err(|e| candle_core::Error::Msg(format!("{name}: {e}")))?;
-                (0..n).map(|_| r.sample(d) as f32).collect()
-            }
+        // Kaiming is a uniform or normal draw with a spread given by the shape (as candle has it)
+        let h = match h {
             Init::Kaiming {
                 dist,
                 fan,
@@ -608,14 +597,29 @@ impl candle_nn::var_builder::SimpleBackend for SeededInit {
             } => {
                 let std = non_linearity.gain() / (fan.for_shape(&s) as f64).sqrt();
                 match dist {
-                    NormalOrUniform::Uniform => uniform(-(3f64.sqrt()) * std, 3f64.sqrt() * std),
-                    NormalOrUniform::Normal => {
-                        let d = rand_distr::Normal::new(0.0, std)
-                            .map_err(|e| candle_core::Error::Msg(format!("{name}: {e}")))?;
-                        (0..n).map(|_| r.sample(d) as f32).collect()
-                    }
+                    NormalOrUniform::Uniform => Init::Uniform {
+                        lo: -(3f64.sqrt()) * std,
+                        up: 3f64.sqrt() * std,
+                    },
+                    NormalOrUniform::Normal => Init::Randn {
+                        mean: 0.0,
+                        stdev: std,
+                    },
                 }
             }
+            h => h,
+        };
+        let mut r = crate::rng::stream(self.seed, name, 0);
+        let n = s.elem_count();
+        let v: Vec<f32> = match h {
+            Init::Const(c) => vec![c as f32; n],
+            Init::Uniform { lo, up } => (0..n).map(|_| r.random_range(lo..up) as f32).collect(),
+            Init::Randn { mean, stdev } => {
+                let d = rand_distr::Normal::new(mean, stdev)
+                    .map_err(|e| candle_core::Error::Msg(format!("{name}: {e}")))?;
+                (0..n).map(|_| r.sample(d) as f32).collect()
+            }
+            Init::Kaiming { .. } => unreachable!("mapped above"),
         };
         let t = candle_core::Tensor::from_vec(v, s, dev)?.to_dtype(dtype)?;
         drawn.insert(name.to_string(), t.clone());
