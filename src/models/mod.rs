@@ -548,29 +548,49 @@ pub(crate) fn load_weights<T>(
 pub fn write_random_checkpoint(dir: &Path, config_json: &str, seed: u64) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     let v: serde_json::Value = serde_json::from_str(config_json)?;
-    let drawn = std::sync::Arc::new(std::sync::Mutex::new(Default::default()));
-    let init = SeededInit {
-        seed,
-        drawn: drawn.clone(),
-    };
-    let vb = VarBuilder::from_backend(Box::new(init), DType::F32, Device::Cpu);
+    let (vb, drawn) = SeededInit::builder(seed);
     if v.get("model_type").and_then(|t| t.as_str()) == Some("dinov2") {
         dinov2::Dinov2::new(vb, serde_json::from_str(config_json)?)?;
     } else {
         clip::Clip::new(vb, serde_json::from_str(config_json)?)?;
     }
     std::fs::write(dir.join("config.json"), config_json)?;
-    let drawn = drawn.lock().expect("not poisoned");
-    candle_core::safetensors::save(&drawn, dir.join("model.safetensors"))?;
+    candle_core::safetensors::save(&drawn.take(), dir.join("model.safetensors"))?;
     Ok(())
 }
+
+type Drawn =
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, candle_core::Tensor>>>;
 
 /// A variable builder that draws each tensor from its initialisation hint with a random stream
 /// named by the seed and the tensor's name (candle's own initialisers draw from an unseeded
 /// generator), and keeps what it drew.
 struct SeededInit {
     seed: u64,
-    drawn: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, candle_core::Tensor>>>,
+    drawn: Drawn,
+}
+
+impl SeededInit {
+    /// A CPU f32 builder, and a handle on the tensors it draws (`take()` them when the model is
+    /// built).
+    fn builder(seed: u64) -> (VarBuilder<'static>, DrawnTensors) {
+        let drawn = Drawn::default();
+        let init = SeededInit {
+            seed,
+            drawn: drawn.clone(),
+        };
+        let vb = VarBuilder::from_backend(Box::new(init), DType::F32, Device::Cpu);
+        (vb, DrawnTensors(drawn))
+    }
+}
+
+/// The tensors a [`SeededInit`] builder drew.
+struct DrawnTensors(Drawn);
+
+impl DrawnTensors {
+    fn take(&self) -> std::collections::HashMap<String, candle_core::Tensor> {
+        std::mem::take(&mut *self.0.lock().expect("not poisoned"))
+    }
 }
 
 impl candle_nn::var_builder::SimpleBackend for SeededInit {
@@ -586,6 +606,9 @@ impl candle_nn::var_builder::SimpleBackend for SeededInit {
         use rand::Rng;
         let mut drawn = self.drawn.lock().expect("not poisoned");
         if let Some(t) = drawn.get(name) {
+            if t.shape() != &s {
+                candle_core::bail!("{name}: asked for {s:?}, drawn as {:?}", t.shape())
+            }
             return Ok(t.clone());
         }
         // Kaiming is a uniform or normal draw with a spread given by the shape (as candle has it)
@@ -687,7 +710,7 @@ pub fn write_word_tokenizer<S: AsRef<str>>(dir: &Path, words: &[S]) -> Result<us
 }
 
 /// A random-weight checkpoint in the HF layout for tests: writes `config_json` and the weights
-/// `build` creates through a `VarMap` into `dir`, and returns the built model.
+/// `build` draws (seeded) into `dir`, and returns the built model.
 #[cfg(test)]
 pub(crate) fn random_checkpoint<T>(
     dir: &Path,
@@ -695,9 +718,9 @@ pub(crate) fn random_checkpoint<T>(
     build: impl FnOnce(VarBuilder) -> candle_core::Result<T>,
 ) -> T {
     std::fs::write(dir.join("config.json"), config_json).unwrap();
-    let vm = candle_nn::VarMap::new();
-    let m = build(VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
-    vm.save(dir.join("model.safetensors")).unwrap();
+    let (vb, drawn) = SeededInit::builder(0);
+    let m = build(vb).unwrap();
+    candle_core::safetensors::save(&drawn.take(), dir.join("model.safetensors")).unwrap();
     m
 }
 
