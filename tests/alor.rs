@@ -213,16 +213,16 @@ fn retrieve_extract_and_a_pipeline_with_and_without_retrieved_data() {
         assert!(s.windows(2).all(|w| w[0] >= w[1]), "class {l}: {s:?}");
     }
     // an uninterrupted run gives the same table
+    let ids_scores = || {
+        let t = table::read(&out, Table::Retrieved).unwrap();
+        (t.strings("sample_id").unwrap(), t.f64s("score").unwrap())
+    };
     let first = std::fs::read(&out).unwrap();
     let first_rows = (f.strings("sample_id").unwrap(), scores.clone());
     std::fs::remove_file(d.join("cache/retrieve.state.parquet")).unwrap();
     std::fs::remove_file(&out).unwrap();
     ok(d, &retrieve);
-    let g = table::read(&out, Table::Retrieved).unwrap();
-    assert_eq!(
-        (g.strings("sample_id").unwrap(), g.f64s("score").unwrap()),
-        first_rows
-    );
+    assert_eq!(ids_scores(), first_rows);
     assert!(!first.is_empty());
     // a shard that changes after it was read makes the next run start over
     let extra = d.join("corpus/part-zz-extra.parquet");
@@ -237,11 +237,7 @@ fn retrieve_extract_and_a_pipeline_with_and_without_retrieved_data() {
     );
     std::fs::remove_file(&extra).unwrap();
     ok(d, &retrieve);
-    let h = table::read(&out, Table::Retrieved).unwrap();
-    assert_eq!(
-        (h.strings("sample_id").unwrap(), h.f64s("score").unwrap()),
-        first_rows
-    );
+    assert_eq!(ids_scores(), first_rows);
 
     // the retrieved images join the cache
     extract(&["--retrieved", "cache/retrieved.parquet"]);
