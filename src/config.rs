@@ -51,6 +51,46 @@ pub struct Pipeline {
     pub select: SelectCfg,
 }
 
+/// A pipeline file as a TOML table, with `extends = "other.toml"` (a path relative to the file)
+/// resolved: the other file's table with this file's keys merged over it, table by table.
+fn load_extended(path: &Path, depth: usize) -> Result<toml::Table> {
+    if depth > 8 {
+        bail!("{}: `extends` nests more than 8 files deep (a cycle?)", path.display());
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut t: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        anyhow::anyhow!(
+            "{}: {}",
+            path.display(),
+            e.to_string().replace('\n', " ").trim().to_string()
+        )
+    })?;
+    let Some(base) = t.remove("extends") else {
+        return Ok(t);
+    };
+    let Some(base) = base.as_str() else {
+        bail!("{}: `extends` must be a file name", path.display());
+    };
+    let base_path = path.parent().unwrap_or(Path::new("")).join(base);
+    let mut merged = load_extended(&base_path, depth + 1)
+        .with_context(|| format!("{}: extends {base}", path.display()))?;
+    merge(&mut merged, t);
+    Ok(merged)
+}
+
+/// `over`'s keys into `base`: tables merge key by key, any other value replaces.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
 /// Strategy parameters, one table per method, with the defaults of METHODS.md and the papers.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -457,9 +497,8 @@ pub const TRAINERS: [&str; 6] = ["linear", "dho", "dho-clap", "ce", "coop", "ct"
 
 impl Pipeline {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("{}: cannot read", path.display()))?;
-        let p: Pipeline = toml::from_str(&text).map_err(|e| {
+        let value = load_extended(path, 0)?;
+        let p: Pipeline = value.try_into().map_err(|e: toml::de::Error| {
             anyhow::anyhow!(
                 "{}: {}",
                 path.display(),
@@ -707,6 +746,31 @@ teacher = "t@v1"
 "#
         );
         toml::from_str(&t).unwrap()
+    }
+
+    #[test]
+    fn a_pipeline_extends_another_key_by_key() {
+        let t = tempfile::tempdir().unwrap();
+        let base = "name = \"a\"\nseeds = [0, 1]\nrounds = 2\nstrategies = [\"random\"]\n\
+            [dataset]\nname = \"d\"\nroot = \"data/d\"\nstudent = \"s\"\nteacher = \"t\"\n\
+            [dho]\nlr = 0.01\n";
+        std::fs::write(t.path().join("a.toml"), base).unwrap();
+        std::fs::create_dir(t.path().join("sub")).unwrap();
+        let child = "extends = \"../a.toml\"\nname = \"b\"\n[dataset]\nroot = \"data/e\"\n";
+        std::fs::write(t.path().join("sub/b.toml"), child).unwrap();
+        let b = Pipeline::load(&t.path().join("sub/b.toml")).unwrap();
+        let a = Pipeline::load(&t.path().join("a.toml")).unwrap();
+        assert_eq!((b.name.as_str(), a.name.as_str()), ("b", "a"));
+        assert_eq!(b.dataset.root, PathBuf::from("data/e"));
+        assert_eq!((b.dataset.student.as_str(), b.seeds.clone()), ("s", vec![0, 1]));
+        assert_eq!(b.dho.lr, 0.01);
+        // unknown keys of a child are still errors; a cycle is caught
+        std::fs::write(t.path().join("c.toml"), "extends = \"a.toml\"\nrondus = 3\n").unwrap();
+        let e = Pipeline::load(&t.path().join("c.toml")).unwrap_err().to_string();
+        assert!(e.contains("c.toml") && e.contains("rondus"), "{e}");
+        std::fs::write(t.path().join("d.toml"), "extends = \"d.toml\"\n").unwrap();
+        let e = format!("{:#}", Pipeline::load(&t.path().join("d.toml")).unwrap_err());
+        assert!(e.contains("cycle"), "{e}");
     }
 
     #[test]

@@ -18,6 +18,9 @@ struct Cli {
     /// No log lines (errors are still printed).
     #[arg(long, short, global = true)]
     quiet: bool,
+    /// Details too: every file written, every round's score inside `vlal run`.
+    #[arg(long, short, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -156,6 +159,9 @@ enum Cmd {
         /// `on`: every strategy with retrieved data (`+rda`); `off`: every one without.
         #[arg(long, value_enum)]
         rda: Option<OnOff>,
+        /// Stop every run after this round (a later run resumes from there).
+        #[arg(long)]
+        max_round: Option<usize>,
     },
     /// Summarise the results table: accuracy mean ± std over seeds per round.
     Report {
@@ -186,7 +192,7 @@ fn load(spec: &RunSpec) -> Result<Cache> {
 }
 
 fn main_inner(cli: Cli) -> Result<()> {
-    vlal::progress::set_quiet(cli.quiet);
+    vlal::progress::set_level(cli.quiet, cli.verbose);
     match cli.cmd {
         Cmd::Extract(a) => stages::extract::run(&a),
         Cmd::Synth(a) => stages::synth::run(&a),
@@ -226,7 +232,7 @@ fn main_inner(cli: Cli) -> Result<()> {
         }
         Cmd::Eval { run, round } => {
             let spec = run.spec()?;
-            stages::eval::run(&spec, &load(&spec)?, round)
+            stages::eval::run(&spec, &load(&spec)?, round).map(|_| ())
         }
         Cmd::Run {
             pipeline,
@@ -235,6 +241,7 @@ fn main_inner(cli: Cli) -> Result<()> {
             seed,
             selective,
             rda,
+            max_round,
         } => {
             let mut p = Pipeline::load(&pipeline)?;
             let mut strategies = strategy;
@@ -255,6 +262,7 @@ fn main_inner(cli: Cli) -> Result<()> {
                     trainers: trainer,
                     strategies,
                     seeds: seed,
+                    max_round,
                 },
             )
         }

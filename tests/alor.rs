@@ -296,7 +296,7 @@ epochs = 10
         ],
     );
     assert!(String::from_utf8_lossy(&o.stdout).contains("-tfs+rda-seed0-"));
-    let log = ok(d, &["run", "alor.toml"]);
+    let log = ok(d, &["-v", "run", "alor.toml"]);
     assert!(
         log.contains(&format!(
             "training on 4 labeled + {} retrieved samples",

@@ -914,6 +914,29 @@ fn fit_teacher_writes_a_classifier_that_extract_takes() {
         "{log}"
     );
 
+    // into a cache that holds the backbone's features of the same images, the head is applied
+    // to them (no second pass), with the logits of a fresh extraction; another backbone runs
+    ok(&f.extract("d", &["--teacher", &lite, "--label-map", &map]));
+    let log = ok(&f.extract("d", &["--teacher", &f.p("probe")]));
+    let reused = "probe@local has the backbone of lite@local: its";
+    assert_eq!(log.matches(reused).count(), 3, "train, calib, test: {log}");
+    let logits = |cache: &str, model: &str| {
+        let t = table::read(
+            &vlal::cache::logits_path(&f.root.join(cache), model, "train"),
+            Table::TeacherLogits,
+        )
+        .unwrap();
+        (t.strings("sample_id").unwrap(), t.mat("logits").unwrap())
+    };
+    let (fresh, again) = (logits("c", "probe@local"), logits("d", "probe@local"));
+    assert_eq!(fresh.0, again.0);
+    assert_eq!(fresh.1.data, again.1.data);
+    vlal::stages::tiny::write_lite_classifier(&f.root.join("lite3"), &["bird", "cat", "dog"])
+        .unwrap();
+    let log = ok(&f.extract("d", &["--teacher", &f.p("lite3")]));
+    assert!(!log.contains("cached features are reused"), "{log}");
+    assert!(log.contains("images through lite3@local"), "{log}");
+
     // mistakes: an existing output, a backbone without cached features, normalised features
     for (out, backbone, want) in [
         ("probe", lite.clone(), "exists; remove it"),

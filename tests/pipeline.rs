@@ -187,6 +187,34 @@ fn queries(dir: &Path) -> Vec<String> {
     out
 }
 
+/// Every results file under `dir`, read with polars and stacked (as a user would read them).
+fn read_results(dir: &Path) -> polars::prelude::DataFrame {
+    use polars::prelude::*;
+    let mut all: Option<DataFrame> = None;
+    for f in vlal::stages::report::parquet_files(dir) {
+        let df = ParquetReader::new(std::fs::File::open(&f).unwrap())
+            .finish()
+            .unwrap();
+        match &mut all {
+            None => all = Some(df),
+            Some(a) => {
+                a.vstack_mut_owned(df).unwrap();
+            }
+        }
+    }
+    all.expect("results files")
+}
+
+/// The rows of `df` where `keep(column)` holds.
+fn rows_where(
+    df: &polars::prelude::DataFrame,
+    column: &str,
+    keep: impl Fn(&polars::prelude::Series) -> polars::prelude::PolarsResult<polars::prelude::BooleanChunked>,
+) -> polars::prelude::DataFrame {
+    let c = df.column(column).unwrap().as_materialized_series();
+    df.filter(&keep(c).unwrap()).unwrap()
+}
+
 #[test]
 fn run_rerun_kill_resume_and_read_back() {
     let tmp = tempfile::tempdir().unwrap();
@@ -205,21 +233,12 @@ fn run_rerun_kill_resume_and_read_back() {
     );
 
     // read back with polars: every row, and the summary groups
-    let glob = format!("{}/**/*.parquet", a.join("results").display());
     use polars::prelude::*;
-    let df = LazyFrame::scan_parquet(PlRefPath::new(glob.as_str()), ScanArgsParquet::default())
-        .unwrap()
-        .collect()
-        .unwrap();
+    let df = read_results(&a.join("results"));
     assert_eq!(df.height(), 48);
     let summary = vlal::stages::report::summary(&a.join("results"), &["e2e"]).unwrap();
     assert_eq!(summary.height(), 2 * 3 * 4);
-    let last = summary
-        .clone()
-        .lazy()
-        .filter(col("round").eq(lit(3)))
-        .collect()
-        .unwrap();
+    let last = rows_where(&summary, "round", |c| c.equal(3));
     let acc = last
         .column("acc_mean")
         .unwrap()
@@ -300,6 +319,21 @@ fn run_rerun_kill_resume_and_read_back() {
         "queries differ: selections are not deterministic"
     );
     assert_eq!(queries(&a.join("runs")).len(), 2 * 3 * 2 * 3);
+
+    // C: stopped after round 1 (`--max-round`), then finished: A's tables again. The default log
+    // is one line per run plus a summary; the per-file lines come with -v.
+    let c = tmp.path().join("c");
+    std::fs::create_dir_all(&c).unwrap();
+    let pc = pipeline(&c, "p.toml", &data, SWEEP);
+    let log = ok(&c, &["run", &pc, "--max-round", "1"]);
+    assert_eq!(log.lines().count(), 2 * 3 * 2 + 1, "{log}");
+    assert_eq!(log.matches(": round 1: accuracy ").count(), 12, "{log}");
+    assert!(!log.contains("wrote") && log.contains("12 runs finished (24 rounds)"), "{log}");
+    assert_eq!(results_rows(&c.join("results")).len(), 2 * 3 * 2 * 2);
+    let log = ok(&c, &["-v", "run", &pc]);
+    assert_eq!(log.matches(": round 3 (done): accuracy ").count(), 12, "{log}");
+    assert!(log.contains("wrote ") && log.contains("(2 rounds run now)"), "{log}");
+    assert_eq!(results_rows(&c.join("results")), results_a);
 }
 
 #[test]
@@ -463,20 +497,11 @@ epochs = 40
     // [linear] is appended by `pipeline`; the body's tables must come after the top-level keys
     let p = pipeline(d, "p.toml", &data, body);
     ok(d, &["-q", "run", &p]);
-    let glob = format!("{}/**/*.parquet", d.join("results").display());
     use polars::prelude::*;
-    let df = LazyFrame::scan_parquet(PlRefPath::new(glob.as_str()), ScanArgsParquet::default())
-        .unwrap()
-        .collect()
-        .unwrap();
+    let df = read_results(&d.join("results"));
     assert_eq!(df.height(), 2 * 3 * 2 * 3);
     // batch analysis metrics exist for the rounds that selected, not for the last
-    let sel = df
-        .clone()
-        .lazy()
-        .filter(col("round").lt(lit(2)))
-        .collect()
-        .unwrap();
+    let sel = rows_where(&df, "round", |c| ChunkCompareIneq::lt(c, 2));
     for c in [
         "batch_prob_coverage",
         "batch_class_entropy",
@@ -493,19 +518,11 @@ epochs = 40
     }
     // PCoreSet covers more of the simplex than its counterfactual, in every run
     let cov = |s: &str| -> f64 {
-        let f = sel
-            .clone()
-            .lazy()
-            .filter(col("strategy").eq(lit(s)))
-            .select([col("batch_prob_coverage").mean()])
-            .collect()
-            .unwrap();
-        f.column("batch_prob_coverage")
+        rows_where(&sel, "strategy", |c| Ok(c.str()?.equal(s)))
+            .column("batch_prob_coverage")
             .unwrap()
             .as_materialized_series()
-            .f64()
-            .unwrap()
-            .get(0)
+            .mean()
             .unwrap()
     };
     assert!(
@@ -952,7 +969,7 @@ fn cluster_balanced_and_pcb_strategies_run_and_repeat() {
     let body =
         format!("seeds = [1]\nrounds = 2\nstrategies = {strategies:?}\ntrainers = [\"linear\"]\n");
     let p = pipeline(d, "cb.toml", &data, &body);
-    let err = ok(d, &["run", &p]);
+    let err = ok(d, &["-v", "run", &p]);
     assert!(
         err.contains("cb: K = 8 clusters"),
         "paper K = B·2 after the seed round (C = B = 4): {err}"
@@ -996,7 +1013,7 @@ fn selective_querying_gives_free_pseudo_labels_and_counts_them() {
     let body =
         format!("seeds = [2]\nrounds = 3\nstrategies = {strategies:?}\ntrainers = [\"linear\"]\n");
     let p = pipeline(d, "sq.toml", &data, &body);
-    let err = ok(d, &["run", &p]);
+    let err = ok(d, &["-v", "run", &p]);
     assert!(err.contains("selective querying:"), "{err}");
     let mut saw_pseudo = false;
     for f in parquet_files(&d.join("results")) {

@@ -263,6 +263,25 @@ pub struct EfficientNetLite {
     head: ConvBn,
     /// The ImageNet classifier (1000 × 1280), when the checkpoint has one.
     fc: Option<(Tensor, Tensor)>,
+    /// sha256 over the config and the tensors other than the classifier (`_fc.*`): equal for
+    /// two checkpoints whose pooled features are equal.
+    pub backbone: String,
+}
+
+/// sha256 over the feature-relevant config and every tensor but the classifier's, by name.
+fn backbone_digest(t: &HashMap<String, Tensor>, config: &Config) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(format!("{} {}", config.image_size, config.batch_norm_eps).as_bytes());
+    let mut names: Vec<&String> = t.keys().filter(|k| !k.starts_with("_fc.")).collect();
+    names.sort();
+    for n in names {
+        let v = &t[n];
+        h.update(format!("\0{n}{:?}", v.dims()).as_bytes());
+        let x = v.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        h.update(x.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
+    }
+    Ok(super::hub::hex(&h.finalize()))
 }
 
 impl EfficientNetLite {
@@ -338,12 +357,14 @@ impl EfficientNetLite {
             (Some(w), Some(b)) => Some((w.to_dtype(DType::F32)?, b.to_dtype(DType::F32)?)),
             _ => None,
         };
+        let backbone = backbone_digest(t, &config)?;
         Ok(EfficientNetLite {
             config,
             stem,
             blocks,
             head,
             fc,
+            backbone,
         })
     }
 

@@ -148,6 +148,15 @@ impl ImageEncoder {
         }
     }
 
+    /// For a classifier teacher's raw features: the digest of the backbone's weights (all but
+    /// the classifier head), which with the preprocessing determines the features.
+    pub fn backbone(&self) -> Option<&str> {
+        match &self.net {
+            Net::EfficientNetLite(m) if !self.normalize => Some(&m.backbone),
+            _ => None,
+        }
+    }
+
     pub fn clip(&self) -> Option<&Clip> {
         match &self.net {
             Net::Clip(c) => Some(c),

@@ -141,8 +141,23 @@ fn check_name(s: &str) -> Result<()> {
     Ok(())
 }
 
+/// The hf-hub cache folder: `HF_HUB_CACHE`, else `$HF_HOME/hub`, else
+/// `~/.cache/huggingface/hub` (the Python client's order).
+fn hub_cache() -> hf_hub::Cache {
+    match std::env::var_os("HF_HUB_CACHE") {
+        Some(p) if !p.is_empty() => hf_hub::Cache::new(PathBuf::from(p)),
+        _ => hf_hub::Cache::from_env(),
+    }
+}
+
+/// Whether a hub error says the file does not exist (HTTP 404), as opposed to a failed request.
+fn not_found(e: &hf_hub::api::sync::ApiError) -> bool {
+    matches!(e, hf_hub::api::sync::ApiError::RequestError(r)
+        if matches!(**r, ureq::Error::Status(404, _)))
+}
+
 fn hub(id: &str, src: &Source) -> Result<ModelDir> {
-    let (owner, name) = hf_hub::split_id(id);
+    let (owner, name) = id.split_once('/').unwrap_or(("", id));
     check_name(name).with_context(|| format!("'{id}' is neither a folder nor a hub id"))?;
     if !owner.is_empty() {
         check_name(owner).with_context(|| format!("'{id}' is neither a folder nor a hub id"))?;
@@ -152,27 +167,61 @@ fn hub(id: &str, src: &Source) -> Result<ModelDir> {
     let offline = src.offline
         || std::env::var("HF_HUB_OFFLINE")
             .is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
-    let client = hf_hub::HFClient::builder()
-        .build_sync()
-        .map_err(|e| anyhow!("{id}: cannot start the hub client ({e})"))?;
-    let repo = client.model(owner, name);
-    let get = |file: &str| {
-        repo.download_file()
-            .filename(file)
-            .revision(revision.clone())
-            .local_files_only(offline)
-            .send()
+    let repo = hf_hub::Repo::with_revision(id.to_string(), hf_hub::RepoType::Model, revision.clone());
+    let cache = hub_cache();
+    // a cached file (by the revision's ref, or a commit's snapshot folder), else a download
+    let cached = |file: &str| -> Option<PathBuf> {
+        cache.repo(repo.clone()).get(file).or_else(|| {
+            let p = cache
+                .path()
+                .join(repo.folder_name())
+                .join("snapshots")
+                .join(&revision)
+                .join(file);
+            p.is_file().then_some(p)
+        })
+    };
+    let api = if offline {
+        None
+    } else {
+        let mut b = hf_hub::api::sync::ApiBuilder::from_cache(hub_cache())
+            .with_progress(!crate::progress::is_quiet());
+        if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
+            b = b.with_endpoint(endpoint);
+        }
+        Some(
+            b.build()
+                .map_err(|e| anyhow!("{id}: cannot start the hub client ({e})"))?,
+        )
+    };
+    // Ok(None): the hub has no such file
+    let get = |file: &str| -> Result<Option<PathBuf>, String> {
+        if let Some(p) = cached(file) {
+            return Ok(Some(p));
+        }
+        match &api {
+            None => Ok(None),
+            Some(api) => match api.repo(repo.clone()).download(file) {
+                Ok(p) => Ok(Some(p)),
+                Err(e) if not_found(&e) => Ok(None),
+                Err(e) => Err(e.to_string()),
+            },
+        }
     };
     let mut dir: Option<PathBuf> = None;
     for f in REQUIRED {
-        let path = get(f).map_err(|e| {
-            let how = if offline {
-                "not in the hf-hub cache (offline)"
-            } else {
-                "cannot download it"
-            };
-            anyhow!("{id}@{revision}: {f}: {how} ({e}); pass a local checkpoint folder instead")
-        })?;
+        let path = match get(f) {
+            Ok(Some(p)) => p,
+            Ok(None) if offline => bail!(
+                "{id}@{revision}: {f}: not in the hf-hub cache (offline); pass a local checkpoint \
+                 folder instead"
+            ),
+            Ok(None) => bail!("{id}@{revision}: {f}: not on the hub"),
+            Err(e) => bail!(
+                "{id}@{revision}: {f}: cannot download it ({e}); pass a local checkpoint folder \
+                 instead"
+            ),
+        };
         let parent = path.parent().map(Path::to_path_buf);
         match (&dir, parent) {
             (None, p) => dir = p,
@@ -188,11 +237,7 @@ fn hub(id: &str, src: &Source) -> Result<ModelDir> {
     }
     for f in OPTIONAL {
         if let Err(e) = get(f) {
-            match e {
-                hf_hub::HFError::EntryNotFound { .. }
-                | hf_hub::HFError::LocalEntryNotFound { .. } => {}
-                e => bail!("{id}@{revision}: {f}: {e}"),
-            }
+            bail!("{id}@{revision}: {f}: {e}");
         }
     }
     let dir = dir.ok_or_else(|| anyhow!("{id}@{revision}: no snapshot folder"))?;

@@ -8,14 +8,22 @@ use crate::schema::Table;
 use crate::{conformal, metrics, progress, table, TOOL_VERSION};
 use anyhow::Result;
 
-pub fn run(spec: &RunSpec, cache: &Cache, round: usize) -> Result<()> {
+/// A round's score, as recorded in its results row.
+#[derive(Clone, Copy, Debug)]
+pub struct Scored {
+    pub accuracy: f64,
+    pub n_labeled: usize,
+}
+
+/// Score the round and write its results row; None when the row existed already.
+pub fn run(spec: &RunSpec, cache: &Cache, round: usize) -> Result<Option<Scored>> {
     let out = spec.results_path(round);
     if out.exists() {
         progress::log(format!(
             "{} exists; round {round} already recorded",
             out.display()
         ));
-        return Ok(());
+        return Ok(None);
     }
     let preds = super::select::Predictions::read(spec, round)?;
     let f = &preds.frame;
@@ -107,7 +115,10 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize) -> Result<()> {
         s.macro_f1,
         labels.len()
     ));
-    Ok(())
+    Ok(Some(Scored {
+        accuracy: s.accuracy,
+        n_labeled: labels.len(),
+    }))
 }
 
 /// CCMA's teacher–student diagnostics over the round's unlabeled pool, appended like results.

@@ -386,6 +386,35 @@ fn embed_split(
     Ok((kept, mats, rejects))
 }
 
+/// A cached embeddings table of `split`, by another model folder under `out` than `own`, whose
+/// `features_key` is `fk` and which holds all `n` images: (its model folder, ids, vectors).
+fn same_features(
+    out: &Path,
+    own: &str,
+    split: &str,
+    fk: &str,
+    n: usize,
+) -> Option<(String, Vec<String>, Mat)> {
+    let mut dirs: Vec<String> = std::fs::read_dir(out)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|k| k != own && !k.starts_with('.'))
+        .collect();
+    dirs.sort();
+    dirs.into_iter().find_map(|key| {
+        let path = embeddings_path(out, &key, split);
+        let meta = table::read_meta(&path).ok()?;
+        if meta.get("features_key").map(String::as_str) != Some(fk) {
+            return None;
+        }
+        let f = table::read(&path, Table::Embeddings).ok()?;
+        let (ids, m) = (f.strings("sample_id").ok()?, f.mat("vector").ok()?);
+        (ids.len() == n).then_some((key, ids, m))
+    })
+}
+
 /// The entries of a per-split map in the order train, calib, test, retrieved.
 fn splits_in_order<'a, T>(m: &'a HashMap<&str, T>) -> Vec<(&'a str, &'a T)> {
     FILE_SPLITS
@@ -598,20 +627,26 @@ pub fn run(a: &ExtractArgs) -> Result<()> {
         if samples.is_empty() {
             continue;
         }
+        // sha256 over what identifies the model, its preprocessing and every image
+        let key_of = |identity: &[&str], e: &ImageEncoder| {
+            let mut parts: Vec<&str> = vec![KEY_VERSION];
+            parts.extend(identity);
+            let describe = e.describe();
+            parts.push(&describe);
+            for s in &samples {
+                parts.push(&s.id);
+                parts.push(&hashes[&s.id]);
+            }
+            sha(&parts)
+        };
         let keys: Vec<String> = encoders
             .iter()
-            .map(|e| {
-                let mut parts = vec![
-                    KEY_VERSION.to_string(),
-                    e.model.fingerprint.clone(),
-                    e.describe(),
-                ];
-                for s in &samples {
-                    parts.push(s.id.clone());
-                    parts.push(hashes[&s.id].clone());
-                }
-                sha(&parts.iter().map(String::as_str).collect::<Vec<_>>())
-            })
+            .map(|e| key_of(&[&e.model.fingerprint], e))
+            .collect();
+        // a classifier's features depend on its backbone only, not on its head
+        let feature_keys: Vec<Option<String>> = encoders
+            .iter()
+            .map(|e| e.backbone().map(|b| key_of(&["features", b], e)))
             .collect();
         let stale: Vec<usize> = (0..encoders.len())
             .filter(|&i| {
@@ -620,6 +655,28 @@ pub fn run(a: &ExtractArgs) -> Result<()> {
             })
             .collect();
         let mut fresh: HashMap<usize, (Vec<String>, Mat)> = HashMap::new();
+        // features another checkpoint with the same backbone wrote (a head fitted elsewhere):
+        // its head is applied to them instead of running the backbone again
+        let mut reused: Vec<(usize, Vec<String>, Mat)> = Vec::new();
+        let mut stale = stale;
+        stale.retain(|&i| {
+            let found = feature_keys[i].as_deref().and_then(|fk| {
+                same_features(out, &encoders[i].model.key(), split, fk, samples.len())
+            });
+            match found {
+                Some((from, ids, m)) => {
+                    progress::log(format!(
+                        "{split}: {} has the backbone of {from}: its {} cached features are reused",
+                        encoders[i].model.key(),
+                        ids.len()
+                    ));
+                    reused.push((i, ids, m));
+                    false
+                }
+                None => true,
+            }
+        });
+        let mut computed: Vec<(usize, Vec<String>, Mat)> = reused;
         if !stale.is_empty() {
             let run: Vec<&ImageEncoder> = stale.iter().map(|&i| encoders[i]).collect();
             let t0 = std::time::Instant::now();
@@ -643,22 +700,28 @@ pub fn run(a: &ExtractArgs) -> Result<()> {
             rejects.extend(bad);
             let ids: Vec<String> = kept.iter().map(|&i| samples[i].id.clone()).collect();
             for (&i, m) in stale.iter().zip(mats) {
-                let e = encoders[i];
-                let mut meta = model_meta(&e.model, &keys[i]);
-                meta.push(("preprocessing", e.describe()));
-                meta.push(("dim", e.dim.to_string()));
-                meta.push(("images", ids.len().to_string()));
-                staging.write(
-                    &embeddings_path(out, &e.model.key(), split),
-                    Table::Embeddings,
-                    vec![
-                        ("sample_id", table::utf8(&ids)),
-                        ("vector", table::fixed_list(&m)?),
-                    ],
-                    &meta,
-                )?;
-                fresh.insert(i, (ids.clone(), m));
+                computed.push((i, ids.clone(), m));
             }
+        }
+        for (i, ids, m) in computed {
+            let e = encoders[i];
+            let mut meta = model_meta(&e.model, &keys[i]);
+            meta.push(("preprocessing", e.describe()));
+            meta.push(("dim", e.dim.to_string()));
+            meta.push(("images", ids.len().to_string()));
+            if let Some(fk) = &feature_keys[i] {
+                meta.push(("features_key", fk.clone()));
+            }
+            staging.write(
+                &embeddings_path(out, &e.model.key(), split),
+                Table::Embeddings,
+                vec![
+                    ("sample_id", table::utf8(&ids)),
+                    ("vector", table::fixed_list(&m)?),
+                ],
+                &meta,
+            )?;
+            fresh.insert(i, (ids, m));
         }
         for (i, e) in encoders.iter().enumerate() {
             // a cached table: only its ids (the vectors are read if the logits need them)

@@ -16,6 +16,8 @@ pub struct Filter {
     pub trainers: Vec<String>,
     pub strategies: Vec<String>,
     pub seeds: Vec<u64>,
+    /// Stop after this round (default: the pipeline's last); a later run resumes from there.
+    pub max_round: Option<usize>,
 }
 
 impl Filter {
@@ -31,9 +33,10 @@ pub fn run(p: &Pipeline, filter: &Filter) -> Result<()> {
     if specs.is_empty() {
         bail!("no run of pipeline '{}' matches the filter", p.name);
     }
+    let stop = filter.max_round.unwrap_or(p.rounds).min(p.rounds);
     let todo: Vec<&RunSpec> = specs
         .iter()
-        .filter(|s| !s.results_path(p.rounds).exists())
+        .filter(|s| !s.results_path(stop).exists())
         .collect();
     if todo.is_empty() {
         progress::log(format!(
@@ -59,27 +62,60 @@ pub fn run(p: &Pipeline, filter: &Filter) -> Result<()> {
         }
     }
     let total: usize = groups.iter().map(|(_, v)| v.len()).sum();
-    let pb = progress::bar((total * (p.rounds + 1)) as u64, "rounds");
+    let pb = progress::bar((total * (stop + 1)) as u64, "rounds");
+    // the stages' own lines (each file written, each round's score) become details (-v)
+    let _demoted = progress::demote();
+    let (mut finished, mut worked) = (0, 0);
     for (need, specs) in groups {
         let cache = Cache::for_pipeline(p, need)?;
         let budget = check_budget(p, &cache)?;
         for spec in specs {
-            run_one(spec, &cache, budget, &pb)?;
+            let (rounds, last) = run_one(spec, &cache, budget, &pb, stop)?;
+            if let Some(s) = last {
+                progress::say(
+                    Some(&pb),
+                    format!(
+                        "{}: round {stop}{}: accuracy {:.4} with {} labels ({rounds} rounds run now)",
+                        spec.label(),
+                        if stop == p.rounds { " (done)" } else { "" },
+                        s.accuracy,
+                        s.n_labeled
+                    ),
+                );
+                finished += 1;
+            }
+            worked += rounds;
         }
     }
     pb.finish_and_clear();
+    progress::say(
+        None,
+        format!(
+            "'{}': {finished} runs finished ({worked} rounds), {} already complete; results in {}",
+            p.name,
+            specs.len() - total,
+            p.results_dir.display()
+        ),
+    );
     Ok(())
 }
 
-/// The round budget; the pool must hold the seed labels and every round's.
+/// The round budget; the pool must hold the seed labels and every round's. A class with fewer
+/// than `initial_per_class` train samples gives all of them (as `label --init` does).
 fn check_budget(p: &Pipeline, cache: &Cache) -> Result<usize> {
     let budget = p.budget.unwrap_or(cache.n_classes());
-    let needed = p.initial_per_class * cache.n_classes() + p.rounds * budget;
+    let mut per_class = vec![0usize; cache.n_classes()];
+    for l in cache.train.labels.iter().flatten() {
+        if let Some(n) = usize::try_from(*l).ok().and_then(|c| per_class.get_mut(c)) {
+            *n += 1;
+        }
+    }
+    let seed: usize = per_class.iter().map(|&n| n.min(p.initial_per_class)).sum();
+    let needed = seed + p.rounds * budget;
     if needed > cache.train.ids.len() {
         bail!(
-            "{}: {} seed labels + {} rounds × budget {budget} = {needed} labels, more than the pool's {} samples",
+            "{}: {seed} seed labels + {} rounds × budget {budget} = {needed} labels, more than the pool's {} samples",
             p.dataset.root.display(),
-            p.initial_per_class * cache.n_classes(),
             p.rounds,
             cache.train.ids.len()
         );
@@ -87,19 +123,22 @@ fn check_budget(p: &Pipeline, cache: &Cache) -> Result<usize> {
     Ok(budget)
 }
 
-/// Run (or resume) one run; returns the number of rounds it worked on.
+/// Run (or resume) one run up to round `stop`; returns the number of rounds it worked on and,
+/// when it scored round `stop` now, that score.
 pub fn run_one(
     spec: &RunSpec,
     cache: &Cache,
     budget: usize,
     pb: &indicatif::ProgressBar,
-) -> Result<usize> {
+    stop: usize,
+) -> Result<(usize, Option<eval::Scored>)> {
     let last = spec.pipeline.rounds;
     let mut worked = 0;
+    let mut score = None;
     if !spec.labels_path(0).exists() {
         label::init(spec, cache)?;
     }
-    for r in 0..=last {
+    for r in 0..=stop.min(last) {
         let complete =
             spec.results_path(r).exists() && (r == last || spec.labels_path(r + 1).exists());
         pb.inc(1);
@@ -112,11 +151,14 @@ pub fn run_one(
         if r < last && !spec.queries_path(r).exists() {
             select::run(spec, cache, r, budget)?;
         }
-        eval::run(spec, cache, r)?;
+        let s = eval::run(spec, cache, r)?;
+        if r == stop {
+            score = s;
+        }
         if r < last && !spec.labels_path(r + 1).exists() {
             label::oracle(spec, cache, r)?;
         }
         worked += 1;
     }
-    Ok(worked)
+    Ok((worked, score))
 }
