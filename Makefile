@@ -146,9 +146,9 @@ cbsq-tiny: $(VLAL)
 FMNIST    ?= /usr/share/datasets/fashion-mnist
 DEMO      ?= data/fashion-mnist
 DEMO_POOL ?= 1000
-DEMO_CALIB ?= 200
-DEMO_TEST ?= 1000
-DEMO_HELD ?= 1000
+DEMO_CALIB ?= 100
+DEMO_TEST ?= 500
+DEMO_HELD ?= 500
 DEMO_PIPELINES ?= demo demo-trained
 DEMO_CEILING   ?= demo-all-labels
 DEMO_RUN  ?=

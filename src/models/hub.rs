@@ -189,6 +189,10 @@ fn hub(id: &str, src: &Source) -> Result<ModelDir> {
         if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
             b = b.with_endpoint(endpoint);
         }
+        // the token file under HF_HOME is read by the builder; HF_TOKEN wins, as in Python
+        if let Some(token) = std::env::var("HF_TOKEN").ok().filter(|t| !t.trim().is_empty()) {
+            b = b.with_token(Some(token.trim().to_string()));
+        }
         Some(
             b.build()
                 .map_err(|e| anyhow!("{id}: cannot start the hub client ({e})"))?,
