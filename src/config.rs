@@ -55,7 +55,10 @@ pub struct Pipeline {
 /// resolved: the other file's table with this file's keys merged over it, table by table.
 fn load_extended(path: &Path, depth: usize) -> Result<toml::Table> {
     if depth > 8 {
-        bail!("{}: `extends` nests more than 8 files deep (a cycle?)", path.display());
+        bail!(
+            "{}: `extends` nests more than 8 files deep (a cycle?)",
+            path.display()
+        );
     }
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{}: cannot read", path.display()))?;
@@ -762,14 +765,26 @@ teacher = "t@v1"
         let a = Pipeline::load(&t.path().join("a.toml")).unwrap();
         assert_eq!((b.name.as_str(), a.name.as_str()), ("b", "a"));
         assert_eq!(b.dataset.root, PathBuf::from("data/e"));
-        assert_eq!((b.dataset.student.as_str(), b.seeds.clone()), ("s", vec![0, 1]));
+        assert_eq!(
+            (b.dataset.student.as_str(), b.seeds.clone()),
+            ("s", vec![0, 1])
+        );
         assert_eq!(b.dho.lr, 0.01);
         // unknown keys of a child are still errors; a cycle is caught
-        std::fs::write(t.path().join("c.toml"), "extends = \"a.toml\"\nrondus = 3\n").unwrap();
-        let e = Pipeline::load(&t.path().join("c.toml")).unwrap_err().to_string();
+        std::fs::write(
+            t.path().join("c.toml"),
+            "extends = \"a.toml\"\nrondus = 3\n",
+        )
+        .unwrap();
+        let e = Pipeline::load(&t.path().join("c.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("c.toml") && e.contains("rondus"), "{e}");
         std::fs::write(t.path().join("d.toml"), "extends = \"d.toml\"\n").unwrap();
-        let e = format!("{:#}", Pipeline::load(&t.path().join("d.toml")).unwrap_err());
+        let e = format!(
+            "{:#}",
+            Pipeline::load(&t.path().join("d.toml")).unwrap_err()
+        );
         assert!(e.contains("cycle"), "{e}");
     }
 

@@ -24,7 +24,10 @@ fn deps(dir: &Path, requirements: &str, bin: &Path, env: &[(&str, &str)]) -> (bo
         c.env(k, v);
     }
     let o = c.output().unwrap();
-    (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 /// A stand-in for apt-get (nothing is installed for real): `update` succeeds, `install` exits
@@ -46,7 +49,11 @@ fn fake_apt(bin: &Path, install_code: i32) {
 
 #[test]
 fn a_debian_package_that_cannot_be_installed_is_named() {
-    if Command::new("dpkg-query").arg("--version").output().is_err() {
+    if Command::new("dpkg-query")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         eprintln!("not a Debian system: skipped");
         return;
     }
@@ -84,7 +91,10 @@ fn a_python_package_that_cannot_be_installed_is_named() {
         &t.path().join("w"),
         "vlal-no-such-package==0.0.1\n",
         &bin,
-        &[("PIP_INDEX_URL", "http://127.0.0.1:9/simple"), ("PIP_RETRIES", "0")],
+        &[
+            ("PIP_INDEX_URL", "http://127.0.0.1:9/simple"),
+            ("PIP_RETRIES", "0"),
+        ],
     );
     assert!(!ok, "{err}");
     let last = err.lines().last().unwrap_or("");

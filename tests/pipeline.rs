@@ -209,7 +209,9 @@ fn read_results(dir: &Path) -> polars::prelude::DataFrame {
 fn rows_where(
     df: &polars::prelude::DataFrame,
     column: &str,
-    keep: impl Fn(&polars::prelude::Series) -> polars::prelude::PolarsResult<polars::prelude::BooleanChunked>,
+    keep: impl Fn(
+        &polars::prelude::Series,
+    ) -> polars::prelude::PolarsResult<polars::prelude::BooleanChunked>,
 ) -> polars::prelude::DataFrame {
     let c = df.column(column).unwrap().as_materialized_series();
     df.filter(&keep(c).unwrap()).unwrap()
@@ -328,11 +330,21 @@ fn run_rerun_kill_resume_and_read_back() {
     let log = ok(&c, &["run", &pc, "--max-round", "1"]);
     assert_eq!(log.lines().count(), 2 * 3 * 2 + 1, "{log}");
     assert_eq!(log.matches(": round 1: accuracy ").count(), 12, "{log}");
-    assert!(!log.contains("wrote") && log.contains("12 runs finished (24 rounds)"), "{log}");
+    assert!(
+        !log.contains("wrote") && log.contains("12 runs finished (24 rounds)"),
+        "{log}"
+    );
     assert_eq!(results_rows(&c.join("results")).len(), 2 * 3 * 2 * 2);
     let log = ok(&c, &["-v", "run", &pc]);
-    assert_eq!(log.matches(": round 3 (done): accuracy ").count(), 12, "{log}");
-    assert!(log.contains("wrote ") && log.contains("(2 rounds run now)"), "{log}");
+    assert_eq!(
+        log.matches(": round 3 (done): accuracy ").count(),
+        12,
+        "{log}"
+    );
+    assert!(
+        log.contains("wrote ") && log.contains("(2 rounds run now)"),
+        "{log}"
+    );
     assert_eq!(results_rows(&c.join("results")), results_a);
 }
 

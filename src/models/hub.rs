@@ -167,7 +167,8 @@ fn hub(id: &str, src: &Source) -> Result<ModelDir> {
     let offline = src.offline
         || std::env::var("HF_HUB_OFFLINE")
             .is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
-    let repo = hf_hub::Repo::with_revision(id.to_string(), hf_hub::RepoType::Model, revision.clone());
+    let repo =
+        hf_hub::Repo::with_revision(id.to_string(), hf_hub::RepoType::Model, revision.clone());
     let cache = hub_cache();
     // a cached file (by the revision's ref, or a commit's snapshot folder), else a download
     let cached = |file: &str| -> Option<PathBuf> {
@@ -190,7 +191,10 @@ fn hub(id: &str, src: &Source) -> Result<ModelDir> {
             b = b.with_endpoint(endpoint);
         }
         // the token file under HF_HOME is read by the builder; HF_TOKEN wins, as in Python
-        if let Some(token) = std::env::var("HF_TOKEN").ok().filter(|t| !t.trim().is_empty()) {
+        if let Some(token) = std::env::var("HF_TOKEN")
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+        {
             b = b.with_token(Some(token.trim().to_string()));
         }
         Some(

@@ -71,7 +71,8 @@ fn scan(results_dir: &Path, pipelines: &[&str], cols: &[&str]) -> Result<DataFra
     let mut all: Option<DataFrame> = None;
     for f in &files {
         let at = |e: PolarsError| anyhow!("{}: {e}", f.display());
-        let file = std::fs::File::open(f).with_context(|| format!("{}: cannot open", f.display()))?;
+        let file =
+            std::fs::File::open(f).with_context(|| format!("{}: cannot open", f.display()))?;
         let mut df = ParquetReader::new(file)
             .with_columns(Some(cols.iter().map(|c| c.to_string()).collect()))
             .finish()
