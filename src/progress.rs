@@ -63,13 +63,6 @@ pub fn log(msg: impl AsRef<str>) {
     }
 }
 
-/// A detail: shown under `-v` only.
-pub fn detail(msg: impl AsRef<str>) {
-    if level() >= VERBOSE {
-        eprintln!("vlal: {}", msg.as_ref());
-    }
-}
-
 /// A line that is shown at the default level even inside `vlal run` (a summary, a warning),
 /// printed above `pb` when it is drawn.
 pub fn say(pb: Option<&ProgressBar>, msg: impl AsRef<str>) {

@@ -5,8 +5,13 @@ use std::path::Path;
 use std::process::Command;
 
 /// Run a copy of `.ci/deps` in `dir` (with `requirements` as its requirements.txt), `PATH`
-/// starting with `bin`; returns (success, stderr).
-fn deps(dir: &Path, requirements: &str, bin: &Path, env: &[(&str, &str)]) -> (bool, String) {
+/// starting with `bin`, which must fail; returns (stderr, its last line).
+fn failing_deps(
+    dir: &Path,
+    requirements: &str,
+    bin: &Path,
+    env: &[(&str, &str)],
+) -> (String, String) {
     std::fs::create_dir_all(dir.join(".ci")).unwrap();
     std::fs::copy(
         Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/deps"),
@@ -24,10 +29,10 @@ fn deps(dir: &Path, requirements: &str, bin: &Path, env: &[(&str, &str)]) -> (bo
         c.env(k, v);
     }
     let o = c.output().unwrap();
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "{err}");
+    let last = err.lines().last().unwrap_or("").to_string();
+    (err, last)
 }
 
 /// A stand-in for apt-get (nothing is installed for real): `update` succeeds, `install` exits
@@ -60,14 +65,12 @@ fn a_debian_package_that_cannot_be_installed_is_named() {
     let t = tempfile::tempdir().unwrap();
     let bin = t.path().join("bin");
     fake_apt(&bin, 100);
-    let (ok, err) = deps(
+    let (err, last) = failing_deps(
         &t.path().join("w"),
         "",
         &bin,
         &[("VLAL_DEPS_EXTRA", "vlal-no-such-package")],
     );
-    assert!(!ok, "{err}");
-    let last = err.lines().last().unwrap_or("");
     // (where other packages are missing too, the first that fails is named)
     assert!(
         last.starts_with("make deps: cannot install the Debian package ")
@@ -87,7 +90,7 @@ fn a_python_package_that_cannot_be_installed_is_named() {
     let bin = t.path().join("bin");
     fake_apt(&bin, 0);
     // no index to find the package on (a closed local port)
-    let (ok, err) = deps(
+    let (err, last) = failing_deps(
         &t.path().join("w"),
         "vlal-no-such-package==0.0.1\n",
         &bin,
@@ -96,8 +99,6 @@ fn a_python_package_that_cannot_be_installed_is_named() {
             ("PIP_RETRIES", "0"),
         ],
     );
-    assert!(!ok, "{err}");
-    let last = err.lines().last().unwrap_or("");
     assert!(
         last.contains("cannot install the Python package vlal-no-such-package==0.0.1")
             && last.contains("pip install --no-deps -r requirements.txt' failed"),

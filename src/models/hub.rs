@@ -185,7 +185,7 @@ fn hub(id: &str, src: &Source) -> Result<ModelDir> {
     let api = if offline {
         None
     } else {
-        let mut b = hf_hub::api::sync::ApiBuilder::from_cache(hub_cache())
+        let mut b = hf_hub::api::sync::ApiBuilder::from_cache(cache.clone())
             .with_progress(!crate::progress::is_quiet());
         if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
             b = b.with_endpoint(endpoint);

@@ -648,17 +648,17 @@ pub fn run(a: &ExtractArgs) -> Result<()> {
             .iter()
             .map(|e| e.backbone().map(|b| key_of(&["features", b], e)))
             .collect();
-        let stale: Vec<usize> = (0..encoders.len())
+        let mut stale: Vec<usize> = (0..encoders.len())
             .filter(|&i| {
                 stored_key(&embeddings_path(out, &encoders[i].model.key(), split)).as_deref()
                     != Some(keys[i].as_str())
             })
             .collect();
         let mut fresh: HashMap<usize, (Vec<String>, Mat)> = HashMap::new();
-        // features another checkpoint with the same backbone wrote (a head fitted elsewhere):
-        // its head is applied to them instead of running the backbone again
-        let mut reused: Vec<(usize, Vec<String>, Mat)> = Vec::new();
-        let mut stale = stale;
+        // the tables to write: features another checkpoint with the same backbone wrote (a head
+        // fitted elsewhere: its head is applied to them instead of running the backbone again),
+        // then those the stale encoders compute
+        let mut computed: Vec<(usize, Vec<String>, Mat)> = Vec::new();
         stale.retain(|&i| {
             let found = feature_keys[i].as_deref().and_then(|fk| {
                 same_features(out, &encoders[i].model.key(), split, fk, samples.len())
@@ -670,13 +670,12 @@ pub fn run(a: &ExtractArgs) -> Result<()> {
                         encoders[i].model.key(),
                         ids.len()
                     ));
-                    reused.push((i, ids, m));
+                    computed.push((i, ids, m));
                     false
                 }
                 None => true,
             }
         });
-        let mut computed: Vec<(usize, Vec<String>, Mat)> = reused;
         if !stale.is_empty() {
             let run: Vec<&ImageEncoder> = stale.iter().map(|&i| encoders[i]).collect();
             let t0 = std::time::Instant::now();
