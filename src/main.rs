@@ -273,11 +273,11 @@ fn main_inner(cli: Cli) -> Result<()> {
             stat,
         } => {
             let pipelines: Vec<&str> = pipeline.iter().map(String::as_str).collect();
-            let df = stages::report::summary(&results, &pipelines)?;
-            print!("{}", stages::report::render(&df, stat)?);
+            let groups = stages::report::summary(&results, &pipelines)?;
+            print!("{}", stages::report::render(&groups, stat)?);
             print!("{}", stages::report::aulc_report(&results, &pipelines)?);
             if let Some(path) = plot {
-                stages::plot::learning_curves(&df, &path)?;
+                stages::plot::learning_curves(&groups, &path)?;
                 vlal::progress::log(format!("wrote {}", path.display()));
             }
             Ok(())

@@ -107,6 +107,47 @@ impl Frame {
         )
     }
 
+    /// A column of any numeric type as f64 (nulls stay `None`).
+    pub fn numbers(&self, name: &str) -> Result<Vec<Option<f64>>> {
+        let a = self.col(name)?;
+        if !a.data_type().is_numeric() {
+            bail!(
+                "{}: column '{name}' holds {}, not numbers",
+                self.path,
+                a.data_type()
+            );
+        }
+        let c = arrow::compute::cast(a, &DataType::Float64)
+            .map_err(|e| anyhow!("{}: column '{name}': {e}", self.path))?;
+        let c = c
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .expect("cast to f64");
+        Ok(c.iter().collect())
+    }
+
+    /// A column of text, or of numbers written as text (nulls stay `None`).
+    pub fn texts(&self, name: &str) -> Result<Vec<Option<String>>> {
+        let a = self.col(name)?;
+        let c = arrow::compute::cast(a, &DataType::Utf8).map_err(|_| {
+            anyhow!(
+                "{}: column '{name}' holds {}, not text",
+                self.path,
+                a.data_type()
+            )
+        })?;
+        let c = c
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("cast to utf8");
+        Ok(c.iter().map(|v| v.map(str::to_string)).collect())
+    }
+
+    /// Whether the file has the column.
+    pub fn has(&self, name: &str) -> bool {
+        self.columns.iter().any(|(n, _)| n == name)
+    }
+
     pub fn meta(&self, key: &str) -> Result<&str> {
         self.meta
             .get(key)
@@ -115,33 +156,60 @@ impl Frame {
     }
 }
 
-/// Read and check a table.
-pub fn read(path: &Path, table: Table) -> Result<Frame> {
+/// A file opened for reading, with the name its errors carry.
+fn open(path: &Path) -> Result<(String, ParquetRecordBatchReaderBuilder<File>)> {
     let name = path.display().to_string();
     let file = File::open(path).with_context(|| format!("{name}: cannot open"))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| anyhow!("{name}: not a readable Parquet file ({e})"))?;
+    Ok((name, builder))
+}
+
+/// Every batch of a reader as one, its columns named.
+fn collect(name: &str, builder: ParquetRecordBatchReaderBuilder<File>) -> Result<Frame> {
+    use arrow::array::RecordBatchReader;
     let meta = key_values(builder.metadata().file_metadata());
-    let schema = builder.schema().clone();
     let reader = builder.build().map_err(|e| anyhow!("{name}: {e}"))?;
+    let schema = reader.schema();
     let batches: Vec<RecordBatch> = reader
         .collect::<Result<_, _>>()
         .map_err(|e| anyhow!("{name}: corrupt Parquet data ({e})"))?;
     let batch =
         arrow::compute::concat_batches(&schema, &batches).map_err(|e| anyhow!("{name}: {e}"))?;
-    let columns: Vec<(String, ArrayRef)> = schema
+    let columns = schema
         .fields()
         .iter()
         .zip(batch.columns())
         .map(|(f, a)| (f.name().clone(), a.clone()))
         .collect();
-    let columns = table.check(&name, columns, &meta)?;
     Ok(Frame {
-        path: name,
+        path: name.to_string(),
         columns,
         meta,
         rows: batch.num_rows(),
     })
+}
+
+/// Read and check a table.
+pub fn read(path: &Path, table: Table) -> Result<Frame> {
+    let (name, builder) = open(path)?;
+    let mut frame = collect(&name, builder)?;
+    frame.columns = table.check(&name, std::mem::take(&mut frame.columns), &frame.meta)?;
+    Ok(frame)
+}
+
+/// Those of `columns` that a file has, without the others and without checking the table
+/// (e.g. results files of every version for `report`; a missing column is an error only when
+/// it is asked for).
+pub fn read_columns(path: &Path, columns: &[&str]) -> Result<Frame> {
+    let (name, builder) = open(path)?;
+    let present: Vec<&str> = columns
+        .iter()
+        .copied()
+        .filter(|c| builder.schema().field_with_name(c).is_ok())
+        .collect();
+    let mask = parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), present);
+    collect(&name, builder.with_projection(mask))
 }
 
 /// How a write treats an existing file.
@@ -188,30 +256,11 @@ pub fn write_staged(
 /// One utf8 column of a file, without reading the others (e.g. the ids of a large embeddings
 /// table); the table is not checked beyond that column's presence and type.
 pub fn read_utf8_column(path: &Path, column: &str) -> Result<Vec<String>> {
-    let name = path.display().to_string();
-    let file = File::open(path).with_context(|| format!("{name}: cannot open"))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| anyhow!("{name}: not a readable Parquet file ({e})"))?;
-    let mask = parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), [column]);
-    let reader = builder
-        .with_projection(mask)
-        .build()
-        .map_err(|e| anyhow!("{name}: {e}"))?;
-    let mut out = Vec::new();
-    for batch in reader {
-        let batch = batch.map_err(|e| anyhow!("{name}: corrupt Parquet data ({e})"))?;
-        let col = batch
-            .column_by_name(column)
-            .ok_or_else(|| anyhow!("{name}: missing column '{column}'"))?;
-        let s = arrow::compute::cast(col, &DataType::Utf8)
-            .map_err(|_| anyhow!("{name}: column '{column}' is not text"))?;
-        let s = s
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .expect("cast to utf8");
-        out.extend(s.iter().map(|v| v.unwrap_or_default().to_string()));
-    }
-    Ok(out)
+    Ok(read_columns(path, &[column])?
+        .texts(column)?
+        .into_iter()
+        .map(Option::unwrap_or_default)
+        .collect())
 }
 
 /// A file's key–value metadata (the footer only; the table is not read or checked).

@@ -217,6 +217,69 @@ fn rows_where(
     df.filter(&keep(c).unwrap()).unwrap()
 }
 
+/// `vlal report`'s summary equals what a user computes with polars from the same rows: mean and
+/// sample std of accuracy, distinct seeds and mean labels per (pipeline, trainer, strategy,
+/// round), in key order.
+#[allow(deprecated)] // polars' eager GroupBy aggregations
+fn assert_is_polars_summary(
+    df: &polars::prelude::DataFrame,
+    summary: &[vlal::stages::report::Group],
+) {
+    use polars::prelude::*;
+    let keys = ["pipeline", "trainer", "strategy", "round"];
+    let groups = || df.group_by_stable(keys).unwrap();
+    let sorted = |f: DataFrame| f.sort(keys, SortMultipleOptions::default()).unwrap();
+    let mean = sorted(groups().select(["accuracy", "n_labeled"]).mean().unwrap());
+    let std = sorted(groups().select(["accuracy"]).std(1).unwrap());
+    let seeds = sorted(groups().select(["seed"]).n_unique().unwrap());
+    let text = |f: &DataFrame, c: &str| -> Vec<String> {
+        let s = f.column(c).unwrap().as_materialized_series().clone();
+        let s = s.str().unwrap();
+        (0..s.len())
+            .map(|i| s.get(i).unwrap().to_string())
+            .collect()
+    };
+    let num = |f: &DataFrame, c: &str| -> Vec<f64> {
+        let s = f.column(c).unwrap().as_materialized_series();
+        let s = s.cast(&DataType::Float64).unwrap();
+        let s = s.f64().unwrap();
+        (0..s.len()).map(|i| s.get(i).unwrap_or(0.0)).collect()
+    };
+    assert_eq!(mean.height(), summary.len());
+    let (p, t, s, r) = (
+        text(&mean, "pipeline"),
+        text(&mean, "trainer"),
+        text(&mean, "strategy"),
+        num(&mean, "round"),
+    );
+    let (m, l) = (num(&mean, "accuracy_mean"), num(&mean, "n_labeled_mean"));
+    let (sd, n) = (num(&std, "accuracy_agg_std"), num(&seeds, "seed_n_unique"));
+    for (i, g) in summary.iter().enumerate() {
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-12;
+        assert!(
+            (
+                g.pipeline.as_str(),
+                g.trainer.as_str(),
+                g.strategy.as_str(),
+                g.round as f64
+            ) == (p[i].as_str(), t[i].as_str(), s[i].as_str(), r[i])
+                && close(g.acc_mean, m[i])
+                && close(g.acc_std, sd[i])
+                && close(g.n_labeled, l[i])
+                && g.seeds as f64 == n[i],
+            "group {i}: vlal {g:?}, polars {} {} {} {} {} {} {} {}",
+            p[i],
+            t[i],
+            s[i],
+            r[i],
+            m[i],
+            sd[i],
+            n[i],
+            l[i]
+        );
+    }
+}
+
 #[test]
 fn run_rerun_kill_resume_and_read_back() {
     let tmp = tempfile::tempdir().unwrap();
@@ -234,36 +297,17 @@ fn run_rerun_kill_resume_and_read_back() {
         "trainers × strategies × seeds × rounds 0..=3"
     );
 
-    // read back with polars: every row, and the summary groups
-    use polars::prelude::*;
+    // read back with polars: every row, and the summary groups, which are polars' own group-by
     let df = read_results(&a.join("results"));
     assert_eq!(df.height(), 48);
     let summary = vlal::stages::report::summary(&a.join("results"), &["e2e"]).unwrap();
-    assert_eq!(summary.height(), 2 * 3 * 4);
-    let last = rows_where(&summary, "round", |c| c.equal(3));
-    let acc = last
-        .column("acc_mean")
-        .unwrap()
-        .as_materialized_series()
-        .f64()
-        .unwrap()
-        .clone();
-    for i in 0..acc.len() {
+    assert_eq!(summary.len(), 2 * 3 * 4);
+    assert_is_polars_summary(&df, &summary);
+    for g in summary.iter().filter(|g| g.round == 3) {
         // 4 classes: chance is 0.25
-        assert!(
-            acc.get(i).unwrap() > 0.45,
-            "final accuracy {:?} not above chance",
-            acc.get(i)
-        );
+        assert!(g.acc_mean > 0.45, "final accuracy not above chance: {g:?}");
     }
-    let seeds = summary
-        .column("seeds")
-        .unwrap()
-        .as_materialized_series()
-        .i64()
-        .unwrap()
-        .clone();
-    assert!((0..seeds.len()).all(|i| seeds.get(i) == Some(2)));
+    assert!(summary.iter().all(|g| g.seeds == 2), "{summary:?}");
     // labels grow by the budget each round: seed 1/class × 4 classes + 3 × 4
     let n = df
         .column("n_labeled")
@@ -598,7 +642,7 @@ epochs = 40
         ],
     );
     let all = vlal::stages::report::summary(&d.join("results"), &[]).unwrap();
-    assert_eq!(all.height(), 2 * 3 * 3 + 1);
+    assert_eq!(all.len(), 2 * 3 * 3 + 1);
 }
 
 fn write_raw(path: &Path, cols: Vec<(&str, ArrayRef)>) {

@@ -3,9 +3,9 @@
 //! trainer, drawn with plotters into a buffer and saved with `image` (temporary file, renamed).
 //! Text uses DejaVu Sans (Debian fonts-dejavu-core) or the TTF file named by `VLAL_FONT`.
 
+use super::report::Group;
 use anyhow::{anyhow, bail, Context, Result};
 use plotters::prelude::*;
-use polars::prelude::*;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -41,38 +41,33 @@ fn register_font() -> Result<()> {
 }
 
 /// The summary of `report::summary` as curves per (pipeline, trainer) and strategy.
-fn curves(df: &DataFrame) -> Result<BTreeMap<(String, String), BTreeMap<String, Curve>>> {
-    let s = |n: &str| super::report::str_col(df, n);
-    let f = |n: &str| super::report::f64_col(df, n);
-    let (pipe, trainer, strat) = (s("pipeline")?, s("trainer")?, s("strategy")?);
-    let (round, labels, mean, std) = (f("round")?, f("n_labeled")?, f("acc_mean")?, f("acc_std")?);
-    let mut out: BTreeMap<(String, String), BTreeMap<String, Vec<(f64, f64, f64, f64)>>> =
+fn curves(groups: &[Group]) -> BTreeMap<(String, String), BTreeMap<String, Curve>> {
+    let mut out: BTreeMap<(String, String), BTreeMap<String, Vec<(i64, f64, f64, f64)>>> =
         BTreeMap::new();
-    for i in 0..df.height() {
-        out.entry((pipe[i].clone(), trainer[i].clone()))
+    for g in groups {
+        out.entry((g.pipeline.clone(), g.trainer.clone()))
             .or_default()
-            .entry(strat[i].clone())
+            .entry(g.strategy.clone())
             .or_default()
-            .push((round[i], labels[i], mean[i], std[i]));
+            .push((g.round, g.n_labeled, g.acc_mean, g.acc_std));
     }
-    Ok(out
-        .into_iter()
+    out.into_iter()
         .map(|(k, v)| {
             let v = v
                 .into_iter()
                 .map(|(s, mut pts)| {
-                    pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+                    pts.sort_by_key(|p| p.0);
                     (s, pts.into_iter().map(|p| (p.1, p.2, p.3)).collect())
                 })
                 .collect();
             (k, v)
         })
-        .collect())
+        .collect()
 }
 
-/// Draw the curves of a `report::summary` frame into the PNG `path`.
-pub fn learning_curves(df: &DataFrame, path: &Path) -> Result<()> {
-    let panels = curves(df)?;
+/// Draw the curves of a `report::summary` into the PNG `path`.
+pub fn learning_curves(groups: &[Group], path: &Path) -> Result<()> {
+    let panels = curves(groups);
     if panels.is_empty() {
         bail!("{}: no results to plot", path.display());
     }
@@ -170,19 +165,27 @@ mod tests {
             eprintln!("skipped: no {FONT}");
             return;
         }
-        let df = df!(
-            "pipeline" => ["p", "p", "p", "p", "p", "p"],
-            "trainer" => ["linear", "linear", "linear", "linear", "dho", "dho"],
-            "strategy" => ["random", "random", "entropy", "entropy", "random", "random"],
-            "round" => [0i64, 1, 0, 1, 0, 1],
-            "n_labeled" => [10.0, 20.0, 10.0, 20.0, 10.0, 20.0],
-            "acc_mean" => [0.5, 0.6, 0.5, 0.7, 0.55, 0.65],
-            "acc_std" => [0.02, 0.01, 0.02, 0.03, 0.0, 0.01],
-        )
-        .unwrap();
+        let g = |trainer: &str, strategy: &str, round: i64, acc_mean: f64, acc_std: f64| Group {
+            pipeline: "p".into(),
+            trainer: trainer.into(),
+            strategy: strategy.into(),
+            round,
+            acc_mean,
+            acc_std,
+            seeds: 2,
+            n_labeled: 10.0 * (round + 1) as f64,
+        };
+        let groups = [
+            g("linear", "random", 0, 0.5, 0.02),
+            g("linear", "random", 1, 0.6, 0.01),
+            g("linear", "entropy", 0, 0.5, 0.02),
+            g("linear", "entropy", 1, 0.7, 0.03),
+            g("dho", "random", 0, 0.55, 0.0),
+            g("dho", "random", 1, 0.65, 0.01),
+        ];
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("curves.png");
-        learning_curves(&df, &path).unwrap();
+        learning_curves(&groups, &path).unwrap();
         let img = image::open(&path).unwrap().to_rgb8();
         assert_eq!(img.dimensions(), (1280, 440));
         // lines in the strategy colours were drawn

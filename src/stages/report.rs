@@ -1,20 +1,101 @@
-//! `vlal report`: read every results file under a folder with polars (the same scan a user runs
-//! in Python) and print accuracy mean ± std over seeds per round, one table per
-//! (pipeline, trainer), one column per strategy.
+//! `vlal report`: read every results file under a folder and print accuracy mean ± std over
+//! seeds per round, one table per (pipeline, trainer), one column per strategy, and each
+//! strategy's area under the learning curve. The files are read with the project's Parquet
+//! reader; the end-to-end tests check that Polars, as a user reads them, finds the same summary.
 
-use anyhow::{anyhow, bail, Context, Result};
-use polars::prelude::*;
-use std::collections::BTreeMap;
+use crate::table;
+use anyhow::{bail, Result};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-/// Per (pipeline, trainer, strategy, round): mean and std of accuracy over seeds, seed count,
-/// mean number of labels.
-/// Files written by older versions may lack newer columns, so each file is read for the
-/// columns the summary needs and the frames are stacked. Polars' eager API: its lazy engine
-/// (planner, streaming engine) would double polars' share of the build for this one group-by.
-#[allow(deprecated)] // the eager GroupBy aggregations
-pub fn summary(results_dir: &Path, pipelines: &[&str]) -> Result<DataFrame> {
+/// One group of the summary: a (pipeline, trainer, strategy, round) over seeds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Group {
+    pub pipeline: String,
+    pub trainer: String,
+    pub strategy: String,
+    pub round: i64,
+    /// Mean test accuracy over the group's rows.
+    pub acc_mean: f64,
+    /// Sample standard deviation of the accuracy (0 for a single row).
+    pub acc_std: f64,
+    /// Distinct seeds.
+    pub seeds: usize,
+    /// Mean number of labels.
+    pub n_labeled: f64,
+}
+
+/// The columns of one results row that the report uses.
+struct Row {
+    /// The run (`run_id`; the seed in files from versions without it).
+    run: Option<String>,
+    pipeline: String,
+    trainer: String,
+    strategy: String,
+    round: i64,
+    seed: Option<String>,
+    accuracy: Option<f64>,
+    n_labeled: Option<f64>,
+}
+
+/// Per (pipeline, trainer, strategy, round), sorted by these keys: mean and std of accuracy
+/// over seeds, seed count, mean number of labels (nulls are left out of the means, as Polars
+/// does).
+pub fn summary(results_dir: &Path, pipelines: &[&str]) -> Result<Vec<Group>> {
+    type Key = (String, String, String, i64);
+    let mut groups: BTreeMap<Key, Vec<Row>> = BTreeMap::new();
+    for r in scan(results_dir, pipelines)? {
+        let key = (
+            r.pipeline.clone(),
+            r.trainer.clone(),
+            r.strategy.clone(),
+            r.round,
+        );
+        groups.entry(key).or_default().push(r);
+    }
+    Ok(groups
+        .into_iter()
+        .map(|((pipeline, trainer, strategy, round), rows)| {
+            let acc: Vec<f64> = rows.iter().filter_map(|r| r.accuracy).collect();
+            let labels: Vec<f64> = rows.iter().filter_map(|r| r.n_labeled).collect();
+            let (acc_mean, acc_std) = mean_std(&acc);
+            Group {
+                pipeline,
+                trainer,
+                strategy,
+                round,
+                acc_mean,
+                acc_std,
+                seeds: rows.iter().map(|r| &r.seed).collect::<BTreeSet<_>>().len(),
+                n_labeled: mean_std(&labels).0,
+            }
+        })
+        .collect())
+}
+
+/// Mean (NaN when empty) and sample standard deviation (0 below two values).
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let sd = if v.len() > 1 {
+        (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+    } else {
+        0.0
+    };
+    (mean, sd)
+}
+
+/// The rows of every results file under `results_dir` (only `pipelines`, unless empty).
+fn scan(results_dir: &Path, pipelines: &[&str]) -> Result<Vec<Row>> {
+    let files = parquet_files(results_dir);
+    if files.is_empty() {
+        bail!(
+            "{}: no results files (*.parquet) found",
+            results_dir.display()
+        );
+    }
     let cols = [
+        "run_id",
         "pipeline",
         "trainer",
         "strategy",
@@ -23,80 +104,49 @@ pub fn summary(results_dir: &Path, pipelines: &[&str]) -> Result<DataFrame> {
         "accuracy",
         "n_labeled",
     ];
-    let df = scan(results_dir, pipelines, &cols)?;
-    let at = |e: PolarsError| anyhow!("{}: {e}", results_dir.display());
-    let keys = ["pipeline", "trainer", "strategy", "round"];
-    // group_by_stable: groups in order of first appearance, so the three aggregations align
-    let groups = || df.group_by_stable(keys);
-    let mean = groups()
-        .and_then(|g| g.select(["accuracy", "n_labeled"]).mean())
-        .map_err(at)?;
-    let std = groups()
-        .and_then(|g| g.select(["accuracy"]).std(1))
-        .map_err(at)?;
-    let seeds = groups()
-        .and_then(|g| g.select(["seed"]).n_unique())
-        .map_err(at)?;
-    let column = |f: &DataFrame, from: &str, to: &str| -> Result<Column> {
-        Ok(f.column(from).map_err(at)?.clone().with_name(to.into()))
-    };
-    let acc_std = column(&std, "accuracy_agg_std", "acc_std")?
-        .fill_null(FillNullStrategy::Zero)
-        .map_err(at)?;
-    let seeds = column(&seeds, "seed_n_unique", "seeds")?
-        .cast(&DataType::Int64)
-        .map_err(at)?;
-    let mut out: Vec<Column> = keys
-        .iter()
-        .map(|k| column(&mean, k, k))
-        .collect::<Result<_>>()?;
-    out.push(column(&mean, "accuracy_mean", "acc_mean")?);
-    out.push(acc_std);
-    out.push(seeds);
-    out.push(column(&mean, "n_labeled_mean", "n_labeled")?);
-    DataFrame::new_infer_height(out)
-        .and_then(|f| f.sort(keys, SortMultipleOptions::default()))
-        .map_err(at)
-}
-
-/// `cols` of every results file under `results_dir` (only `pipelines`, unless empty), stacked.
-fn scan(results_dir: &Path, pipelines: &[&str], cols: &[&str]) -> Result<DataFrame> {
-    let files = parquet_files(results_dir);
-    if files.is_empty() {
-        bail!(
-            "{}: no results files (*.parquet) found",
-            results_dir.display()
-        );
-    }
-    let mut all: Option<DataFrame> = None;
+    let mut out = Vec::new();
     for f in &files {
-        let at = |e: PolarsError| anyhow!("{}: {e}", f.display());
-        let file =
-            std::fs::File::open(f).with_context(|| format!("{}: cannot open", f.display()))?;
-        let mut df = ParquetReader::new(file)
-            .with_columns(Some(cols.iter().map(|c| c.to_string()).collect()))
-            .finish()
-            .and_then(|d| d.select(cols.iter().copied()))
-            .map_err(at)?;
-        if !pipelines.is_empty() {
-            let names = df
-                .column("pipeline")
-                .and_then(|c| c.str().cloned())
-                .map_err(at)?;
-            let keep: BooleanChunked = names
-                .iter()
-                .map(|p| Some(p.is_some_and(|p| pipelines.contains(&p))))
-                .collect();
-            df = df.filter(&keep).map_err(at)?;
-        }
-        match &mut all {
-            None => all = Some(df),
-            Some(a) => {
-                a.vstack_mut_owned(df).map_err(at)?;
+        let t = table::read_columns(f, &cols)?;
+        let key = |n: &str| -> Result<Vec<String>> {
+            t.texts(n)?
+                .into_iter()
+                .map(|v| {
+                    v.ok_or_else(|| anyhow::anyhow!("{}: column '{n}' has an empty value", t.path))
+                })
+                .collect()
+        };
+        let (pipeline, trainer, strategy) = (key("pipeline")?, key("trainer")?, key("strategy")?);
+        let round = t.numbers("round")?;
+        let (seed, accuracy, n_labeled) = (
+            t.texts("seed")?,
+            t.numbers("accuracy")?,
+            t.numbers("n_labeled")?,
+        );
+        let run = if t.has("run_id") {
+            t.texts("run_id")?
+        } else {
+            seed.clone()
+        };
+        for i in 0..t.rows {
+            if !pipelines.is_empty() && !pipelines.contains(&pipeline[i].as_str()) {
+                continue;
             }
+            let Some(round) = round[i] else {
+                bail!("{}: column 'round' has an empty value", t.path);
+            };
+            out.push(Row {
+                run: run[i].clone(),
+                pipeline: pipeline[i].clone(),
+                trainer: trainer[i].clone(),
+                strategy: strategy[i].clone(),
+                round: round as i64,
+                seed: seed[i].clone(),
+                accuracy: accuracy[i],
+                n_labeled: n_labeled[i],
+            });
         }
     }
-    Ok(all.expect("at least one file"))
+    Ok(out)
 }
 
 /// Area under the learning curve of one run: the trapezoid area of accuracy over labels,
@@ -120,29 +170,15 @@ pub fn aulc(points: &mut [(f64, f64)]) -> f64 {
 /// AULC per (pipeline, trainer, strategy): mean and std over runs (seeds), the runs' round
 /// counts, as text.
 pub fn aulc_report(results_dir: &Path, pipelines: &[&str]) -> Result<String> {
-    let cols = [
-        "run_id",
-        "pipeline",
-        "trainer",
-        "strategy",
-        "accuracy",
-        "n_labeled",
-    ];
-    let df = scan(results_dir, pipelines, &cols)?;
-    let s = |n: &str| str_col(&df, n);
-    let f = |n: &str| f64_col(&df, n);
-    let (run, pipe, trainer, strat) = (s("run_id")?, s("pipeline")?, s("trainer")?, s("strategy")?);
-    let (acc, nl) = (f("accuracy")?, f("n_labeled")?);
-    let mut runs: BTreeMap<(String, String, String, String), Vec<(f64, f64)>> = BTreeMap::new();
-    for i in 0..df.height() {
-        runs.entry((
-            pipe[i].clone(),
-            trainer[i].clone(),
-            strat[i].clone(),
-            run[i].clone(),
-        ))
-        .or_default()
-        .push((nl[i], acc[i]));
+    type Run = (String, String, String, Option<String>);
+    let mut runs: BTreeMap<Run, Vec<(f64, f64)>> = BTreeMap::new();
+    for r in scan(results_dir, pipelines)? {
+        runs.entry((r.pipeline, r.trainer, r.strategy, r.run))
+            .or_default()
+            .push((
+                r.n_labeled.unwrap_or(f64::NAN),
+                r.accuracy.unwrap_or(f64::NAN),
+            ));
     }
     let mut groups: BTreeMap<(String, String, String), Vec<(f64, usize)>> = BTreeMap::new();
     for ((p, t, s, _), mut pts) in runs {
@@ -159,13 +195,8 @@ pub fn aulc_report(results_dir: &Path, pipelines: &[&str]) -> Result<String> {
         "pipeline", "trainer", "strategy", "aulc", "std", "seeds", "rounds"
     );
     for ((p, t, s), v) in &groups {
-        let n = v.len() as f64;
-        let mean = v.iter().map(|x| x.0).sum::<f64>() / n;
-        let sd = if v.len() > 1 {
-            (v.iter().map(|x| (x.0 - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
-        } else {
-            0.0
-        };
+        let areas: Vec<f64> = v.iter().map(|x| x.0).collect();
+        let (mean, sd) = mean_std(&areas);
         let rounds = v.iter().map(|x| x.1).min().unwrap_or(0);
         out += &format!(
             "{p:<16} {t:<10} {s:<18} {mean:>8.4} {sd:>8.4} {:>6} {rounds:>7}\n",
@@ -173,22 +204,6 @@ pub fn aulc_report(results_dir: &Path, pipelines: &[&str]) -> Result<String> {
         );
     }
     Ok(out)
-}
-
-pub(crate) fn str_col(df: &DataFrame, n: &str) -> Result<Vec<String>> {
-    let c = df.column(n)?.as_materialized_series().str()?.clone();
-    Ok((0..c.len())
-        .map(|i| c.get(i).unwrap_or("").to_string())
-        .collect())
-}
-
-pub(crate) fn f64_col(df: &DataFrame, n: &str) -> Result<Vec<f64>> {
-    let c = df
-        .column(n)?
-        .as_materialized_series()
-        .cast(&DataType::Float64)?;
-    let c = c.f64()?;
-    Ok((0..c.len()).map(|i| c.get(i).unwrap_or(f64::NAN)).collect())
 }
 
 /// Two-sided 95% Student-t quantile t_{0.975, df}.
@@ -215,39 +230,29 @@ pub enum Spread {
 }
 
 /// The summary as text: one block per (pipeline, trainer); rows = rounds, columns = strategies.
-pub fn render(df: &DataFrame, spread: Spread) -> Result<String> {
-    let s = |n: &str| str_col(df, n);
-    let f = |n: &str| f64_col(df, n);
-    let (pipe, trainer, strat) = (s("pipeline")?, s("trainer")?, s("strategy")?);
-    let (round, mean, std, seeds, nl) = (
-        f("round")?,
-        f("acc_mean")?,
-        f("acc_std")?,
-        f("seeds")?,
-        f("n_labeled")?,
-    );
+pub fn render(groups: &[Group], spread: Spread) -> Result<String> {
     // (pipeline, trainer) → round → strategy → cell
     let mut blocks: BTreeMap<(String, String), BTreeMap<i64, (f64, BTreeMap<String, String>)>> =
         BTreeMap::new();
     let mut strategies: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
-    for i in 0..df.height() {
-        let key = (pipe[i].clone(), trainer[i].clone());
-        let n = seeds[i] as usize;
+    for g in groups {
+        let key = (g.pipeline.clone(), g.trainer.clone());
+        let n = g.seeds;
         let half = match spread {
-            Spread::Std => std[i],
-            Spread::Ci95 if n > 1 => t975(n - 1) * std[i] / (n as f64).sqrt(),
+            Spread::Std => g.acc_std,
+            Spread::Ci95 if n > 1 => t975(n - 1) * g.acc_std / (n as f64).sqrt(),
             Spread::Ci95 => 0.0,
         };
-        let cell = format!("{:.4} ± {half:.4} (n={n})", mean[i]);
+        let cell = format!("{:.4} ± {half:.4} (n={n})", g.acc_mean);
         let row = blocks
             .entry(key.clone())
             .or_default()
-            .entry(round[i] as i64)
-            .or_insert((nl[i], BTreeMap::new()));
-        row.1.insert(strat[i].clone(), cell);
+            .entry(g.round)
+            .or_insert((g.n_labeled, BTreeMap::new()));
+        row.1.insert(g.strategy.clone(), cell);
         let list = strategies.entry(key).or_default();
-        if !list.contains(&strat[i]) {
-            list.push(strat[i].clone());
+        if !list.contains(&g.strategy) {
+            list.push(g.strategy.clone());
         }
     }
     let mut out = String::new();
@@ -305,6 +310,79 @@ pub fn parquet_files(dir: &Path) -> Vec<std::path::PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn write_raw(path: &Path, cols: Vec<(&str, arrow::array::ArrayRef)>) {
+        let batch = arrow::array::RecordBatch::try_from_iter(cols).unwrap();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let f = std::fs::File::create(path).unwrap();
+        let mut w = parquet::arrow::ArrowWriter::try_new(f, batch.schema(), None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+    }
+
+    fn results(accuracy: arrow::array::ArrayRef) -> Vec<(&'static str, arrow::array::ArrayRef)> {
+        use arrow::array::{Int32Array, Int64Array, StringArray};
+        use std::sync::Arc;
+        let text = |v: [&str; 3]| Arc::new(StringArray::from(v.to_vec())) as _;
+        vec![
+            ("pipeline", text(["p", "p", "p"])),
+            ("trainer", text(["linear", "linear", "linear"])),
+            ("strategy", text(["random", "random", "random"])),
+            ("round", Arc::new(Int32Array::from(vec![1, 0, 1])) as _),
+            ("seed", Arc::new(Int64Array::from(vec![0, 0, 1])) as _),
+            ("accuracy", accuracy),
+            ("n_labeled", Arc::new(Int64Array::from(vec![8, 4, 9])) as _),
+        ]
+    }
+
+    #[test]
+    fn summary_groups_any_numeric_types_and_names_the_bad_file() {
+        use arrow::array::{Float32Array, StringArray};
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        // no run_id (an older file), accuracy as float32 and one null
+        let acc = Float32Array::from(vec![Some(0.5), None, Some(0.75)]);
+        write_raw(&dir.path().join("a/r.parquet"), results(Arc::new(acc)));
+        let g = summary(dir.path(), &[]).unwrap();
+        assert_eq!(g.len(), 2);
+        assert_eq!((g[0].round, g[0].seeds, g[0].n_labeled), (0, 1, 4.0));
+        assert!(g[0].acc_mean.is_nan(), "only a null accuracy: {:?}", g[0]);
+        assert_eq!((g[1].round, g[1].seeds, g[1].n_labeled), (1, 2, 8.5));
+        assert_eq!(
+            (g[1].acc_mean, g[1].acc_std),
+            (0.625, 0.125f64.hypot(0.125))
+        );
+        assert!(summary(dir.path(), &["other"]).unwrap().is_empty());
+        let aulc = aulc_report(dir.path(), &[]).unwrap();
+        assert!(aulc.contains("random"), "{aulc}");
+
+        // accuracy stored as text
+        let bad = dir.path().join("b/r.parquet");
+        let text = StringArray::from(vec!["0.5", "x", "0.7"]);
+        write_raw(&bad, results(Arc::new(text)));
+        let e = summary(dir.path(), &[]).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{}: column 'accuracy' holds Utf8, not numbers",
+                bad.display()
+            )
+        );
+        // a truncated file
+        let bytes = std::fs::read(dir.path().join("a/r.parquet")).unwrap();
+        std::fs::write(&bad, &bytes[..bytes.len() / 2]).unwrap();
+        let e = summary(dir.path(), &[]).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("{}: not a readable Parquet file", bad.display())),
+            "{e}"
+        );
+        // a missing column
+        let mut cols = results(Arc::new(Float32Array::from(vec![0.5, 0.6, 0.7])));
+        cols.retain(|c| c.0 != "round");
+        write_raw(&bad, cols);
+        let e = summary(dir.path(), &[]).unwrap_err().to_string();
+        assert_eq!(e, format!("{}: missing column 'round'", bad.display()));
+    }
 
     #[test]
     fn aulc_is_the_normalised_trapezoid_area() {
