@@ -34,7 +34,7 @@ $(VLAL): Cargo.toml Cargo.lock $(shell find src schemas -type f) | deps
 # transformers on tiny random checkpoints that tests/parity/reference.py writes (in the venv).
 PARITY_DIR ?= target/parity
 test: deps parity-reference
-	VLAL_PARITY_DIR=$(abspath $(PARITY_DIR)) $(CARGO) test
+	VLAL_PARITY_DIR=$(abspath $(PARITY_DIR)) VLAL_PYTHON=$(abspath $(PY)) $(CARGO) test
 
 parity-reference: $(PARITY_DIR)/io.safetensors
 $(PARITY_DIR)/io.safetensors: tests/parity/reference.py tests/parity/efficientnet_lite.py tests/data/chelsea-224.jpg requirements.txt | deps

@@ -278,6 +278,18 @@ impl Cache {
                 fingerprint: frame.meta("fingerprint").ok().map(str::to_string),
             };
             let features = aligned(&path, &frame, "vector", &ids)?;
+            if let Some(Some(train)) = parts.first() {
+                let train: &Part = train;
+                if features.cols != train.features.cols {
+                    bail!(
+                        "{}: vectors are {}-d, the train split's ({}) {}-d",
+                        path.display(),
+                        features.cols,
+                        embeddings_path(root, feature_folder, "train").display(),
+                        train.features.cols
+                    );
+                }
+            }
             let index = ids
                 .iter()
                 .enumerate()

@@ -513,12 +513,7 @@ impl Pipeline {
     }
 
     fn validate(&self) -> Result<()> {
-        if self.name.is_empty() || self.name.contains(['/', '=', '\\']) {
-            bail!(
-                "pipeline name '{}' must be non-empty and free of '/', '\\' and '='",
-                self.name
-            );
-        }
+        check_name("pipeline name", &self.name)?;
         for t in &self.trainers {
             if !TRAINERS.contains(&t.as_str()) {
                 bail!("unknown trainer '{t}' (known: {})", TRAINERS.join(", "));
@@ -730,6 +725,23 @@ impl RunSpec {
     }
 }
 
+/// A name that becomes a folder or a Hive partition (`pipeline=NAME`): 1–64 of `A–Z a–z 0–9 . _ -`,
+/// not starting with a dot, so it can neither leave its parent folder (`..`) nor hide. The
+/// error quotes at most 40 characters of it.
+pub fn check_name(what: &str, name: &str) -> Result<()> {
+    let ok = (1..=64).contains(&name.len())
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !ok {
+        let shown: String = name.chars().take(40).collect();
+        let more = if name.chars().count() > 40 { "…" } else { "" };
+        bail!("{what} '{shown}{more}' must be 1–64 characters of A–Z, a–z, 0–9, '.', '_', '-', not starting with '.'");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -846,5 +858,19 @@ teacher = "t@v1"
         let e = Pipeline::load(&f).unwrap_err().to_string();
         assert!(e.contains("bogus"), "{e}");
         assert!(pipe("trainers = [\"nope\"]").validate().is_err());
+    }
+
+    #[test]
+    fn names_cannot_leave_their_folder() {
+        for bad in ["..", ".", ".hidden", "a/b", "a\\b", "p=1", "", "a b", "é"] {
+            let e = check_name("pipeline name", bad).unwrap_err().to_string();
+            assert!(e.starts_with("pipeline name '"), "{bad}: {e}");
+        }
+        let long = "x".repeat(10_000_000);
+        let e = check_name("pipeline name", &long).unwrap_err().to_string();
+        assert!(e.len() < 200, "{}", e.len());
+        for good in ["demo", "demo-all-labels", "p_1.v2", "e2e"] {
+            check_name("pipeline name", good).unwrap();
+        }
     }
 }

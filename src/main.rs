@@ -296,13 +296,30 @@ fn main_inner(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    // Errors are one line: libraries (candle) must not capture a backtrace into their error
+    // text even when RUST_BACKTRACE is set; panics still print theirs.
+    std::env::set_var("RUST_LIB_BACKTRACE", "0");
     let cli = Cli::parse();
     match main_inner(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let msg = format!("{e:#}").replace('\n', " ");
-            eprintln!("error: {msg}");
+            eprintln!("error: {}", one_line(&format!("{e:#}")));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// An error message as one line of at most 1 000 characters (an input echoed in an error, such
+/// as a 10 MB name, is cut).
+fn one_line(msg: &str) -> String {
+    const MAX: usize = 1000;
+    let line = msg.replace('\n', " ");
+    match line.char_indices().nth(MAX) {
+        Some((at, _)) => format!(
+            "{}… ({} characters cut)",
+            &line[..at],
+            line[at..].chars().count()
+        ),
+        None => line,
     }
 }

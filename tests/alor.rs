@@ -351,3 +351,101 @@ epochs = 10
         assert_ne!(probs(t, "off"), probs(t, "on"), "{t}");
     }
 }
+
+/// One shard of (key, caption) rows.
+fn write_shard(path: &Path, rows: &[(&str, &str)]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let keys: Vec<&str> = rows.iter().map(|r| r.0).collect();
+    let captions: Vec<&str> = rows.iter().map(|r| r.1).collect();
+    let batch = RecordBatch::try_from_iter(vec![
+        ("key", Arc::new(StringArray::from(keys)) as ArrayRef),
+        ("caption", Arc::new(StringArray::from(captions)) as ArrayRef),
+    ])
+    .unwrap();
+    let f = std::fs::File::create(path).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(f, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+#[test]
+fn a_key_under_two_classes_keeps_one_entry_and_an_unreadable_corpus_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(
+        d,
+        &["tiny", "--out", "w", "--classes", "4", "--per-class", "4"],
+    );
+    std::fs::write(d.join("classes.txt"), "apple\nboat\ncloud\ndaisy\n").unwrap();
+    ok(
+        d,
+        &[
+            "-q",
+            "extract",
+            "--images",
+            "w/images",
+            "--classes",
+            "classes.txt",
+            "--out",
+            "cache",
+            "--teacher",
+            "w/tiny-clip",
+            "--student",
+            "w/tiny-dino",
+        ],
+    );
+    let retrieve = |corpus: &str| {
+        vlal(
+            d,
+            &[
+                "retrieve",
+                "--data",
+                "cache",
+                "--corpus",
+                corpus,
+                "--text-model",
+                "w/tiny-clip",
+                "--classes",
+                "classes.txt",
+                "--k",
+                "5",
+            ],
+        )
+    };
+    // k1 is captioned twice, under two classes, in two shards (so the saved state between them
+    // holds it in both classes)
+    write_shard(
+        &d.join("dup/part-0.parquet"),
+        &[("k1", "an apple"), ("k2", "a cloud")],
+    );
+    write_shard(
+        &d.join("dup/part-1.parquet"),
+        &[("k1", "a boat"), ("k3", "a daisy")],
+    );
+    let o = retrieve("dup");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let f = table::read(&d.join("cache/retrieved.parquet"), Table::Retrieved).unwrap();
+    let mut keys = f.strings("key").unwrap();
+    keys.sort();
+    assert_eq!(keys, ["k1", "k2", "k3"]);
+    let at = f.strings("key").unwrap().iter().position(|k| k == "k1");
+    let k1 = &f.strings("class").unwrap()[at.unwrap()];
+    assert!(k1 == "apple" || k1 == "boat", "{k1}");
+
+    // every shard unreadable: an error, and no result
+    std::fs::remove_file(d.join("cache/retrieved.parquet")).unwrap();
+    std::fs::remove_file(d.join("cache/retrieve.state.parquet")).ok();
+    std::fs::create_dir_all(d.join("bad")).unwrap();
+    std::fs::write(d.join("bad/part-0.parquet"), b"not parquet").unwrap();
+    let o = retrieve("bad");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    let line = err.lines().find(|l| l.starts_with("error: ")).unwrap();
+    assert!(
+        line.starts_with(
+            "error: bad: none of the 1 shard(s) could be read (first: part-0.parquet: "
+        ),
+        "{line}"
+    );
+    assert!(!d.join("cache/retrieved.parquet").exists());
+}

@@ -1,5 +1,5 @@
 //! End-to-end tests of the `vlal` binary on a generated cache: a full `vlal run`, its results
-//! read back with polars, a no-op rerun, a killed-then-resumed run that must end with the same
+//! summarised as Polars summarises them, a no-op rerun, a killed-then-resumed run that must end with the same
 //! tables, and bad inputs that must fail with one clear line and write nothing.
 
 use arrow::array::{ArrayRef, Float32Array, Int32Array, Int64Array, RecordBatch, StringArray};
@@ -30,8 +30,10 @@ fn ok(dir: &Path, args: &[&str]) -> String {
 }
 
 /// The single error line of a failed command.
+/// The one error line of a command that must fail; RUST_BACKTRACE is set, and no backtrace may
+/// end up in the line.
 fn fails(dir: &Path, args: &[&str]) -> String {
-    let o = vlal(dir, args, &[]);
+    let o = vlal(dir, args, &[("RUST_BACKTRACE", "1")]);
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(
         !o.status.success(),
@@ -39,6 +41,11 @@ fn fails(dir: &Path, args: &[&str]) -> String {
     );
     let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
     assert_eq!(lines.len(), 1, "one error line expected: {err}");
+    assert!(
+        !lines[0].contains(" 0: ") && !lines[0].contains("backtrace"),
+        "a backtrace in the error line: {}",
+        lines[0]
+    );
     lines[0].to_string()
 }
 
@@ -187,95 +194,64 @@ fn queries(dir: &Path) -> Vec<String> {
     out
 }
 
-/// Every results file under `dir`, read with polars and stacked (as a user would read them).
-fn read_results(dir: &Path) -> polars::prelude::DataFrame {
-    use polars::prelude::*;
-    let mut all: Option<DataFrame> = None;
-    for f in vlal::stages::report::parquet_files(dir) {
-        let df = ParquetReader::new(std::fs::File::open(&f).unwrap())
-            .finish()
-            .unwrap();
-        match &mut all {
-            None => all = Some(df),
-            Some(a) => {
-                a.vstack_mut_owned(df).unwrap();
-            }
-        }
+/// Every results row under `dir`: strategy, round and every numeric column by name.
+fn result_numbers(dir: &Path) -> Vec<(String, i32, BTreeMap<String, Option<f64>>)> {
+    let mut out = Vec::new();
+    for f in parquet_files(dir) {
+        let t = table::read(&f, Table::Results).unwrap();
+        assert_eq!(t.rows, 1, "{}", f.display());
+        let num = t
+            .columns
+            .iter()
+            .filter(|(_, a)| a.data_type().is_numeric())
+            .map(|(n, _)| (n.clone(), t.numbers(n).unwrap()[0]))
+            .collect();
+        out.push((
+            t.strings("strategy").unwrap()[0].clone(),
+            t.i32s("round").unwrap()[0].unwrap(),
+            num,
+        ));
     }
-    all.expect("results files")
+    out
 }
 
-/// The rows of `df` where `keep(column)` holds.
-fn rows_where(
-    df: &polars::prelude::DataFrame,
-    column: &str,
-    keep: impl Fn(
-        &polars::prelude::Series,
-    ) -> polars::prelude::PolarsResult<polars::prelude::BooleanChunked>,
-) -> polars::prelude::DataFrame {
-    let c = df.column(column).unwrap().as_materialized_series();
-    df.filter(&keep(c).unwrap()).unwrap()
-}
-
-/// `vlal report`'s summary equals what a user computes with polars from the same rows: mean and
-/// sample std of accuracy, distinct seeds and mean labels per (pipeline, trainer, strategy,
-/// round), in key order.
-#[allow(deprecated)] // polars' eager GroupBy aggregations
+/// `vlal report`'s summary equals what a user computes with Polars from the same files (the
+/// README's Python snippet, `tests/py/polars_summary.py`): mean and sample std of accuracy,
+/// distinct seeds and mean labels per (pipeline, trainer, strategy, round), in key order.
 fn assert_is_polars_summary(
-    df: &polars::prelude::DataFrame,
+    results: &Path,
+    pipelines: &[&str],
     summary: &[vlal::stages::report::Group],
 ) {
-    use polars::prelude::*;
-    let keys = ["pipeline", "trainer", "strategy", "round"];
-    let groups = || df.group_by_stable(keys).unwrap();
-    let sorted = |f: DataFrame| f.sort(keys, SortMultipleOptions::default()).unwrap();
-    let mean = sorted(groups().select(["accuracy", "n_labeled"]).mean().unwrap());
-    let std = sorted(groups().select(["accuracy"]).std(1).unwrap());
-    let seeds = sorted(groups().select(["seed"]).n_unique().unwrap());
-    let text = |f: &DataFrame, c: &str| -> Vec<String> {
-        let s = f.column(c).unwrap().as_materialized_series().clone();
-        let s = s.str().unwrap();
-        (0..s.len())
-            .map(|i| s.get(i).unwrap().to_string())
-            .collect()
-    };
-    let num = |f: &DataFrame, c: &str| -> Vec<f64> {
-        let s = f.column(c).unwrap().as_materialized_series();
-        let s = s.cast(&DataType::Float64).unwrap();
-        let s = s.f64().unwrap();
-        (0..s.len()).map(|i| s.get(i).unwrap_or(0.0)).collect()
-    };
-    assert_eq!(mean.height(), summary.len());
-    let (p, t, s, r) = (
-        text(&mean, "pipeline"),
-        text(&mean, "trainer"),
-        text(&mean, "strategy"),
-        num(&mean, "round"),
-    );
-    let (m, l) = (num(&mean, "accuracy_mean"), num(&mean, "n_labeled_mean"));
-    let (sd, n) = (num(&std, "accuracy_agg_std"), num(&seeds, "seed_n_unique"));
-    for (i, g) in summary.iter().enumerate() {
+    let python = std::env::var("VLAL_PYTHON")
+        .expect("VLAL_PYTHON is unset: run `make test` (it names the venv's python, with polars)");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/polars_summary.py");
+    let o = Command::new(python)
+        .arg(script)
+        .arg(results)
+        .args(pipelines)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows: Vec<serde_json::Value> = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), summary.len(), "{rows:?}");
+    for (r, g) in rows.iter().zip(summary) {
+        let f = |k: &str| r[k].as_f64().unwrap();
         let close = |a: f64, b: f64| (a - b).abs() <= 1e-12;
         assert!(
-            (
-                g.pipeline.as_str(),
-                g.trainer.as_str(),
-                g.strategy.as_str(),
-                g.round as f64
-            ) == (p[i].as_str(), t[i].as_str(), s[i].as_str(), r[i])
-                && close(g.acc_mean, m[i])
-                && close(g.acc_std, sd[i])
-                && close(g.n_labeled, l[i])
-                && g.seeds as f64 == n[i],
-            "group {i}: vlal {g:?}, polars {} {} {} {} {} {} {} {}",
-            p[i],
-            t[i],
-            s[i],
-            r[i],
-            m[i],
-            sd[i],
-            n[i],
-            l[i]
+            r["pipeline"] == g.pipeline.as_str()
+                && r["trainer"] == g.trainer.as_str()
+                && r["strategy"] == g.strategy.as_str()
+                && f("round") == g.round as f64
+                && close(f("acc_mean"), g.acc_mean)
+                && close(f("acc_std"), g.acc_std)
+                && f("seeds") == g.seeds as f64
+                && close(f("n_labeled"), g.n_labeled),
+            "vlal {g:?}, polars {r}"
         );
     }
 }
@@ -297,26 +273,23 @@ fn run_rerun_kill_resume_and_read_back() {
         "trainers × strategies × seeds × rounds 0..=3"
     );
 
-    // read back with polars: every row, and the summary groups, which are polars' own group-by
-    let df = read_results(&a.join("results"));
-    assert_eq!(df.height(), 48);
+    // the summary groups, which are what Polars computes from the same files
+    let rows = result_numbers(&a.join("results"));
+    assert_eq!(rows.len(), 48);
     let summary = vlal::stages::report::summary(&a.join("results"), &["e2e"]).unwrap();
     assert_eq!(summary.len(), 2 * 3 * 4);
-    assert_is_polars_summary(&df, &summary);
+    assert_is_polars_summary(&a.join("results"), &["e2e"], &summary);
     for g in summary.iter().filter(|g| g.round == 3) {
         // 4 classes: chance is 0.25
         assert!(g.acc_mean > 0.45, "final accuracy not above chance: {g:?}");
     }
     assert!(summary.iter().all(|g| g.seeds == 2), "{summary:?}");
     // labels grow by the budget each round: seed 1/class × 4 classes + 3 × 4
-    let n = df
-        .column("n_labeled")
-        .unwrap()
-        .as_materialized_series()
-        .i64()
-        .unwrap()
-        .clone();
-    assert_eq!((0..n.len()).filter_map(|i| n.get(i)).max(), Some(16));
+    let most = rows
+        .iter()
+        .filter_map(|r| r.2["n_labeled"])
+        .fold(0.0, f64::max);
+    assert_eq!(most, 16.0);
     let report = ok(
         &a,
         &["report", "--results", a.join("results").to_str().unwrap()],
@@ -485,6 +458,31 @@ fn stages_one_by_one_and_labels_from_a_file() {
         .filter(|r| r.kind == "oracle")
         .all(|r| r.round == 1));
 
+    // answers for a round that was never queried (a wrong round number) are refused, even
+    // for a sample nobody labeled yet
+    let unlabeled = (0..400)
+        .map(|i| format!("train-{i:06}"))
+        .find(|id| rows.iter().all(|r| &r.sample_id != id))
+        .unwrap();
+    std::fs::write(&csv, format!("sample_id,label\n{unlabeled},0\n")).unwrap();
+    let e = fails(
+        d,
+        &[
+            &["label", "--round", "1", "--from-file", csv_arg.as_str()][..],
+            &run,
+        ]
+        .concat(),
+    );
+    let q1 = paths(d, &[&["--round", "1"][..], &run].concat())["QUERIES"].clone();
+    assert!(
+        e.contains(&format!(
+            "{}: missing (run `vlal select` first)",
+            q1.display()
+        )),
+        "{e}"
+    );
+    assert!(!paths(d, &[&["--round", "1"][..], &run].concat())["NEXT_LABELS"].exists());
+
     // round 1, answered with a Parquet file whose labels are int64 (as pandas writes them)
     ok(d, &[&["-q", "train", "--round", "1"][..], &run].concat());
     ok(
@@ -553,11 +551,10 @@ epochs = 40
     // [linear] is appended by `pipeline`; the body's tables must come after the top-level keys
     let p = pipeline(d, "p.toml", &data, body);
     ok(d, &["-q", "run", &p]);
-    use polars::prelude::*;
-    let df = read_results(&d.join("results"));
-    assert_eq!(df.height(), 2 * 3 * 2 * 3);
+    let rows = result_numbers(&d.join("results"));
+    assert_eq!(rows.len(), 2 * 3 * 2 * 3);
     // batch analysis metrics exist for the rounds that selected, not for the last
-    let sel = rows_where(&df, "round", |c| ChunkCompareIneq::lt(c, 2));
+    let sel: Vec<_> = rows.iter().filter(|r| r.1 < 2).collect();
     for c in [
         "batch_prob_coverage",
         "batch_class_entropy",
@@ -565,21 +562,21 @@ epochs = 40
         "batch_feature_diversity",
         "select_s",
     ] {
-        assert_eq!(sel.column(c).unwrap().null_count(), 0, "{c}");
+        assert!(sel.iter().all(|r| r.2[c].is_some()), "{c}");
         assert_eq!(
-            df.column(c).unwrap().null_count(),
+            rows.iter().filter(|r| r.2[c].is_none()).count(),
             2 * 3 * 2,
             "{c} in the last round"
         );
     }
     // PCoreSet covers more of the simplex than its counterfactual, in every run
     let cov = |s: &str| -> f64 {
-        rows_where(&sel, "strategy", |c| Ok(c.str()?.equal(s)))
-            .column("batch_prob_coverage")
-            .unwrap()
-            .as_materialized_series()
-            .mean()
-            .unwrap()
+        let v: Vec<f64> = sel
+            .iter()
+            .filter(|r| r.0 == s)
+            .map(|r| r.2["batch_prob_coverage"].unwrap())
+            .collect();
+        v.iter().sum::<f64>() / v.len() as f64
     };
     assert!(
         cov("pcoreset") > cov("pcoreset-r"),
@@ -645,7 +642,38 @@ epochs = 40
     assert_eq!(all.len(), 2 * 3 * 3 + 1);
 }
 
+/// Replace the student's test vectors of a cache with `f` of them.
+fn rewrite_test_vectors(root: &Path, f: impl Fn(vlal::mat::Mat) -> vlal::mat::Mat) {
+    let path = root.join("synthetic-student@v1/test.parquet");
+    let t = table::read(&path, Table::Embeddings).unwrap();
+    let m = f(t.mat("vector").unwrap());
+    let ids = t.strings("sample_id").unwrap();
+    let field = Arc::new(Field::new("item", DataType::Float32, false));
+    let v = arrow::array::FixedSizeListArray::try_new(
+        field,
+        m.cols as i32,
+        Arc::new(Float32Array::from(m.data)),
+        None,
+    )
+    .unwrap();
+    let mut meta = t.meta.clone();
+    meta.insert("dim".into(), m.cols.to_string());
+    write_raw_meta(
+        &path,
+        vec![
+            ("sample_id", Arc::new(StringArray::from(ids)) as ArrayRef),
+            ("vector", Arc::new(v) as ArrayRef),
+        ],
+        &meta,
+    );
+}
+
 fn write_raw(path: &Path, cols: Vec<(&str, ArrayRef)>) {
+    write_raw_meta(path, cols, &BTreeMap::new())
+}
+
+/// A Parquet file of `cols` and file metadata `meta`, unchecked (to make bad inputs).
+fn write_raw_meta(path: &Path, cols: Vec<(&str, ArrayRef)>, meta: &BTreeMap<String, String>) {
     let fields: Vec<Field> = cols
         .iter()
         .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
@@ -655,8 +683,15 @@ fn write_raw(path: &Path, cols: Vec<(&str, ArrayRef)>) {
         cols.into_iter().map(|(_, a)| a).collect(),
     )
     .unwrap();
+    let kv = meta
+        .iter()
+        .map(|(k, v)| parquet::file::metadata::KeyValue::new(k.clone(), v.clone()))
+        .collect();
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_key_value_metadata(Some(kv))
+        .build();
     let f = std::fs::File::create(path).unwrap();
-    let mut w = parquet::arrow::ArrowWriter::try_new(f, batch.schema(), None).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(f, batch.schema(), Some(props)).unwrap();
     w.write(&batch).unwrap();
     w.close().unwrap();
 }
@@ -737,16 +772,22 @@ fn bad_inputs_fail_with_one_line_and_write_nothing() {
         (
             "nan",
             Box::new(|root: &Path| {
-                let f = root.join("synthetic-student@v1/test.parquet");
-                let t = table::read(&f, Table::Embeddings).unwrap();
-                let mut m = t.mat("vector").unwrap();
-                m.row_mut(2)[0] = f32::INFINITY;
-                let ids = t.strings("sample_id").unwrap();
-                let field = Arc::new(Field::new("item", DataType::Float32, false));
-                let v = arrow::array::FixedSizeListArray::try_new(field, m.cols as i32, Arc::new(Float32Array::from(m.data)), None).unwrap();
-                write_raw(&f, vec![("sample_id", Arc::new(StringArray::from(ids)) as ArrayRef), ("vector", Arc::new(v) as ArrayRef)]);
+                rewrite_test_vectors(root, |mut m| {
+                    m.row_mut(2)[0] = f32::INFINITY;
+                    m
+                })
             }),
             "synthetic-student@v1/test.parquet: column 'vector' has a non-finite value (inf) in row 2 (sample_id 'test-000002')".into(),
+        ),
+        (
+            "dim",
+            Box::new(|root: &Path| {
+                rewrite_test_vectors(root, |m| {
+                    let rows = (0..m.rows).flat_map(|i| m.row(i)[1..].to_vec()).collect();
+                    vlal::mat::Mat::new(m.rows, m.cols - 1, rows).unwrap()
+                })
+            }),
+            "synthetic-student@v1/test.parquet: vectors are 15-d, the train split's (".into(),
         ),
     ];
     for (name, corrupt, want) in cases {

@@ -141,7 +141,9 @@ pub fn from_file(spec: &RunSpec, cache: &Cache, round: Option<usize>, file: &Pat
     let round = round.unwrap_or(0);
     // selective querying's pseudo-labels are added as they are; the person answers the rest
     let mut pseudo: Vec<LabelRow> = Vec::new();
-    let asked: Option<HashSet<String>> = if new_round > 0 && spec.queries_path(round).exists() {
+    // answers for round r are answers to its queries: without them (a wrong round number, or
+    // `select` not run yet) nothing says which samples were asked
+    let asked: Option<HashSet<String>> = if new_round > 0 {
         let mut a = HashSet::new();
         for (id, p) in query_rows(spec, round)? {
             match p {

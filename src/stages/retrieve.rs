@@ -430,15 +430,28 @@ pub fn out_path(data: &Path) -> PathBuf {
     data.join("retrieved.parquet")
 }
 
+/// How the rows of a table are identified.
+#[derive(Clone, Copy, PartialEq)]
+enum Ids {
+    /// `retrieved/KEY`: the result, where every key is in one class.
+    Key,
+    /// `retrieved/LABEL/KEY`: the saved state, where a key may still run in several classes.
+    ClassKey,
+}
+
 fn write_table(
     path: &Path,
     rows: &[&Candidate],
     names: &[String],
     meta: &[(&str, String)],
+    ids: Ids,
 ) -> Result<()> {
     let ids: Vec<String> = rows
         .iter()
-        .map(|c| format!("retrieved/{}", c.key))
+        .map(|c| match ids {
+            Ids::Key => format!("retrieved/{}", c.key),
+            Ids::ClassKey => format!("retrieved/{}/{}", c.label, c.key),
+        })
         .collect();
     table::write(
         path,
@@ -677,7 +690,7 @@ pub fn run(a: &RetrieveArgs) -> Result<()> {
                 }
                 .finish_keep_all();
                 let rows: Vec<&Candidate> = snapshot.iter().flatten().collect();
-                write_table(&spath, &rows, &names, &meta(&done)?)?;
+                write_table(&spath, &rows, &names, &meta(&done)?, Ids::ClassKey)?;
             }
             Err(e) => {
                 progress::log(format!("{}: skipped: {e:#}", p.display()));
@@ -708,12 +721,20 @@ pub fn run(a: &RetrieveArgs) -> Result<()> {
         ));
         return Ok(());
     }
+    if done.shards.is_empty() {
+        bail!(
+            "{}: none of the {} shard(s) could be read (first: {})",
+            a.corpus.display(),
+            skipped.len(),
+            skipped.first().map(String::as_str).unwrap_or("?")
+        );
+    }
     let rows: Vec<&Candidate> = classes.iter().flatten().collect();
     let out = out_path(&a.data);
     let mut m = meta(&done)?;
     m.push(("matched", serde_json::to_string(&done.matched)?));
     m.push(("skipped_shards", skipped.join("\n")));
-    write_table(&out, &rows, &names, &m)?;
+    write_table(&out, &rows, &names, &m, Ids::Key)?;
     progress::log(format!(
         "wrote {}: {} samples of {c} classes (k = {}){}",
         out.display(),
