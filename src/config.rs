@@ -17,6 +17,11 @@ pub struct Pipeline {
     pub rounds: usize,
     #[serde(default = "one")]
     pub initial_per_class: usize,
+    /// A class with fewer than `initial_per_class` train samples gives all of them instead of
+    /// being an error (e.g. a ceiling run on every label). Enters the config hash when set; the
+    /// results' round-0 `n_labeled` shows the seed labels taken.
+    #[serde(default)]
+    pub allow_fewer: bool,
     /// Labels bought per round; default: the number of classes.
     #[serde(default)]
     pub budget: Option<usize>,
@@ -606,6 +611,8 @@ struct Hashed<'a> {
     dataset: &'a DatasetCfg,
     rounds: usize,
     initial_per_class: usize,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    allow_fewer: bool,
     budget: Option<usize>,
     trainer: &'a str,
     trainer_params: serde_json::Value,
@@ -647,6 +654,7 @@ impl RunSpec {
             dataset: &p.dataset,
             rounds: p.rounds,
             initial_per_class: p.initial_per_class,
+            allow_fewer: p.allow_fewer,
             budget: p.budget,
             trainer: &self.trainer,
             trainer_params,

@@ -876,13 +876,23 @@ fn bad_inputs_fail_with_one_line_and_write_nothing() {
     let e = fails(d, &["run", &p2]);
     assert!(e.contains("more than the pool's 400 samples"), "{e}");
 
-    // pool exhausted: every train sample is a seed label
+    // a class smaller than initial_per_class: an error, unless the pipeline allows fewer
     let tiny = synth(d, "tiny", "8");
+    let body3 = "seeds = [0]\nrounds = 1\ninitial_per_class = 10\nstrategies = [\"entropy\"]\n";
+    let p3 = pipeline(d, "short.toml", &tiny, body3);
+    for args in [&["label", "--init", "--pipeline", &p3][..], &["run", &p3]] {
+        let e = fails(d, args);
+        assert!(
+            e.contains("manifest.parquet: class 0 ('class_000') has 1 train samples, fewer than initial_per_class = 10 (set allow_fewer = true"),
+            "{e}"
+        );
+    }
+    // pool exhausted: every train sample is a seed label
     let p3 = pipeline(
         d,
         "tiny.toml",
         &tiny,
-        "seeds = [0]\nrounds = 1\ninitial_per_class = 10\nstrategies = [\"entropy\"]\n",
+        &format!("allow_fewer = true\n{body3}"),
     );
     ok(d, &["-q", "label", "--init", "--pipeline", &p3]);
     ok(d, &["-q", "train", "--round", "0", "--pipeline", &p3]);

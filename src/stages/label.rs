@@ -5,13 +5,59 @@
 
 use super::{read_labels, require, write_labels, LabelRow};
 use crate::cache::Cache;
-use crate::config::RunSpec;
+use crate::config::{Pipeline, RunSpec};
 use crate::schema::Table;
 use crate::{progress, rng, table};
 use anyhow::{anyhow, bail, Context, Result};
 use arrow::array::{Array, StringArray};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+
+/// The train samples of each class, from the ground truth (a sample without one is an error:
+/// seed labels then come from a file).
+fn members_by_class(p: &Pipeline, cache: &Cache) -> Result<Vec<Vec<usize>>> {
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); cache.n_classes()];
+    for (i, l) in cache.train.labels.iter().enumerate() {
+        match l {
+            Some(l) => by_class[*l as usize].push(i),
+            None => bail!(
+                "{}: train sample '{}' has no ground-truth label; import seed labels with `vlal label --init --from-file`",
+                crate::cache::manifest_path(&p.dataset.root).display(),
+                cache.train.ids[i]
+            ),
+        }
+    }
+    Ok(by_class)
+}
+
+/// How many seed labels round 0 takes from the ground truth: `initial_per_class` of each class.
+/// A class with fewer train samples is an error unless the pipeline sets `allow_fewer` (then it
+/// gives them all).
+pub fn seed_count(p: &Pipeline, cache: &Cache) -> Result<usize> {
+    let mut per_class = vec![0usize; cache.n_classes()];
+    for l in cache.train.labels.iter().flatten() {
+        if let Some(n) = usize::try_from(*l).ok().and_then(|c| per_class.get_mut(c)) {
+            *n += 1;
+        }
+    }
+    for (c, &n) in per_class.iter().enumerate() {
+        if n < p.initial_per_class {
+            if !p.allow_fewer {
+                bail!(
+                    "{}: class {c} ('{}') has {n} train samples, fewer than initial_per_class = {} (set allow_fewer = true in the pipeline to take them all)",
+                    crate::cache::manifest_path(&p.dataset.root).display(),
+                    cache.classes[c],
+                    p.initial_per_class
+                );
+            }
+            progress::log(format!(
+                "class {c} ('{}') has only {n} train samples; taking all (allow_fewer)",
+                cache.classes[c]
+            ));
+        }
+    }
+    Ok(per_class.iter().map(|&n| n.min(p.initial_per_class)).sum())
+}
 
 /// Round 0: `initial_per_class` random samples of each class (seeded by the run's seed only, so
 /// every strategy of a seed starts from the same labels).
@@ -22,27 +68,11 @@ pub fn init(spec: &RunSpec, cache: &Cache) -> Result<()> {
         return Ok(());
     }
     let k = spec.pipeline.initial_per_class;
-    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); cache.n_classes()];
-    for (i, l) in cache.train.labels.iter().enumerate() {
-        match l {
-            Some(l) => by_class[*l as usize].push(i),
-            None => bail!(
-                "{}: train sample '{}' has no ground-truth label; import seed labels with `vlal label --init --from-file`",
-                crate::cache::manifest_path(&spec.pipeline.dataset.root).display(),
-                cache.train.ids[i]
-            ),
-        }
-    }
+    seed_count(&spec.pipeline, cache)?;
+    let by_class = members_by_class(&spec.pipeline, cache)?;
     let mut r = rng::stream(spec.seed, "init", 0);
     let mut rows = Vec::new();
     for (c, members) in by_class.iter().enumerate() {
-        if members.len() < k {
-            progress::log(format!(
-                "class {c} ('{}') has only {} train samples; taking all",
-                cache.classes[c],
-                members.len()
-            ));
-        }
         let mut picked = rng::sample(members, k, &mut r);
         picked.sort();
         for i in picked {

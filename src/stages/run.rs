@@ -100,17 +100,10 @@ pub fn run(p: &Pipeline, filter: &Filter) -> Result<()> {
     Ok(())
 }
 
-/// The round budget; the pool must hold the seed labels and every round's. A class with fewer
-/// than `initial_per_class` train samples gives all of them (as `label --init` does).
+/// The round budget; the pool must hold the seed labels and every round's.
 fn check_budget(p: &Pipeline, cache: &Cache) -> Result<usize> {
     let budget = p.budget.unwrap_or(cache.n_classes());
-    let mut per_class = vec![0usize; cache.n_classes()];
-    for l in cache.train.labels.iter().flatten() {
-        if let Some(n) = usize::try_from(*l).ok().and_then(|c| per_class.get_mut(c)) {
-            *n += 1;
-        }
-    }
-    let seed: usize = per_class.iter().map(|&n| n.min(p.initial_per_class)).sum();
+    let seed = super::label::seed_count(p, cache)?;
     let needed = seed + p.rounds * budget;
     if needed > cache.train.ids.len() {
         bail!(
