@@ -126,23 +126,48 @@ impl Preprocess {
         )
     }
 
-    /// CHW floats (3 × crop × crop) of a decoded image.
-    pub fn apply(&self, img: &RgbImage) -> Vec<f32> {
-        let (w, h) = img.dimensions();
-        let short = w.min(h).max(1);
-        // torchvision's Resize(int): short side → resize, long side → int(resize · long / short)
+    /// The size after resizing the shortest side (torchvision's Resize(int): short side →
+    /// resize, long side → int(resize · long / short)).
+    fn resized(&self, w: u32, h: u32) -> (u64, u64) {
+        let short = w.min(h).max(1) as u64;
         let scale = |v: u32| {
-            if v == short {
-                self.resize
+            if v as u64 == short {
+                self.resize as u64
             } else {
-                ((self.resize as u64 * v as u64) / short as u64) as u32
+                self.resize as u64 * v as u64 / short
             }
         };
-        let (nw, nh) = if w <= h {
-            (self.resize, scale(h))
+        if w <= h {
+            (self.resize as u64, scale(h))
         } else {
-            (scale(w), self.resize)
-        };
+            (scale(w), self.resize as u64)
+        }
+    }
+
+    /// Whether an image of `w × h` px can be preprocessed within bounded memory: resizing must
+    /// not make more than [`MAX_RESIZED_PIXELS`] (a 1 × 200 000 px strip resized to a 224-px
+    /// short side would need 30 GB). The error says why, for a reject or an error line.
+    pub fn check(&self, w: u32, h: u32) -> Result<()> {
+        let (nw, nh) = self.resized(w, h);
+        if w == 0 || h == 0 {
+            bail!("an empty image ({w}×{h} px)");
+        }
+        if nw * nh > MAX_RESIZED_PIXELS {
+            bail!(
+                "a {w}×{h} px image: resized to a {}-px short side it would be {nw}×{nh} px, \
+                 above the limit of {} Mpx (an extreme aspect ratio)",
+                self.resize,
+                MAX_RESIZED_PIXELS >> 20
+            );
+        }
+        Ok(())
+    }
+
+    /// CHW floats (3 × crop × crop) of a decoded image (one that passes [`Preprocess::check`]).
+    pub fn apply(&self, img: &RgbImage) -> Vec<f32> {
+        let (w, h) = img.dimensions();
+        let (nw, nh) = self.resized(w, h);
+        let (nw, nh) = (nw as u32, nh as u32);
         let r = image::imageops::resize(img, nw, nh, FilterType::CatmullRom);
         // torchvision's CenterCrop: offsets round((size − crop) / 2), ties to even
         let off = |n: u32| {
@@ -177,6 +202,9 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
         .map_err(|e| anyhow!("{}: not a decodable image ({e})", path.display()))?;
     Ok(img.to_rgb8())
 }
+
+/// The most pixels an image may have after resizing (32 Mi px, 96 MiB as RGB).
+pub const MAX_RESIZED_PIXELS: u64 = 1 << 25;
 
 #[cfg(test)]
 mod tests {

@@ -386,6 +386,27 @@ fn bad_images_fail_cleanly_or_are_recorded_as_rejects() {
         42
     );
 
+    // an 857-byte strip of 1 × 200 000 px: resized to the short side it would need 30 GB; an
+    // error (or a reject), not an abort
+    image::GrayImage::new(1, 200_000).save(&bad).unwrap();
+    let o = f.extract("cache", &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success()
+            && err.contains("dog/03.png: a 1×200000 px image: resized to a ")
+            && err.contains("--skip-bad"),
+        "{err}"
+    );
+    let err = ok(&f.extract("cache", &["--skip-bad"]));
+    assert!(err.contains("1 unreadable images left out"), "{err}");
+    let r = table::read(&f.root.join("cache/rejects.parquet"), Table::Rejects).unwrap();
+    assert!(r.strings("error").unwrap()[0].contains("an extreme aspect ratio"));
+    assert!(!std::fs::read_dir(f.root.join("cache")).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with(".extract-staging")));
+
     // weights that do not match the config, and missing weights: one clear line naming the file
     let cfg = f.root.join("tiny-dino/config.json");
     let text = std::fs::read_to_string(&cfg).unwrap();

@@ -312,8 +312,19 @@ fn embed_split(
     let result = std::thread::scope(|scope| -> Result<()> {
         scope.spawn(move || {
             for (b, chunk) in samples.chunks(batch_size).enumerate() {
-                let decoded: Vec<Result<image::RgbImage>> =
-                    chunk.par_iter().map(|s| load_rgb(&s.path)).collect();
+                let decoded: Vec<Result<image::RgbImage>> = chunk
+                    .par_iter()
+                    .map(|s| {
+                        let img = load_rgb(&s.path)?;
+                        for e in encoders {
+                            let (w, h) = img.dimensions();
+                            e.pre
+                                .check(w, h)
+                                .with_context(|| s.path.display().to_string())?;
+                        }
+                        Ok(img)
+                    })
+                    .collect();
                 let mut batch = Batch {
                     kept: Vec::new(),
                     rejects: Vec::new(),
