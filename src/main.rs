@@ -203,10 +203,12 @@ fn main_inner(cli: Cli) -> Result<()> {
         Cmd::Corpus(a) => stages::corpus::run(&a),
         Cmd::Train { run, round } => {
             let spec = run.spec()?;
+            stages::sweep_pipeline(&spec.pipeline);
             stages::train::run(&spec, &load(&spec)?, round)
         }
         Cmd::Select { run, round, budget } => {
             let spec = run.spec()?;
+            stages::sweep_pipeline(&spec.pipeline);
             let cache = load(&spec)?;
             let b = budget.or(spec.pipeline.budget).unwrap_or(cache.n_classes());
             if b == 0 {
@@ -221,6 +223,7 @@ fn main_inner(cli: Cli) -> Result<()> {
             from_file,
         } => {
             let spec = run.spec()?;
+            stages::sweep_pipeline(&spec.pipeline);
             let cache = load(&spec)?;
             match (init, round, from_file) {
                 (true, _, None) => stages::label::init(&spec, &cache),
@@ -232,6 +235,7 @@ fn main_inner(cli: Cli) -> Result<()> {
         }
         Cmd::Eval { run, round } => {
             let spec = run.spec()?;
+            stages::sweep_pipeline(&spec.pipeline);
             stages::eval::run(&spec, &load(&spec)?, round).map(|_| ())
         }
         Cmd::Run {
@@ -296,6 +300,7 @@ fn main_inner(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    vlal::table::mark_process_start();
     // Errors are one line: libraries (candle) must not capture a backtrace into their error
     // text even when RUST_BACKTRACE is set; panics still print theirs.
     std::env::set_var("RUST_LIB_BACKTRACE", "0");

@@ -324,12 +324,7 @@ fn write_as(
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)
         .with_context(|| format!("{}: cannot create folder", dir.display()))?;
-    let fname = path.file_name().and_then(|f| f.to_str()).unwrap_or("table");
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{fname}."))
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .with_context(|| format!("{}: cannot create a temporary file", dir.display()))?;
+    let tmp = temp_file_for(path)?;
     let kv: Vec<KeyValue> = meta
         .iter()
         .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
@@ -363,6 +358,106 @@ fn write_as(
         crate::progress::log(format!("wrote {name} ({} rows)", batch.num_rows()));
     }
     Ok(true)
+}
+
+// ---- temporary files and folders, and the leftovers of killed processes ---------------------
+
+/// When this process started (set by `main`; else the first call).
+static STARTED: std::sync::OnceLock<std::time::SystemTime> = std::sync::OnceLock::new();
+
+/// Mark the process start: leftovers older than it, of processes no longer alive, are stale.
+pub fn mark_process_start() {
+    STARTED.get_or_init(std::time::SystemTime::now);
+}
+
+/// A temporary file beside `dest`, named `.{file name}.{pid}.{random}.tmp`, removed when dropped
+/// unpersisted; a killed process's is removed by the next [`sweep_stale`] of its folder.
+pub fn temp_file_for(dest: &Path) -> Result<tempfile::NamedTempFile> {
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = dest.file_name().and_then(|f| f.to_str()).unwrap_or("file");
+    tempfile::Builder::new()
+        .prefix(&format!(".{name}.{}.", std::process::id()))
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .with_context(|| format!("{}: cannot create a temporary file", dir.display()))
+}
+
+/// A staging folder in `parent`, named `.{tag}-staging-{pid}-{random}`.
+pub fn staging_dir_in(parent: &Path, tag: &str) -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(&format!(".{tag}-staging-{}-", std::process::id()))
+        .tempdir_in(parent)
+        .with_context(|| format!("{}: cannot create a staging folder", parent.display()))
+}
+
+/// The process id in a temporary name of [`temp_file_for`] or [`staging_dir_in`].
+fn temp_owner(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?;
+    if let Some(stem) = rest.strip_suffix(".tmp") {
+        // {file name}.{pid}.{random}
+        let mut parts = stem.rsplitn(3, '.');
+        let (_random, pid, _name) = (parts.next()?, parts.next()?, parts.next()?);
+        return pid.parse().ok();
+    }
+    // {tag}-staging-{pid}-{random}
+    let (_, tail) = rest.split_once("-staging-")?;
+    tail.split('-').next()?.parse().ok()
+}
+
+fn alive(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    // SAFETY: signal 0 sends nothing; it only asks whether the process exists.
+    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+/// Remove the temporary files and staging folders that killed processes left in `dir` (and its
+/// subfolders with `recursive`): only names of this module's temporary naming, whose process is
+/// gone, last modified before this process started. Logs what it removed; returns the count.
+pub fn sweep_stale(dir: &Path, recursive: bool) -> usize {
+    let started = *STARTED.get_or_init(std::time::SystemTime::now);
+    let mut removed = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let (path, name) = (e.path(), e.file_name().to_string_lossy().into_owned());
+            let Ok(md) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            let stale = temp_owner(&name).is_some_and(|pid| !alive(pid))
+                && md.modified().is_ok_and(|t| t < started);
+            if stale {
+                let gone = if md.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+                if gone.is_ok() {
+                    removed.push(name);
+                }
+            } else if recursive && md.is_dir() && !name.starts_with('.') {
+                stack.push(path);
+            }
+        }
+    }
+    if !removed.is_empty() {
+        removed.sort();
+        crate::progress::log(format!(
+            "{}: removed {} leftover(s) of stopped processes ({})",
+            dir.display(),
+            removed.len(),
+            removed.join(", ")
+        ));
+    }
+    removed.len()
 }
 
 /// Fault injection for the resume tests: with `VLAL_FAULT_ABORT_AFTER_WRITES=N`, the process
@@ -556,6 +651,50 @@ mod tests {
             read(&p, Table::Embeddings).unwrap().mat("vector").unwrap(),
             m1
         );
+    }
+
+    #[test]
+    fn leftovers_of_dead_processes_are_swept_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("sub")).unwrap();
+        // a pid that cannot be alive (above Linux's pid_max)
+        let dead = 4_194_400;
+        let me = std::process::id();
+        // written an hour ago, before this process started
+        let past = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        let age = |p: &Path| File::open(p).unwrap().set_modified(past).unwrap();
+        let touch = |rel: &str| {
+            std::fs::write(d.join(rel), b"x").unwrap();
+            age(&d.join(rel));
+        };
+        touch(&format!("sub/.round-001.parquet.{dead}.AbC123.tmp"));
+        let staging = d.join(format!(".extract-staging-{dead}-Xy12"));
+        std::fs::create_dir_all(staging.join("a")).unwrap();
+        age(&staging);
+        let keep = [
+            format!("sub/.round-002.parquet.{me}.AbC123.tmp"), // this process: alive
+            "sub/.round-003.parquet.AbC123.tmp".to_string(),   // no pid: not ours to judge
+            "sub/round-004.parquet".to_string(),
+            format!("sub/x.{dead}.AbC123.tmp"), // not hidden: not a temporary name
+        ];
+        for k in &keep {
+            touch(k);
+        }
+        assert_eq!(sweep_stale(d, false), 1, "the staging folder only");
+        assert!(d
+            .join(format!("sub/.round-001.parquet.{dead}.AbC123.tmp"))
+            .exists());
+        assert_eq!(sweep_stale(d, true), 1);
+        for k in &keep {
+            assert!(d.join(k).exists(), "{k}");
+        }
+        assert_eq!(
+            temp_owner(&format!(".a.b.parquet.{dead}.zz.tmp")),
+            Some(dead)
+        );
+        assert_eq!(temp_owner(&format!(".run-staging-{dead}-q")), Some(dead));
+        assert_eq!(temp_owner(".a.parquet.zz.tmp"), None);
     }
 
     #[test]

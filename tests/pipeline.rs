@@ -326,7 +326,15 @@ fn run_rerun_kill_resume_and_read_back() {
         leftovers, 1,
         "the interrupted write leaves only its temporary file"
     );
-    ok(&b, &["-q", "run", &pb]);
+    // the resumed run removes it, and says so
+    let log = ok(&b, &["run", &pb]);
+    assert!(
+        log.contains("removed 1 leftover(s) of stopped processes (."),
+        "{log}"
+    );
+    assert!(!snapshot(&b)
+        .into_keys()
+        .any(|p| p.to_string_lossy().ends_with(".tmp")));
     assert_eq!(
         results_rows(&b.join("results")),
         results_a,
@@ -702,6 +710,37 @@ fn bad_inputs_fail_with_one_line_and_write_nothing() {
     let d = tmp.path();
     let good = synth(d, "good", "400");
     let body = "seeds = [0]\nrounds = 2\nstrategies = [\"entropy\"]\n";
+
+    // a synth that dies after its third table (a full disk, a kill) leaves no partial cache;
+    // a second synth into an existing cache replaces it whole
+    let half = d.join("data/half");
+    let args = [
+        "-q",
+        "synth",
+        "--out",
+        half.to_str().unwrap(),
+        "--classes",
+        "4",
+    ];
+    let o = vlal(d, &args, &[("VLAL_FAULT_ABORT_AFTER_WRITES", "3")]);
+    assert!(!o.status.success());
+    assert!(!half.exists());
+    ok(d, &args);
+    ok(d, &args);
+    assert_eq!(
+        std::fs::read_dir(d.join("data"))
+            .unwrap()
+            .filter(|e| e
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with('.'))
+            .count(),
+        0,
+        "the killed synth's staging folder and the replaced cache are gone"
+    );
+    assert!(half.join("manifest.parquet").exists());
 
     // missing file
     let p = pipeline(d, "missing.toml", &d.join("data/nowhere"), body);

@@ -162,26 +162,32 @@ struct Reject {
     error: String,
 }
 
-/// Files written to the staging folder, moved into `out` at the end.
+/// Files written to the staging folder, moved into `out` at the end. Dropped uncommitted (a
+/// failed extract), the staging folder goes, and `out` too if this run created it.
 struct Staging {
-    dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
     files: Vec<PathBuf>,
     out: PathBuf,
+    created_out: bool,
 }
 
 impl Staging {
     fn new(out: &Path) -> Result<Staging> {
+        let created_out = !out.exists();
         std::fs::create_dir_all(out)
             .with_context(|| format!("{}: cannot create the cache folder", out.display()))?;
-        let dir = tempfile::Builder::new()
-            .prefix(".extract-staging-")
-            .tempdir_in(out)
-            .with_context(|| format!("{}: cannot create a staging folder", out.display()))?;
+        // what killed extracts left: their staging folders and temporary files
+        table::sweep_stale(out, true);
         Ok(Staging {
-            dir,
+            dir: Some(table::staging_dir_in(out, "extract")?),
             files: Vec::new(),
             out: out.to_path_buf(),
+            created_out,
         })
+    }
+
+    fn dir(&self) -> &Path {
+        self.dir.as_ref().expect("until committed").path()
     }
 
     /// Write a table that will land at `path` (a path under `out`).
@@ -195,7 +201,7 @@ impl Staging {
         let rel = path
             .strip_prefix(&self.out)
             .expect("under the cache folder");
-        table::write_staged(&self.dir.path().join(rel), path, t, cols, meta)?;
+        table::write_staged(&self.dir().join(rel), path, t, cols, meta)?;
         self.files.push(rel.to_path_buf());
         Ok(())
     }
@@ -223,18 +229,28 @@ impl Staging {
     }
 
     /// Move every staged file into place.
-    fn commit(self) -> Result<usize> {
+    fn commit(mut self) -> Result<usize> {
+        self.created_out = false;
         for rel in &self.files {
             let to = self.out.join(rel);
             if let Some(p) = to.parent() {
                 std::fs::create_dir_all(p)
                     .with_context(|| format!("{}: cannot create folder", p.display()))?;
             }
-            std::fs::rename(self.dir.path().join(rel), &to)
+            std::fs::rename(self.dir().join(rel), &to)
                 .with_context(|| format!("{}: cannot move into place", to.display()))?;
             progress::log(format!("wrote {}", to.display()));
         }
         Ok(self.files.len())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        drop(self.dir.take());
+        if self.created_out {
+            let _ = std::fs::remove_dir(&self.out); // only if empty
+        }
     }
 }
 

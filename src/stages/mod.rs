@@ -30,7 +30,8 @@ pub struct StagedDir {
 }
 
 impl StagedDir {
-    pub fn new(dest: &Path, prefix: &str) -> Result<StagedDir> {
+    /// `tag` names the stage in the folder's temporary name (see `table::staging_dir_in`).
+    pub fn new(dest: &Path, tag: &str) -> Result<StagedDir> {
         use anyhow::Context;
         let parent = dest
             .parent()
@@ -38,10 +39,8 @@ impl StagedDir {
             .unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent)
             .with_context(|| format!("{}: cannot create", parent.display()))?;
-        let tmp = tempfile::Builder::new()
-            .prefix(prefix)
-            .tempdir_in(parent)
-            .with_context(|| format!("{}: cannot create a staging folder", parent.display()))?;
+        crate::table::sweep_stale(parent, false);
+        let tmp = crate::table::staging_dir_in(parent, tag)?;
         Ok(StagedDir {
             tmp,
             dest: dest.to_path_buf(),
@@ -58,6 +57,33 @@ impl StagedDir {
         std::fs::rename(&staged, &self.dest)
             .with_context(|| format!("{}: cannot move into place", self.dest.display()))
     }
+
+    /// [`StagedDir::commit`], replacing an existing `dest`: the old folder is moved aside (under
+    /// a temporary name that a later sweep removes if this process dies), then deleted.
+    pub fn commit_replacing(self) -> Result<()> {
+        use anyhow::Context;
+        if !self.dest.exists() {
+            return self.commit();
+        }
+        let parent = self.tmp.path().parent().expect("a parent").to_path_buf();
+        let old = crate::table::staging_dir_in(&parent, "replaced")?.keep();
+        let aside = old.join("old");
+        std::fs::rename(&self.dest, &aside)
+            .with_context(|| format!("{}: cannot move aside", self.dest.display()))?;
+        let staged = self.tmp.keep();
+        std::fs::rename(&staged, &self.dest)
+            .with_context(|| format!("{}: cannot move into place", self.dest.display()))?;
+        std::fs::remove_dir_all(&old).with_context(|| format!("{}: cannot remove", old.display()))
+    }
+}
+
+/// Remove what killed processes left in a pipeline's folders (its runs, results and
+/// diagnostics): see `table::sweep_stale`.
+pub fn sweep_pipeline(p: &crate::config::Pipeline) {
+    let part = format!("pipeline={}", p.name);
+    crate::table::sweep_stale(&p.runs_dir.join(&p.name), true);
+    crate::table::sweep_stale(&p.results_dir.join(&part), true);
+    crate::table::sweep_stale(&p.diagnostics_dir.join(&part), true);
 }
 
 /// One row of a `labels` table.

@@ -586,6 +586,7 @@ pub fn run(a: &RetrieveArgs) -> Result<()> {
         ])
     };
     let spath = state_path(&a.data);
+    table::sweep_stale(&a.data, false);
     let mut top = TopK::new(c, a.k);
     let mut done = Done {
         matched: vec![0; c],

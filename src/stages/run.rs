@@ -34,6 +34,7 @@ pub fn run(p: &Pipeline, filter: &Filter) -> Result<()> {
         bail!("no run of pipeline '{}' matches the filter", p.name);
     }
     let stop = filter.max_round.unwrap_or(p.rounds).min(p.rounds);
+    super::sweep_pipeline(p);
     let todo: Vec<&RunSpec> = specs
         .iter()
         .filter(|s| !s.results_path(stop).exists())

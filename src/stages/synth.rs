@@ -10,7 +10,7 @@ use crate::{progress, rng, table, TOOL_VERSION};
 use anyhow::{bail, Result};
 use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct SynthArgs {
@@ -139,10 +139,20 @@ pub fn run(a: &SynthArgs) -> Result<()> {
         let teacher = embed(&lat_t, &proj_t, 0.5, &mut r);
         per_split.push((split, ids[ids.len() - n..].to_vec(), student, teacher));
     }
+    // the whole cache is staged and moved into place at the end: a failure (a full disk) leaves
+    // no cache without embeddings
     let out = &a.out;
+    let staged = super::StagedDir::new(out, "synth")?;
+    let stage = staged.path().to_path_buf();
+    let write = |path: &dyn Fn(&Path) -> PathBuf,
+                 t: Table,
+                 cols: Vec<(&str, arrow::array::ArrayRef)>,
+                 meta: &[(&str, String)]| {
+        table::write_staged(&path(&stage), &path(out), t, cols, meta)
+    };
     let sources = vec!["task"; ids.len()];
-    table::write(
-        &manifest_path(out),
+    write(
+        &manifest_path,
         Table::Manifest,
         vec![
             ("sample_id", table::utf8(&ids)),
@@ -152,11 +162,10 @@ pub fn run(a: &SynthArgs) -> Result<()> {
             ("source", table::utf8(&sources)),
         ],
         &[],
-        table::Mode::Replace,
     )?;
     let names: Vec<String> = (0..c).map(|i| format!("class_{i:03}")).collect();
-    table::write(
-        &classes_path(out),
+    write(
+        &classes_path,
         Table::Classes,
         vec![
             ("class_id", table::i32s(&(0..c as i32).collect::<Vec<_>>())),
@@ -164,7 +173,6 @@ pub fn run(a: &SynthArgs) -> Result<()> {
             ("synonyms", table::list_utf8(&vec![Vec::new(); c])),
         ],
         &[],
-        table::Mode::Replace,
     )?;
     // teacher prototypes: the class means seen through the teacher's projection
     let protos = embed(&means, &proj_t, 0.0, &mut r);
@@ -179,8 +187,8 @@ pub fn run(a: &SynthArgs) -> Result<()> {
             ("generator_seed", a.seed.to_string()),
         ]
     };
-    table::write(
-        &prototypes_path(out, TEACHER),
+    write(
+        &|o: &Path| prototypes_path(o, TEACHER),
         Table::Prototypes,
         vec![
             ("class_id", table::i32s(&(0..c as i32).collect::<Vec<_>>())),
@@ -188,21 +196,19 @@ pub fn run(a: &SynthArgs) -> Result<()> {
             ("vector", table::fixed_list(&protos)?),
         ],
         &meta(TEACHER, a.teacher_dim),
-        table::Mode::Replace,
     )?;
     let mut correct = 0usize;
     let mut total = 0usize;
     for (split, sids, student, teacher) in &per_split {
         for (model, m) in [(STUDENT, student), (TEACHER, teacher)] {
-            table::write(
-                &embeddings_path(out, model, split),
+            write(
+                &|o: &Path| embeddings_path(o, model, split),
                 Table::Embeddings,
                 vec![
                     ("sample_id", table::utf8(sids)),
                     ("vector", table::fixed_list(m)?),
                 ],
                 &meta(model, m.cols),
-                table::Mode::Replace,
             )?;
         }
         let mut logits = Mat::zeros(teacher.rows, c);
@@ -221,19 +227,19 @@ pub fn run(a: &SynthArgs) -> Result<()> {
         let mut lm = meta(TEACHER, a.teacher_dim);
         lm.push(("tau", a.tau.to_string()));
         lm.push(("classes", c.to_string()));
-        table::write(
-            &logits_path(out, TEACHER, split),
+        write(
+            &|o: &Path| logits_path(o, TEACHER, split),
             Table::TeacherLogits,
             vec![
                 ("sample_id", table::utf8(sids)),
                 ("logits", table::fixed_list(&logits)?),
             ],
             &lm,
-            table::Mode::Replace,
         )?;
     }
+    staged.commit_replacing()?;
     progress::log(format!(
-        "synthetic cache in {}: {} classes, {} samples; zero-shot teacher test accuracy {:.3}",
+        "wrote the synthetic cache {}: {} classes, {} samples; zero-shot teacher test accuracy {:.3}",
         out.display(),
         c,
         ids.len(),

@@ -186,10 +186,7 @@ impl Head {
         };
         let dir = path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir)?;
-        let tmp = tempfile::Builder::new()
-            .prefix(".head.")
-            .suffix(".tmp")
-            .tempfile_in(dir)?;
+        let tmp = crate::table::temp_file_for(path)?;
         candle_core::safetensors::save(&tensors, tmp.path())?;
         tmp.persist(path)
             .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.error))?;
