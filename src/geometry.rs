@@ -78,9 +78,9 @@ extern "C" {
 
 /// out (m × n) = a (m × k, row-major) · bᵀ (b: n × k, row-major), by OpenBLAS's sgemm.
 ///
-/// The rows are split over rayon's threads, each calling a single-threaded sgemm: OpenBLAS's
-/// own threads busy-wait between calls and starve rayon's (decoding, candle's element-wise
-/// ops) on a small machine.
+/// The rows are split into fixed blocks over rayon's threads, each calling a single-threaded
+/// sgemm: OpenBLAS's own threads busy-wait between calls and starve rayon's (decoding, candle's
+/// element-wise ops) on a small machine. The bits do not depend on the thread count.
 #[cfg(feature = "blas")]
 pub fn sgemm_nt(
     a: &[f32],
@@ -97,12 +97,11 @@ pub fn sgemm_nt(
         out.iter_mut().for_each(|v| *v = 0.0);
         return;
     }
-    let threads = rayon::current_num_threads().max(1);
-    // at least ~2^20 multiply-adds per task
-    let rows = m
-        .div_ceil(threads)
-        .max((1usize << 20) / (n * k).max(1))
-        .max(1);
+    // Blocks of a fixed number of rows (at least 256, and at least ~2^20 multiply-adds), never
+    // derived from the thread count: OpenBLAS computes a row with a kernel that depends on where
+    // the row sits in its call, so blocks cut per thread gave other bits with other thread
+    // counts (and other caches: extract must be byte-identical for any thread count).
+    let rows = ((1usize << 20) / (n * k).max(1)).max(256);
     out[..m * n]
         .par_chunks_mut(rows * n)
         .zip(a[..m * k].par_chunks(rows * k))
@@ -343,6 +342,45 @@ mod gemm_tests {
             .collect();
         for (a, b) in fast.iter().zip(&slow) {
             assert!((a - b).abs() < 1e-3 * (1.0 + b), "{a} vs {b}");
+        }
+    }
+}
+
+#[cfg(all(test, feature = "blas"))]
+mod thread_tests {
+    use super::*;
+
+    /// sgemm_nt's bits do not depend on rayon's thread count (the row blocks each sgemm call
+    /// gets are fixed, so every row is computed by the same kernel path).
+    #[test]
+    fn products_are_bit_identical_for_any_thread_count() {
+        let mut r = crate::rng::stream(9, "t", 0);
+        for (m, n, k) in [
+            (4928, 512, 512),
+            (400, 96, 33),
+            (77, 2048, 512),
+            (1000, 10, 1280),
+        ] {
+            let a = crate::rng::uniform(m * k, 1.0, &mut r);
+            let b = crate::rng::uniform(n * k, 1.0, &mut r);
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let mut out = vec![0f32; m * n];
+                pool.install(|| sgemm_nt(&a, &b, m, n, k, false, &mut out));
+                out
+            };
+            let one = run(1);
+            for t in [2, 3, 5] {
+                let other = run(t);
+                let differ = one
+                    .iter()
+                    .zip(&other)
+                    .filter(|(x, y)| x.to_bits() != y.to_bits());
+                assert_eq!(differ.count(), 0, "{m}×{n}×{k}, {t} threads");
+            }
         }
     }
 }

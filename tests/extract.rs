@@ -1025,3 +1025,36 @@ fn fit_teacher_writes_a_classifier_that_extract_takes() {
         "{err}"
     );
 }
+
+/// Every table of a cache, by path under it.
+fn tables(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    mtimes(dir)
+        .into_iter()
+        .map(|(p, _)| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p.strip_prefix(dir).unwrap().to_path_buf(), bytes)
+        })
+        .collect()
+}
+
+#[test]
+fn the_cache_is_byte_identical_for_any_thread_count() {
+    let f = Fixture::new();
+    let threads = |n: &'static str| [("RAYON_NUM_THREADS", Path::new(n))];
+    for (out, n) in [("one", "1"), ("three", "3")] {
+        ok(&f.extract_with("images", "classes.txt", out, &[], &threads(n)));
+    }
+    let (one, three) = (tables(&f.root.join("one")), tables(&f.root.join("three")));
+    assert!(one.len() >= 10, "{:?}", one.keys());
+    assert_eq!(
+        one.keys().collect::<Vec<_>>(),
+        three.keys().collect::<Vec<_>>()
+    );
+    for (p, bytes) in &one {
+        assert!(
+            bytes == &three[p],
+            "{} differs between 1 and 3 threads",
+            p.display()
+        );
+    }
+}
