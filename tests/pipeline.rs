@@ -950,6 +950,23 @@ fn bad_inputs_fail_with_one_line_and_write_nothing() {
     );
     let e = fails(d, &["run", &p4]);
     assert!(e.contains("bad.toml: unknown strategy 'nope'"), "{e}");
+
+    // a pipeline name that would leave runs_dir, and a 10 MB one: short errors
+    for name in ["..".to_string(), "a/b".into(), "x".repeat(10_000_000)] {
+        let p5 = pipeline(d, "escape.toml", &good, body);
+        let text = std::fs::read_to_string(&p5).unwrap();
+        std::fs::write(
+            &p5,
+            text.replacen("name = \"e2e\"", &format!("name = \"{name}\""), 1),
+        )
+        .unwrap();
+        let e = fails(d, &["run", &p5]);
+        assert!(
+            e.contains("escape.toml: pipeline name '") && e.len() < 400,
+            "{}",
+            &e[..e.len().min(400)]
+        );
+    }
 }
 
 #[test]
