@@ -4,7 +4,6 @@
 //! names with their synonyms (a text file, one class per line: `name | synonym | synonym`).
 
 use anyhow::{anyhow, bail, Context, Result};
-use arrow::array::{Array, StringArray};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -387,38 +386,17 @@ fn read_csv_columns(path: &Path) -> Result<HashMap<String, Vec<Option<String>>>>
 }
 
 fn read_parquet_columns(path: &Path) -> Result<HashMap<String, Vec<Option<String>>>> {
-    let f = std::fs::File::open(path)
-        .with_context(|| format!("{}: cannot open the manifest", path.display()))?;
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
-        .with_context(|| format!("{}: not a Parquet file", path.display()))?
-        .build()
-        .with_context(|| format!("{}: not a Parquet file", path.display()))?;
-    let mut cols: HashMap<String, Vec<Option<String>>> = HashMap::new();
-    for batch in reader {
-        let batch = batch.with_context(|| format!("{}: cannot read", path.display()))?;
-        for (field, array) in batch.schema().fields().iter().zip(batch.columns()) {
-            let s =
-                arrow::compute::cast(array, &arrow::datatypes::DataType::Utf8).map_err(|e| {
-                    anyhow!(
-                        "{}: column '{}' cannot be read as text ({e})",
-                        path.display(),
-                        field.name()
-                    )
-                })?;
-            let s = s
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .expect("cast to Utf8");
-            let c = cols.entry(field.name().clone()).or_default();
-            c.extend((0..s.len()).map(|i| s.is_valid(i).then(|| s.value(i).to_string())));
-        }
-    }
-    Ok(cols)
+    let t = crate::table::read_any(path)?;
+    t.columns
+        .iter()
+        .map(|(n, _)| Ok((n.clone(), t.texts(n)?)))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::array::StringArray;
 
     /// The committed name lists parse as class files, in the index order of their datasets.
     #[test]

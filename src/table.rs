@@ -198,6 +198,12 @@ pub fn read(path: &Path, table: Table) -> Result<Frame> {
     Ok(frame)
 }
 
+/// Every column of a file, without checking the table (a user's manifest or answers).
+pub fn read_any(path: &Path) -> Result<Frame> {
+    let (name, builder) = open(path)?;
+    collect(&name, builder)
+}
+
 /// Those of `columns` that a file has, without the others and without checking the table
 /// (e.g. results files of every version for `report`; a missing column is an error only when
 /// it is asked for).

@@ -29,6 +29,51 @@ fn ok(dir: &Path, args: &[&str]) -> String {
     err
 }
 
+/// The tiny world in `d`: `vlal tiny` (4 classes of `per_class` images, random CLIP and DINOv2)
+/// and the class file `classes`.
+fn world(d: &Path, per_class: &str, classes: &str) {
+    ok(
+        d,
+        &[
+            "tiny",
+            "--out",
+            "w",
+            "--classes",
+            "4",
+            "--per-class",
+            per_class,
+        ],
+    );
+    std::fs::write(d.join("classes.txt"), classes).unwrap();
+}
+
+/// `vlal extract` of the tiny world into `cache`, with `extra` arguments.
+fn extract(d: &Path, extra: &[&str]) -> String {
+    let mut v = vec![
+        "extract",
+        "--images",
+        "w/images",
+        "--classes",
+        "classes.txt",
+        "--out",
+        "cache",
+        "--teacher",
+        "w/tiny-clip",
+        "--student",
+        "w/tiny-dino",
+    ];
+    v.extend_from_slice(extra);
+    ok(d, &v)
+}
+
+fn write_batch(path: &Path, batch: &RecordBatch) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let f = std::fs::File::create(path).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(f, batch.schema(), None).unwrap();
+    w.write(batch).unwrap();
+    w.close().unwrap();
+}
+
 /// A shard whose caption column is utf8-typed but holds bytes that are not UTF-8.
 fn write_bad_utf8_shard(path: &Path) {
     let bytes: &[u8] = b"a cat\xc3\x28 photo";
@@ -41,10 +86,7 @@ fn write_bad_utf8_shard(path: &Path) {
         ("caption", Arc::new(caption) as ArrayRef),
     ])
     .unwrap();
-    let f = std::fs::File::create(path).unwrap();
-    let mut w = parquet::arrow::ArrowWriter::try_new(f, batch.schema(), None).unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
+    write_batch(path, &batch);
 }
 
 fn whole_word(caption: &str, word: &str) -> bool {
@@ -85,12 +127,8 @@ fn results(dir: &Path) -> Vec<(String, String, i32, f64)> {
 fn retrieve_extract_and_a_pipeline_with_and_without_retrieved_data() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    ok(
-        d,
-        &["tiny", "--out", "w", "--classes", "4", "--per-class", "24"],
-    );
     // a class file with a synonym, so synonyms are matched too
-    std::fs::write(d.join("classes.txt"), "apple | pomme\nboat\ncloud\ndaisy\n").unwrap();
+    world(d, "24", "apple | pomme\nboat\ncloud\ndaisy\n");
     ok(
         d,
         &[
@@ -113,24 +151,7 @@ fn retrieve_extract_and_a_pipeline_with_and_without_retrieved_data() {
         ],
     );
     write_bad_utf8_shard(&d.join("corpus/part-bad-utf8-typed.parquet"));
-    let extract = |extra: &[&str]| {
-        let mut v = vec![
-            "extract",
-            "--images",
-            "w/images",
-            "--classes",
-            "classes.txt",
-            "--out",
-            "cache",
-            "--teacher",
-            "w/tiny-clip",
-            "--student",
-            "w/tiny-dino",
-        ];
-        v.extend_from_slice(extra);
-        ok(d, &v)
-    };
-    extract(&[]);
+    extract(d, &[]);
     let retrieve = [
         "retrieve",
         "--data",
@@ -240,7 +261,7 @@ fn retrieve_extract_and_a_pipeline_with_and_without_retrieved_data() {
     assert_eq!(ids_scores(), first_rows);
 
     // the retrieved images join the cache
-    extract(&["--retrieved", "cache/retrieved.parquet"]);
+    extract(d, &["--retrieved", "cache/retrieved.parquet"]);
     let m = table::read(&d.join("cache/manifest.parquet"), Table::Manifest).unwrap();
     let (src, split) = (m.strings("source").unwrap(), m.strings("split").unwrap());
     let n_ret = src.iter().filter(|s| *s == "retrieved").count();
@@ -354,7 +375,6 @@ epochs = 10
 
 /// One shard of (key, caption) rows.
 fn write_shard(path: &Path, rows: &[(&str, &str)]) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let keys: Vec<&str> = rows.iter().map(|r| r.0).collect();
     let captions: Vec<&str> = rows.iter().map(|r| r.1).collect();
     let batch = RecordBatch::try_from_iter(vec![
@@ -362,38 +382,15 @@ fn write_shard(path: &Path, rows: &[(&str, &str)]) {
         ("caption", Arc::new(StringArray::from(captions)) as ArrayRef),
     ])
     .unwrap();
-    let f = std::fs::File::create(path).unwrap();
-    let mut w = parquet::arrow::ArrowWriter::try_new(f, batch.schema(), None).unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
+    write_batch(path, &batch);
 }
 
 #[test]
 fn a_key_under_two_classes_keeps_one_entry_and_an_unreadable_corpus_fails() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    ok(
-        d,
-        &["tiny", "--out", "w", "--classes", "4", "--per-class", "4"],
-    );
-    std::fs::write(d.join("classes.txt"), "apple\nboat\ncloud\ndaisy\n").unwrap();
-    ok(
-        d,
-        &[
-            "-q",
-            "extract",
-            "--images",
-            "w/images",
-            "--classes",
-            "classes.txt",
-            "--out",
-            "cache",
-            "--teacher",
-            "w/tiny-clip",
-            "--student",
-            "w/tiny-dino",
-        ],
-    );
+    world(d, "4", "apple\nboat\ncloud\ndaisy\n");
+    extract(d, &["-q"]);
     let retrieve = |corpus: &str| {
         vlal(
             d,

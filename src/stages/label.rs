@@ -9,7 +9,6 @@ use crate::config::{Pipeline, RunSpec};
 use crate::schema::Table;
 use crate::{progress, rng, table};
 use anyhow::{anyhow, bail, Context, Result};
-use arrow::array::{Array, StringArray};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
@@ -242,33 +241,16 @@ fn read_answers(file: &Path) -> Result<Vec<(String, String)>> {
     let name = file.display().to_string();
     let is_parquet = file.extension().and_then(|e| e.to_str()) == Some("parquet");
     if is_parquet {
-        let f = std::fs::File::open(file).with_context(|| format!("{name}: cannot open"))?;
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
-            .map_err(|e| anyhow!("{name}: not a readable Parquet file ({e})"))?
-            .build()?;
-        let mut out = Vec::new();
-        for batch in reader {
-            let batch = batch.map_err(|e| anyhow!("{name}: {e}"))?;
-            let col = |c: &str| -> Result<StringArray> {
-                let a = batch
-                    .column_by_name(c)
-                    .ok_or_else(|| anyhow!("{name}: missing column '{c}'"))?;
-                let s = arrow::compute::cast(a, &arrow::datatypes::DataType::Utf8)
-                    .map_err(|_| anyhow!("{name}: column '{c}' cannot be read as text"))?;
-                Ok(s.as_any()
-                    .downcast_ref::<StringArray>()
-                    .expect("cast to utf8")
-                    .clone())
-            };
-            let (ids, labels) = (col("sample_id")?, col("label")?);
-            for i in 0..batch.num_rows() {
-                if ids.is_null(i) || labels.is_null(i) {
-                    bail!("{name}: row {}: empty sample_id or label", out.len() + 1);
-                }
-                out.push((ids.value(i).to_string(), labels.value(i).to_string()));
-            }
-        }
-        Ok(out)
+        let t = table::read_any(file)?;
+        let (ids, labels) = (t.texts("sample_id")?, t.texts("label")?);
+        ids.into_iter()
+            .zip(labels)
+            .enumerate()
+            .map(|(i, pair)| match pair {
+                (Some(id), Some(label)) => Ok((id, label)),
+                _ => bail!("{name}: row {}: empty sample_id or label", i + 1),
+            })
+            .collect()
     } else {
         let mut rdr =
             csv::Reader::from_path(file).with_context(|| format!("{name}: cannot open"))?;
