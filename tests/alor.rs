@@ -7,27 +7,12 @@
 use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use arrow::buffer::{Buffer, OffsetBuffer};
 use std::path::Path;
-use std::process::{Command, Output};
 use std::sync::Arc;
 use vlal::schema::Table;
 use vlal::table;
 
-const BIN: &str = env!("CARGO_BIN_EXE_vlal");
-
-fn vlal(dir: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("vlal runs")
-}
-
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let o = vlal(dir, args);
-    let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert!(o.status.success(), "vlal {args:?} failed: {err}");
-    err
-}
+mod common;
+use common::ok;
 
 /// The tiny world in `d`: `vlal tiny` (4 classes of `per_class` images, random CLIP and DINOv2)
 /// and the class file `classes`.
@@ -304,7 +289,7 @@ epochs = 10
     )
     .unwrap();
     // --rda on names the +rda run
-    let o = vlal(
+    let o = common::vlal(
         d,
         &[
             "paths",
@@ -315,6 +300,7 @@ epochs = 10
             "--rda",
             "on",
         ],
+        &[],
     );
     assert!(String::from_utf8_lossy(&o.stdout).contains("-tfs+rda-seed0-"));
     let log = ok(d, &["-v", "run", "alor.toml"]);
@@ -337,7 +323,7 @@ epochs = 10
     // round 0 has the same labels; the retrieved data change the model (its predictions: the
     // accuracy on the tiny test split is too coarse to tell)
     let probs = |trainer: &str, rda: &str| {
-        let o = vlal(
+        let o = common::vlal(
             d,
             &[
                 "paths",
@@ -350,6 +336,7 @@ epochs = 10
                 "--rda",
                 rda,
             ],
+            &[],
         );
         let out = String::from_utf8_lossy(&o.stdout).to_string();
         let p = out
@@ -392,7 +379,7 @@ fn a_key_under_two_classes_keeps_one_entry_and_an_unreadable_corpus_fails() {
     world(d, "4", "apple\nboat\ncloud\ndaisy\n");
     extract(d, &["-q"]);
     let retrieve = |corpus: &str| {
-        vlal(
+        common::vlal(
             d,
             &[
                 "retrieve",
@@ -407,6 +394,7 @@ fn a_key_under_two_classes_keeps_one_entry_and_an_unreadable_corpus_fails() {
                 "--k",
                 "5",
             ],
+            &[],
         )
     };
     // k1 is captioned twice, under two classes, in two shards (so the saved state between them

@@ -3,24 +3,12 @@
 //! input, hub ids resolved from the hf-hub cache, and a pipeline run on the result.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use vlal::schema::Table;
 use vlal::table;
 
-fn vlal(args: &[&str], env: &[(&str, &Path)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vlal"));
-    c.args(args);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().expect("runs")
-}
-
-fn ok(o: &Output) -> String {
-    let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert!(o.status.success(), "failed: {err}");
-    err
-}
+mod common;
+use common::succeeded;
 
 /// `root/<class>/<i>.{png,jpg}`: 3 classes × 14 images of a class-dependent colour, varied
 /// sizes, some grey.
@@ -90,7 +78,7 @@ impl Fixture {
         classes: &str,
         out: &str,
         extra: &[&str],
-        env: &[(&str, &Path)],
+        env: &[(&str, &str)],
     ) -> Output {
         let (images, classes) = (self.p(images), self.p(classes));
         let (teacher, student, out) = (self.p("tiny-clip"), self.p("tiny-dino"), self.p(out));
@@ -111,7 +99,7 @@ impl Fixture {
             args.extend(["--teacher", &teacher]);
         }
         args.extend_from_slice(extra);
-        vlal(&args, env)
+        common::vlal(Path::new("."), &args, env)
     }
 }
 
@@ -138,7 +126,7 @@ fn mtimes(dir: &Path) -> Vec<(PathBuf, std::time::SystemTime)> {
 #[test]
 fn extract_builds_the_cache_skips_unchanged_inputs_and_feeds_a_pipeline() {
     let f = Fixture::new();
-    let err = ok(&f.extract("cache", &[]));
+    let err = succeeded(&f.extract("cache", &[]));
     assert!(err.contains("images/s"), "{err}");
     let out = f.root.join("cache");
     let (t, s) = ("tiny-clip@local", "tiny-dino@local");
@@ -215,7 +203,7 @@ fn extract_builds_the_cache_skips_unchanged_inputs_and_feeds_a_pipeline() {
     // the same inputs again: no work, no file touched
     let before = mtimes(&out);
     let bytes = std::fs::read(out.join(t).join("train.parquet")).unwrap();
-    let err = ok(&f.extract("cache", &[]));
+    let err = succeeded(&f.extract("cache", &[]));
     assert!(err.contains("up to date, nothing extracted"), "{err}");
     assert_eq!(mtimes(&out), before);
     assert_eq!(
@@ -224,7 +212,7 @@ fn extract_builds_the_cache_skips_unchanged_inputs_and_feeds_a_pipeline() {
     );
 
     // a changed τ rewrites the logits only; synonyms change the prototypes
-    ok(&f.extract("cache", &["--tau", "0.02"]));
+    succeeded(&f.extract("cache", &["--tau", "0.02"]));
     let after = mtimes(&out);
     let changed: Vec<String> = before
         .iter()
@@ -258,7 +246,7 @@ fn extract_builds_the_cache_skips_unchanged_inputs_and_feeds_a_pipeline() {
             assert!((l.row(i)[c] - cos / 0.02).abs() < 1e-3);
         }
     }
-    ok(&f.extract("cache", &["--tau", "0.02", "--synonyms"]));
+    succeeded(&f.extract("cache", &["--tau", "0.02", "--synonyms"]));
     let p = table::read(&out.join(t).join("prototypes.parquet"), Table::Prototypes).unwrap();
     assert_eq!(p.strings("template_set").unwrap()[0], "clip-10+synonyms");
     let p2 = p.mat("vector").unwrap();
@@ -284,7 +272,7 @@ fn extract_builds_the_cache_skips_unchanged_inputs_and_feeds_a_pipeline() {
     let before = mtimes(&out);
     let img = image::RgbImage::from_pixel(33, 33, image::Rgb([9, 99, 199]));
     img.save(f.root.join("images").join(&ids[k])).unwrap();
-    ok(&f.extract("cache", &["--tau", "0.02", "--synonyms"]));
+    succeeded(&f.extract("cache", &["--tau", "0.02", "--synonyms"]));
     let after = mtimes(&out);
     for ((path, a), (_, b)) in before.iter().zip(&after) {
         let name = path.file_name().unwrap().to_string_lossy();
@@ -326,9 +314,17 @@ epochs = 5
         ),
     )
     .unwrap();
-    ok(&vlal(&["run", cfg.to_str().unwrap()], &[]));
-    let o = vlal(&["report", "--results", &f.p("results")], &[]);
-    ok(&o);
+    succeeded(&common::vlal(
+        Path::new("."),
+        &["run", cfg.to_str().unwrap()],
+        &[],
+    ));
+    let o = common::vlal(
+        Path::new("."),
+        &["report", "--results", &f.p("results")],
+        &[],
+    );
+    succeeded(&o);
     let table = String::from_utf8_lossy(&o.stdout);
     assert!(
         table.contains("pcoreset") && table.contains("dho"),
@@ -356,7 +352,7 @@ fn bad_images_fail_cleanly_or_are_recorded_as_rejects() {
     // nothing written: not even the --out folder this run created
     assert!(!f.root.join("cache").exists());
 
-    let err = ok(&f.extract("cache", &["--skip-bad"]));
+    let err = succeeded(&f.extract("cache", &["--skip-bad"]));
     assert!(err.contains("1 unreadable images left out"), "{err}");
     let r = table::read(&f.root.join("cache/rejects.parquet"), Table::Rejects).unwrap();
     assert_eq!(r.strings("sample_id").unwrap(), ["dog/03.png"]);
@@ -368,7 +364,7 @@ fn bad_images_fail_cleanly_or_are_recorded_as_rejects() {
         .unwrap()
         .contains(&"dog/03.png".to_string()));
     // cached now: the rejects table stays as it is
-    let err = ok(&f.extract("cache", &["--skip-bad"]));
+    let err = succeeded(&f.extract("cache", &["--skip-bad"]));
     assert!(
         err.contains("up to date") && err.contains("1 unreadable"),
         "{err}"
@@ -377,7 +373,7 @@ fn bad_images_fail_cleanly_or_are_recorded_as_rejects() {
     image::RgbImage::from_pixel(20, 20, image::Rgb([1, 2, 3]))
         .save(&bad)
         .unwrap();
-    ok(&f.extract("cache", &[]));
+    succeeded(&f.extract("cache", &[]));
     assert!(!f.root.join("cache/rejects.parquet").exists());
     assert_eq!(
         table::read(&f.root.join("cache/manifest.parquet"), Table::Manifest)
@@ -397,7 +393,7 @@ fn bad_images_fail_cleanly_or_are_recorded_as_rejects() {
             && err.contains("--skip-bad"),
         "{err}"
     );
-    let err = ok(&f.extract("cache", &["--skip-bad"]));
+    let err = succeeded(&f.extract("cache", &["--skip-bad"]));
     assert!(err.contains("1 unreadable images left out"), "{err}");
     let r = table::read(&f.root.join("cache/rejects.parquet"), Table::Rejects).unwrap();
     assert!(r.strings("error").unwrap()[0].contains("an extreme aspect ratio"));
@@ -408,7 +404,7 @@ fn bad_images_fail_cleanly_or_are_recorded_as_rejects() {
         .starts_with(".extract-staging")));
 
     // a killed extract leaves its staging folder; the next one removes it and says so
-    let abort = [("VLAL_FAULT_ABORT_AFTER_WRITES", Path::new("2"))];
+    let abort = [("VLAL_FAULT_ABORT_AFTER_WRITES", "2")];
     let o = f.extract_with("images", "classes.txt", "killed", &["--skip-bad"], &abort);
     assert!(!o.status.success());
     let staging = |d: &str| -> usize {
@@ -424,7 +420,7 @@ fn bad_images_fail_cleanly_or_are_recorded_as_rejects() {
             .count()
     };
     assert_eq!(staging("killed"), 1);
-    let err = ok(&f.extract("killed", &["--skip-bad"]));
+    let err = succeeded(&f.extract("killed", &["--skip-bad"]));
     assert!(
         err.contains("removed 1 leftover(s) of stopped processes (.extract-staging-"),
         "{err}"
@@ -469,7 +465,7 @@ fn hub_ids_resolve_from_the_hf_hub_cache_offline() {
         std::fs::copy(&p, snap.join(p.file_name().unwrap())).unwrap();
     }
     let (images, out) = (f.p("images"), f.p("cache"));
-    let env = [("HF_HUB_CACHE", hub.as_path())];
+    let env = [("HF_HUB_CACHE", hub.to_str().unwrap())];
     let args = [
         "extract",
         "--images",
@@ -480,7 +476,7 @@ fn hub_ids_resolve_from_the_hf_hub_cache_offline() {
         "tiny-org/tiny-clip",
         "--offline",
     ];
-    let err = ok(&vlal(&args, &env));
+    let err = succeeded(&common::vlal(Path::new("."), &args, &env));
     assert!(
         err.contains("student = \"tiny-org/tiny-clip@main\""),
         "{err}"
@@ -496,7 +492,11 @@ fn hub_ids_resolve_from_the_hf_hub_cache_offline() {
     let c = table::read(&f.root.join("cache/classes.parquet"), Table::Classes).unwrap();
     assert_eq!(c.strings("name").unwrap(), ["bird", "cat", "dog"]);
     // a revision the cache does not hold
-    let o = vlal(&[&args[..], &["--teacher-revision", "v2"]].concat(), &env);
+    let o = common::vlal(
+        Path::new("."),
+        &[&args[..], &["--teacher-revision", "v2"]].concat(),
+        &env,
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         !o.status.success()
@@ -512,7 +512,7 @@ fn hub_ids_resolve_from_the_hf_hub_cache_offline() {
 #[test]
 fn prompt_learning_trainer_runs_on_the_teachers_features() {
     let f = Fixture::new();
-    ok(&f.extract("cache", &[]));
+    succeeded(&f.extract("cache", &[]));
     let pipe = |name: &str, model: &str| {
         let cfg = f.root.join(format!("{name}.toml"));
         std::fs::write(
@@ -548,7 +548,11 @@ mode = "both"
         cfg
     };
     let a = pipe("a", "tiny-clip");
-    ok(&vlal(&["run", a.to_str().unwrap()], &[]));
+    succeeded(&common::vlal(
+        Path::new("."),
+        &["run", a.to_str().unwrap()],
+        &[],
+    ));
     let results = |name: &str| -> Vec<PathBuf> {
         let mut v: Vec<PathBuf> = mtimes(&f.root.join(name).join("results"))
             .into_iter()
@@ -612,7 +616,8 @@ mode = "both"
 
     // same config and seed ⇒ the same selections, run from scratch elsewhere
     let b = pipe("b", "tiny-clip");
-    ok(&vlal(
+    succeeded(&common::vlal(
+        Path::new("."),
         &["run", b.to_str().unwrap(), "--trainer", "coop"],
         &[],
     ));
@@ -643,7 +648,11 @@ mode = "both"
 
     // a coop.model other than the cached teacher is refused, naming both
     let c = pipe("c", "tiny-dino");
-    let o = vlal(&["run", c.to_str().unwrap(), "--trainer", "coop"], &[]);
+    let o = common::vlal(
+        Path::new("."),
+        &["run", c.to_str().unwrap(), "--trainer", "coop"],
+        &[],
+    );
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -691,14 +700,14 @@ fn idx_files_import_as_an_image_folder_that_extract_reads() {
             split,
         ];
         args.extend_from_slice(extra);
-        vlal(&args, &[])
+        common::vlal(Path::new("."), &args, &[])
     };
     let excl = f.p("excluded");
-    ok(&import(
+    succeeded(&import(
         "train",
         &["--calib", "6", "--exclude", "4", "--exclude-to", &excl],
     ));
-    ok(&import("test", &["--keep", "12"]));
+    succeeded(&import("test", &["--keep", "12"]));
     let count = |d: &str| {
         mtimes(&f.root.join(d))
             .iter()
@@ -711,12 +720,12 @@ fn idx_files_import_as_an_image_folder_that_extract_reads() {
     assert_eq!(count("excluded"), 4);
     // folder 01 holds label 1's images; a second import leaves existing folders alone
     let before = mtimes(&f.root.join("idx-images"));
-    let err = ok(&import("test", &[]));
+    let err = succeeded(&import("test", &[]));
     assert!(err.contains("exists, left as it is"), "{err}");
     assert_eq!(mtimes(&f.root.join("idx-images")), before);
     // extract reads it, names from the class file in label order
     std::fs::write(f.root.join("idx-classes.txt"), "zero\none\ntwo\n").unwrap();
-    ok(&f.extract_from("idx-images", "idx-classes.txt", "idx-cache", &[]));
+    succeeded(&f.extract_from("idx-images", "idx-classes.txt", "idx-cache", &[]));
     let m = table::read(&f.root.join("idx-cache/manifest.parquet"), Table::Manifest).unwrap();
     assert_eq!(m.rows, 38);
     let (ids, labs) = (m.strings("sample_id").unwrap(), m.i32s("label").unwrap());
@@ -780,7 +789,7 @@ fn a_classifier_teacher_with_a_label_map() {
     .unwrap();
     let (map, cls) = (f.p("map.txt"), f.p("lite-cls"));
     let err = f.extract("c1", &["--teacher", &cls, "--label-map", &map]);
-    let log = ok(&err);
+    let log = succeeded(&err);
     assert!(
         log.contains("label map: cat: tabby (#0) | tiger cat (#3)"),
         "{log}"
@@ -835,7 +844,7 @@ fn a_classifier_teacher_with_a_label_map() {
 
     // a classifier of the task's classes (any order, any case) needs no map
     let task = f.p("lite-task");
-    ok(&f.extract("c2", &["--teacher", &task]));
+    succeeded(&f.extract("c2", &["--teacher", &task]));
     let l = table::read(
         &f.root.join("c2/lite-task@local/test.logits.parquet"),
         Table::TeacherLogits,
@@ -901,9 +910,10 @@ fn fit_teacher_writes_a_classifier_that_extract_takes() {
     vlal::stages::tiny::write_lite_classifier(&f.root.join("lite"), &["a", "b", "c", "d"]).unwrap();
     std::fs::write(f.root.join("map.txt"), "cat: a\ndog: b\nbird: c | d\n").unwrap();
     let (lite, map) = (f.p("lite"), f.p("map.txt"));
-    ok(&f.extract("held", &["--teacher", &lite, "--label-map", &map]));
+    succeeded(&f.extract("held", &["--teacher", &lite, "--label-map", &map]));
     let fit = |out: &str, backbone: &str| {
-        vlal(
+        common::vlal(
+            Path::new("."),
             &[
                 "fit-teacher",
                 "--cache",
@@ -918,7 +928,7 @@ fn fit_teacher_writes_a_classifier_that_extract_takes() {
             &[],
         )
     };
-    let log = ok(&fit("probe", &lite));
+    let log = succeeded(&fit("probe", &lite));
     let acc = |log: &str, what: &str| -> f64 {
         let at = log.find(what).unwrap_or_else(|| panic!("{what} in {log}")) + what.len();
         log[at..]
@@ -938,7 +948,7 @@ fn fit_teacher_writes_a_classifier_that_extract_takes() {
     assert_eq!(cfg["model_type"], "efficientnet-lite");
 
     // the new checkpoint as the teacher: same features, the probe's logits
-    let log = ok(&f.extract("c", &["--teacher", &f.p("probe")]));
+    let log = succeeded(&f.extract("c", &["--teacher", &f.p("probe")]));
     let held = table::read(
         &f.root.join("held/lite@local/train.parquet"),
         Table::Embeddings,
@@ -961,8 +971,8 @@ fn fit_teacher_writes_a_classifier_that_extract_takes() {
 
     // into a cache that holds the backbone's features of the same images, the head is applied
     // to them (no second pass), with the logits of a fresh extraction; another backbone runs
-    ok(&f.extract("d", &["--teacher", &lite, "--label-map", &map]));
-    let log = ok(&f.extract("d", &["--teacher", &f.p("probe")]));
+    succeeded(&f.extract("d", &["--teacher", &lite, "--label-map", &map]));
+    let log = succeeded(&f.extract("d", &["--teacher", &f.p("probe")]));
     let reused = "probe@local has the backbone of lite@local: its";
     assert_eq!(log.matches(reused).count(), 3, "train, calib, test: {log}");
     let logits = |cache: &str, model: &str| {
@@ -978,7 +988,7 @@ fn fit_teacher_writes_a_classifier_that_extract_takes() {
     assert_eq!(fresh.1.data, again.1.data);
     vlal::stages::tiny::write_lite_classifier(&f.root.join("lite3"), &["bird", "cat", "dog"])
         .unwrap();
-    let log = ok(&f.extract("d", &["--teacher", &f.p("lite3")]));
+    let log = succeeded(&f.extract("d", &["--teacher", &f.p("lite3")]));
     assert!(!log.contains("cached features are reused"), "{log}");
     assert!(log.contains("images through lite3@local"), "{log}");
 
@@ -992,7 +1002,8 @@ fn fit_teacher_writes_a_classifier_that_extract_takes() {
         assert!(!o.status.success() && err.contains(want), "{err}");
     }
     assert!(!f.root.join("p2").exists());
-    let o = vlal(
+    let o = common::vlal(
+        Path::new("."),
         &[
             "extract",
             "--images",
@@ -1006,8 +1017,9 @@ fn fit_teacher_writes_a_classifier_that_extract_takes() {
         ],
         &[],
     );
-    ok(&o);
-    let o = vlal(
+    succeeded(&o);
+    let o = common::vlal(
+        Path::new("."),
         &[
             "fit-teacher",
             "--cache",
@@ -1040,9 +1052,9 @@ fn tables(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
 #[test]
 fn the_cache_is_byte_identical_for_any_thread_count() {
     let f = Fixture::new();
-    let threads = |n: &'static str| [("RAYON_NUM_THREADS", Path::new(n))];
+    let threads = |n: &'static str| [("RAYON_NUM_THREADS", n)];
     for (out, n) in [("one", "1"), ("three", "3")] {
-        ok(&f.extract_with("images", "classes.txt", out, &[], &threads(n)));
+        succeeded(&f.extract_with("images", "classes.txt", out, &[], &threads(n)));
     }
     let (one, three) = (tables(&f.root.join("one")), tables(&f.root.join("three")));
     assert!(one.len() >= 10, "{:?}", one.keys());

@@ -5,12 +5,12 @@
 
 use sha2::{Digest, Sha256};
 use std::path::Path;
-use std::process::Command;
 use vlal::config::Pipeline;
 use vlal::schema::Table;
 use vlal::table;
 
-const BIN: &str = env!("CARGO_BIN_EXE_vlal");
+mod common;
+use common::ok;
 
 /// Compare `got` with the pinned file, or rewrite it under VLAL_UPDATE_PINS=1.
 fn check_pin(name: &str, got: &str) {
@@ -70,18 +70,7 @@ fn run_ids_of_every_shipped_pipeline_are_pinned() {
 fn picks_of_every_strategy_are_pinned() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let run = |args: &[&str]| {
-        let o = Command::new(BIN)
-            .current_dir(d)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-    };
+    let run = |args: &[&str]| ok(d, args);
     run(&[
         "-q",
         "synth",

@@ -6,48 +6,13 @@ use arrow::array::{ArrayRef, Float32Array, Int32Array, Int64Array, RecordBatch, 
 use arrow::datatypes::{DataType, Field, Schema};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::Arc;
 use vlal::schema::Table;
 use vlal::table;
 
-const BIN: &str = env!("CARGO_BIN_EXE_vlal");
-
-fn vlal(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(BIN);
-    c.current_dir(dir).args(args);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().expect("vlal runs")
-}
-
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let o = vlal(dir, args, &[]);
-    let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert!(o.status.success(), "vlal {args:?} failed: {err}");
-    err
-}
-
-/// The single error line of a failed command.
-/// The one error line of a command that must fail; RUST_BACKTRACE is set, and no backtrace may
-/// end up in the line.
-fn fails(dir: &Path, args: &[&str]) -> String {
-    let o = vlal(dir, args, &[("RUST_BACKTRACE", "1")]);
-    let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert!(
-        !o.status.success(),
-        "vlal {args:?} should fail; stderr: {err}"
-    );
-    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
-    assert_eq!(lines.len(), 1, "one error line expected: {err}");
-    assert!(
-        !lines[0].contains(" 0: ") && !lines[0].contains("backtrace"),
-        "a backtrace in the error line: {}",
-        lines[0]
-    );
-    lines[0].to_string()
-}
+mod common;
+use common::{fails, ok, vlal, BIN};
 
 /// The file names `vlal paths` prints for a run and round, by key (RUN_DIR, QUERIES, …).
 fn paths(dir: &Path, args: &[&str]) -> std::collections::HashMap<String, PathBuf> {

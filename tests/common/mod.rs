@@ -1,0 +1,51 @@
+//! What the end-to-end tests share: running the `vlal` binary and judging how it ended.
+#![allow(dead_code)] // each test crate uses a part
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_vlal");
+
+/// `vlal ARGS` in `dir`, with extra environment variables.
+pub fn vlal(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(BIN);
+    c.current_dir(dir).args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("vlal runs")
+}
+
+/// The log (stderr) of a command that must have succeeded.
+pub fn succeeded(o: &Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "vlal failed: {err}");
+    err
+}
+
+/// `vlal ARGS` in `dir`, which must succeed; its log.
+pub fn ok(dir: &Path, args: &[&str]) -> String {
+    let o = vlal(dir, args, &[]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "vlal {args:?} failed: {err}");
+    err
+}
+
+/// The one error line of a command that must fail; RUST_BACKTRACE is set, and no backtrace may
+/// end up in the line.
+pub fn fails(dir: &Path, args: &[&str]) -> String {
+    let o = vlal(dir, args, &[("RUST_BACKTRACE", "1")]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(
+        !o.status.success(),
+        "vlal {args:?} should fail; stderr: {err}"
+    );
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(lines.len(), 1, "one error line expected: {err}");
+    assert!(
+        !lines[0].contains(" 0: ") && !lines[0].contains("backtrace"),
+        "a backtrace in the error line: {}",
+        lines[0]
+    );
+    lines[0].to_string()
+}
