@@ -98,7 +98,7 @@ impl Mat {
     pub fn normalize_rows(&mut self) {
         let cols = self.cols;
         for r in self.data.chunks_mut(cols.max(1)) {
-            let n = crate::geometry::dot(r, r).sqrt();
+            let n = dot(r, r).sqrt();
             if n > 0.0 {
                 r.iter_mut().for_each(|v| *v /= n);
             }
@@ -155,6 +155,43 @@ pub fn softmax_rows(logits: &Mat, scale: f32) -> Mat {
         }
     }
     out
+}
+
+/// Dot product with 8 independent accumulators (vectorises; fixed order ⇒ deterministic).
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+/// Squared Euclidean distance.
+#[inline]
+pub fn sqdist(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            let d = x[k] - y[k];
+            acc[k] += d * d;
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        s += (x - y) * (x - y);
+    }
+    s
 }
 
 #[cfg(test)]
