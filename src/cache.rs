@@ -5,13 +5,34 @@
 //! (`<model>@<revision>/`) holding `<split>.parquet` embeddings; a teacher folder also holds
 //! `prototypes.parquet` and `<split>.logits.parquet`.
 
-use crate::config::DatasetCfg;
 use crate::mat::Mat;
 use crate::schema::Table;
 use crate::table;
 use anyhow::{bail, Result};
 use std::collections::HashMap;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+
+/// A dataset's cache, as a pipeline names it.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetCfg {
+    pub name: String,
+    /// Cache folder of the dataset: manifest.parquet, classes.parquet, one folder per model.
+    pub root: PathBuf,
+    /// Student feature folder under `root` (`<model>@<revision>`).
+    pub student: String,
+    /// Teacher folder under `root` (embeddings, prototypes, `<split>.logits.parquet`).
+    pub teacher: String,
+}
+
+/// Which model made a set of cached features: its cache key `id@revision` and, when `extract`
+/// recorded it, the fingerprint of its weights.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FeatureModel {
+    pub key: String,
+    pub fingerprint: Option<String>,
+}
 
 /// One split of the task data: ids, ground-truth labels and student features, in manifest order.
 pub struct Part {
@@ -45,7 +66,7 @@ pub struct Cache {
     /// The model whose embeddings `Part::features` are (the results' `student_model`): the
     /// student's, or the teacher's for a trainer on the teacher's features
     /// (`Need::teacher_features`).
-    pub feature_model: crate::train::FeatureModel,
+    pub feature_model: FeatureModel,
     pub teacher_model: String,
     /// Teacher logits cos/τ for the train rows, and τ (present when loaded with the teacher).
     pub teacher_logits: Option<Mat>,
@@ -225,7 +246,7 @@ impl Cache {
             (ids, labels)
         };
         let mut parts = Vec::new();
-        let mut feature_model = crate::train::FeatureModel::default();
+        let mut feature_model = FeatureModel::default();
         let feature_folder = if need.teacher_features {
             &cfg.teacher
         } else {
@@ -273,7 +294,7 @@ impl Cache {
             }
             let path = embeddings_path(root, feature_folder, split);
             let frame = table::read(&path, Table::Embeddings)?;
-            feature_model = crate::train::FeatureModel {
+            feature_model = FeatureModel {
                 key: model_id(&frame)?,
                 fingerprint: frame.meta("fingerprint").ok().map(str::to_string),
             };
@@ -412,11 +433,11 @@ impl Cache {
         })
     }
 
-    /// Load for a pipeline: as [`Cache::load`], then re-temper the teacher's logits when the
-    /// pipeline sets `teacher.tau` (cos/τ_file → cos/τ).
-    pub fn for_pipeline(p: &crate::config::Pipeline, need: Need) -> Result<Cache> {
-        let mut c = Cache::load(&p.dataset, need)?;
-        if let (Some(t), true) = (p.teacher.tau, c.tau > 0.0) {
+    /// As [`Cache::load`], then re-temper the teacher's logits when the pipeline sets
+    /// `teacher.tau` (cos/τ_file → cos/τ).
+    pub fn load_at_tau(cfg: &DatasetCfg, tau: Option<f64>, need: Need) -> Result<Cache> {
+        let mut c = Cache::load(cfg, need)?;
+        if let (Some(t), true) = (tau, c.tau > 0.0) {
             let s = c.tau / t as f32;
             for m in [
                 c.teacher_logits.as_mut(),

@@ -2,6 +2,8 @@
 //! strategy × seed), its config hash, and the paths of its state and results files.
 
 use anyhow::{bail, Context, Result};
+pub use crate::cache::DatasetCfg;
+pub use crate::conformal::CcmaCfg;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -112,43 +114,6 @@ pub struct SelectCfg {
     pub typiclust: TypiClustCfg,
     pub probcover: ProbCoverCfg,
     pub uherding: UHerdingCfg,
-}
-
-/// CCMA (METHODS.md): conformal sets, subpool, score, final diversity.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CcmaCfg {
-    /// Target mean set sizes of the size-targeted calibration.
-    pub k_student: f64,
-    pub k_teacher: f64,
-    /// "size" (bisection to k) or "coverage" (1 − alpha on the calib split).
-    pub calibration: String,
-    pub alpha: f64,
-    /// Oversampling factor: the top ρ·B scores go to the final diversity step.
-    pub rho: usize,
-    /// "selective" (k-means medoids on CLIP embeddings), "random" or "none" (whole pool).
-    pub subpool: String,
-    /// Subpool size: clusters ≤ min(subpool_size, |U|/3).
-    pub subpool_size: usize,
-    /// "kmeans" (K = B, point nearest each centroid), "uherding" or "none" (top B).
-    pub diversity: String,
-    pub kmeans_iters: usize,
-}
-
-impl Default for CcmaCfg {
-    fn default() -> Self {
-        Self {
-            k_student: 5.0,
-            k_teacher: 3.0,
-            calibration: "size".into(),
-            alpha: 0.1,
-            rho: 20,
-            subpool: "selective".into(),
-            subpool_size: 10_000,
-            diversity: "kmeans".into(),
-            kmeans_iters: 20,
-        }
-    }
 }
 
 /// MC dropout (BALD, PowerBALD): passes through the head's dropout.
@@ -329,18 +294,6 @@ impl Default for ClapCfg {
             lr: 0.01,
         }
     }
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct DatasetCfg {
-    pub name: String,
-    /// Cache folder of the dataset: manifest.parquet, classes.parquet, one folder per model.
-    pub root: PathBuf,
-    /// Student feature folder under `root` (`<model>@<revision>`).
-    pub student: String,
-    /// Teacher folder under `root` (embeddings, prototypes, `<split>.logits.parquet`).
-    pub teacher: String,
 }
 
 /// Linear probe: BatchNorm (no affine) → Dropout → Linear, AdamW, cross-entropy, cold start.

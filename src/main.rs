@@ -188,7 +188,8 @@ enum Cmd {
 }
 
 fn load(spec: &RunSpec) -> Result<Cache> {
-    Cache::for_pipeline(&spec.pipeline, stages::need_of(spec)?)
+    let p = &spec.pipeline;
+    Cache::load_at_tau(&p.dataset, p.teacher.tau, stages::need_of(spec)?)
 }
 
 fn main_inner(cli: Cli) -> Result<()> {

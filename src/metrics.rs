@@ -58,6 +58,14 @@ pub fn score(pred: &[usize], truth: &[usize], n_classes: usize) -> Scores {
     }
 }
 
+/// Shannon entropy in nats (0·log 0 = 0).
+pub fn entropy(p: &[f32]) -> f64 {
+    p.iter()
+        .filter(|&&v| v > 0.0)
+        .map(|&v| -(v as f64) * (v as f64).ln())
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -68,7 +68,7 @@ pub fn run(p: &Pipeline, filter: &Filter) -> Result<()> {
     let _demoted = progress::demote();
     let (mut finished, mut worked) = (0, 0);
     for (need, specs) in groups {
-        let cache = Cache::for_pipeline(p, need)?;
+        let cache = Cache::load_at_tau(&p.dataset, p.teacher.tau, need)?;
         let budget = check_budget(p, &cache)?;
         for spec in specs {
             let (rounds, last) = run_one(spec, &cache, budget, &pb, stop)?;

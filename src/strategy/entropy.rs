@@ -6,13 +6,7 @@ use anyhow::Result;
 
 pub struct Entropy;
 
-/// Shannon entropy in nats (0·log 0 = 0).
-pub fn entropy(p: &[f32]) -> f64 {
-    p.iter()
-        .filter(|&&v| v > 0.0)
-        .map(|&v| -(v as f64) * (v as f64).ln())
-        .sum()
-}
+pub use crate::metrics::entropy;
 
 impl Strategy for Entropy {
     fn name(&self) -> &'static str {

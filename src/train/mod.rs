@@ -42,13 +42,8 @@ impl TrainData<'_> {
     }
 }
 
-/// Which model made a set of cached features: its cache key `id@revision` and, when `extract`
-/// recorded it, the fingerprint of its weights.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct FeatureModel {
-    pub key: String,
-    pub fingerprint: Option<String>,
-}
+// the features' model is recorded by the cache that holds them
+pub use crate::cache::FeatureModel;
 
 /// A fitted head.
 pub enum Head {
