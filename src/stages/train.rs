@@ -73,7 +73,7 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize) -> Result<()> {
         feature_model: &cache.feature_model,
     };
     let mut r = rng::stream(spec.seed, "train", round);
-    let (head, losses) = train::fit(&spec.trainer, p, &data, &mut r, &device)?;
+    let (head, losses) = train::fit(&spec.trainer, &p.train_params(), &data, &mut r, &device)?;
     let parts = [
         ("train", Some(&cache.train)),
         ("calib", cache.calib.as_ref()),

@@ -18,7 +18,7 @@ use candle_nn::Optimizer;
 use rand::seq::SliceRandom;
 use rand_distr::{Distribution, Normal};
 
-pub use crate::config::{CoopCfg, CoopMode as Mode};
+pub use super::params::{CoopCfg, CoopMode as Mode};
 
 /// The class prompts' token embeddings with placeholder context, and where each row pools.
 pub struct Prompts {

@@ -6,7 +6,7 @@
 //! so before any step the head is the teacher's zero-shot classifier.
 
 use super::{fit_labeled, named, predict_chunked, targets, TrainData};
-use crate::config::CtCfg;
+use super::params::CtCfg;
 use crate::mat::Mat;
 use crate::rng::VRng;
 use anyhow::{bail, Result};
@@ -160,7 +160,7 @@ pub fn fit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::CtCfg;
+    use crate::train::params::CtCfg;
     use crate::rng;
     use crate::train::FeatureModel;
 

@@ -7,7 +7,7 @@
 use super::{
     affine, batches, init_linear, named, predict_chunked, rows, run_epochs, targets, TrainData,
 };
-use crate::config::DhoCfg;
+use super::params::DhoCfg;
 use crate::mat::{softmax_rows, Mat};
 use crate::rng::{self, VRng};
 use anyhow::{bail, Result};
@@ -225,11 +225,8 @@ mod tests {
         (f, labeled, labels, t)
     }
 
-    fn pipeline(lambda: f64, epochs: usize) -> crate::config::Pipeline {
-        let mut p: crate::config::Pipeline = toml::from_str(
-            "name='t'\nseeds=[0]\nrounds=1\nstrategies=['random']\n[dataset]\nname='d'\nroot='.'\nstudent='s'\nteacher='t'\n",
-        )
-        .unwrap();
+    fn pipeline(lambda: f64, epochs: usize) -> crate::train::params::TrainParams {
+        let mut p = crate::train::params::TrainParams::default();
         p.dho.lambda = lambda;
         p.dho.epochs = epochs;
         p.dho.lr = 1e-2;

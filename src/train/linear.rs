@@ -2,7 +2,7 @@
 //! cross-entropy from a cold start every round (METHODS.md "Students").
 
 use super::{affine, fit_labeled, init_linear, named, predict_chunked, targets, TrainData};
-use crate::config::LinearCfg;
+use super::params::LinearCfg;
 use crate::mat::Mat;
 use crate::rng::VRng;
 use anyhow::Result;

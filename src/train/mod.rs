@@ -6,8 +6,8 @@ pub mod coop;
 pub mod ct;
 pub mod dho;
 pub mod linear;
+pub mod params;
 
-use crate::config::Pipeline;
 use crate::mat::Mat;
 use crate::rng::{self, VRng};
 use anyhow::{bail, Result};
@@ -193,7 +193,7 @@ impl Head {
 /// Fit the named trainer; returns the head and the mean training loss of each epoch.
 pub fn fit(
     trainer: &str,
-    p: &Pipeline,
+    p: &params::TrainParams,
     data: &TrainData,
     rng: &mut VRng,
     device: &Device,
@@ -409,10 +409,7 @@ mod tests {
     #[test]
     fn heads_round_trip_through_safetensors() {
         let (f, l, y, t) = toy();
-        let mut p: Pipeline = toml::from_str(
-            "name='t'\nseeds=[0]\nrounds=1\nstrategies=['random']\n[dataset]\nname='d'\nroot='.'\nstudent='s'\nteacher='t'\n",
-        )
-        .unwrap();
+        let mut p = params::TrainParams::default();
         p.linear.epochs = 5;
         p.dho.epochs = 5;
         p.dho.alpha = 0.3;
