@@ -9,8 +9,8 @@ use crate::mat::Mat;
 use crate::schema::Table;
 use crate::table;
 use anyhow::{bail, Result};
-use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// A dataset's cache, as a pipeline names it.

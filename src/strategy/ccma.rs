@@ -169,7 +169,7 @@ mod tests {
     fn every_variant_picks_disagreement_and_is_seeded() {
         let (o, pt, z) = case();
         for diversity in ["kmeans", "uherding"] {
-            let mut cfg = crate::config::SelectCfg::default();
+            let mut cfg = crate::strategy::params::SelectCfg::default();
             cfg.ccma.rho = 2;
             cfg.ccma.diversity = diversity.into();
             for v in [
@@ -211,7 +211,7 @@ mod tests {
         let (o, pt, z) = case();
         let cs = Mat::from_rows(&vec![vec![0.7, 0.1, 0.1, 0.1]; 30]).unwrap();
         let labels: Vec<u32> = (0..30).map(|i| (i % 4) as u32).collect();
-        let mut cfg = crate::config::SelectCfg::default();
+        let mut cfg = crate::strategy::params::SelectCfg::default();
         cfg.ccma.calibration = "coverage".into();
         let mut ctx = o.ctx();
         ctx.teacher_probs = Some(&pt);

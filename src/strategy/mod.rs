@@ -12,6 +12,7 @@ mod class_balanced;
 mod coreset;
 mod dropquery;
 mod entropy;
+pub mod params;
 pub use entropy::entropy;
 mod least_confidence;
 mod margin;
@@ -28,10 +29,10 @@ mod typiclust;
 pub mod uherding;
 
 use crate::cache::Need;
-use crate::config::SelectCfg;
 use crate::mat::Mat;
 use crate::rng::VRng;
 use anyhow::{bail, Result};
+use params::SelectCfg;
 use std::sync::Mutex;
 
 /// The labeled calibration split as a strategy sees it: student and teacher probabilities of

@@ -171,8 +171,8 @@ mod tests {
         let probs = Mat::from_rows(&vec![vec![1.0]; 8]).unwrap();
         let o = Owned::new(probs, f, vec![7], vec![0]);
         let mut ctx = o.ctx();
-        let cfg = crate::config::SelectCfg {
-            probcover: crate::config::ProbCoverCfg {
+        let cfg = crate::strategy::params::SelectCfg {
+            probcover: crate::strategy::params::ProbCoverCfg {
                 delta: Some(0.15),
                 ..Default::default()
             },

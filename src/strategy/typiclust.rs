@@ -128,8 +128,8 @@ mod tests {
         let probs = Mat::from_rows(&vec![vec![0.5, 0.5]; 13]).unwrap();
         let o = Owned::new(probs, f, vec![0], vec![0]);
         let mut ctx = o.ctx();
-        let cfg = crate::config::SelectCfg {
-            typiclust: crate::config::TypiClustCfg {
+        let cfg = crate::strategy::params::SelectCfg {
+            typiclust: crate::strategy::params::TypiClustCfg {
                 k_nn: 2,
                 min_cluster_size: 2,
                 max_clusters: 3,

@@ -5,8 +5,8 @@
 //! → the batch's images (same-class images share the target). Prediction is softmax(cos(Px, w_c)/τ),
 //! so before any step the head is the teacher's zero-shot classifier.
 
-use super::{fit_labeled, named, predict_chunked, targets, TrainData};
 use super::params::CtCfg;
+use super::{fit_labeled, named, predict_chunked, targets, TrainData};
 use crate::mat::Mat;
 use crate::rng::VRng;
 use anyhow::{bail, Result};
@@ -160,8 +160,8 @@ pub fn fit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::params::CtCfg;
     use crate::rng;
+    use crate::train::params::CtCfg;
     use crate::train::FeatureModel;
 
     /// Features near class directions, and prototypes that are rotated away from them: at step 0

@@ -4,10 +4,10 @@
 //! Prediction: α·softmax(g_CE) + (1−α)·softmax(g_KD/β). `distill = false` is the CE-only
 //! ablation ("No Distill"): the KD branch is not built and predictions use g_CE alone.
 
+use super::params::DhoCfg;
 use super::{
     affine, batches, init_linear, named, predict_chunked, rows, run_epochs, targets, TrainData,
 };
-use super::params::DhoCfg;
 use crate::mat::{softmax_rows, Mat};
 use crate::rng::{self, VRng};
 use anyhow::{bail, Result};

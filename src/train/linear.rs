@@ -1,8 +1,8 @@
 //! Linear probe: BatchNorm without affine → Dropout → Linear, trained with AdamW on
 //! cross-entropy from a cold start every round (METHODS.md "Students").
 
-use super::{affine, fit_labeled, init_linear, named, predict_chunked, targets, TrainData};
 use super::params::LinearCfg;
+use super::{affine, fit_labeled, init_linear, named, predict_chunked, targets, TrainData};
 use crate::mat::Mat;
 use crate::rng::VRng;
 use anyhow::Result;

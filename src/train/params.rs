@@ -149,3 +149,26 @@ impl Default for CtCfg {
         }
     }
 }
+
+/// How the teacher's logits are used by the distilling trainers.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TeacherCfg {
+    /// Logit adjustment: "none", "hard" (argmax frequencies) or "soft" (mean probabilities).
+    pub la: String,
+    /// τ_LA of l' = l − τ_LA·log π.
+    pub la_tau: f64,
+    /// Re-temper the cached logits to cos/τ (CCMA's code uses 0.03); default: the cache's τ.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tau: Option<f64>,
+}
+
+impl Default for TeacherCfg {
+    fn default() -> Self {
+        Self {
+            la: "none".into(),
+            la_tau: 1.0,
+            tau: None,
+        }
+    }
+}
