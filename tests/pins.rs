@@ -71,26 +71,7 @@ fn picks_of_every_strategy_are_pinned() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let run = |args: &[&str]| ok(d, args);
-    run(&[
-        "-q",
-        "synth",
-        "--out",
-        "data",
-        "--classes",
-        "4",
-        "--dim",
-        "16",
-        "--teacher-dim",
-        "8",
-        "--latent",
-        "8",
-        "--train",
-        "300",
-        "--calib",
-        "60",
-        "--test",
-        "100",
-    ]);
+    common::synth(d, &d.join("data"), "300", "60", "100");
     let mut strategies: Vec<String> = vlal::strategy::NAMES
         .iter()
         .map(|s| s.to_string())

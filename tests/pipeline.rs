@@ -37,23 +37,7 @@ fn synth(dir: &Path, name: &str, train: &str) -> PathBuf {
 
 fn synth_with_calib(dir: &Path, name: &str, train: &str, calib: &str) -> PathBuf {
     let out = dir.join("data").join(name);
-    let out_s = out.to_str().unwrap().to_string();
-    let mut args = vec![
-        "-q",
-        "synth",
-        "--out",
-        &out_s,
-        "--classes",
-        "4",
-        "--dim",
-        "16",
-        "--teacher-dim",
-        "8",
-    ];
-    args.extend_from_slice(&[
-        "--latent", "8", "--train", train, "--calib", calib, "--test", "300",
-    ]);
-    ok(dir, &args);
+    common::synth(dir, &out, train, calib, "300");
     out
 }
 

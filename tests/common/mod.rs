@@ -49,3 +49,32 @@ pub fn fails(dir: &Path, args: &[&str]) -> String {
     );
     lines[0].to_string()
 }
+
+/// `vlal synth` into `out`: 4 classes, 16-d student and 8-d teacher features over an 8-d latent,
+/// with `train`, `calib` and `test` samples.
+pub fn synth(dir: &Path, out: &Path, train: &str, calib: &str, test: &str) {
+    let out = out.to_str().unwrap();
+    ok(
+        dir,
+        &[
+            "-q",
+            "synth",
+            "--out",
+            out,
+            "--classes",
+            "4",
+            "--dim",
+            "16",
+            "--teacher-dim",
+            "8",
+            "--latent",
+            "8",
+            "--train",
+            train,
+            "--calib",
+            calib,
+            "--test",
+            test,
+        ],
+    );
+}
