@@ -204,12 +204,12 @@ fn main_inner(cli: Cli) -> Result<()> {
         Cmd::Corpus(a) => stages::corpus::run(&a),
         Cmd::Train { run, round } => {
             let spec = run.spec()?;
-            stages::sweep_pipeline(&spec.pipeline);
+            stages::sweep_run(&spec);
             stages::train::run(&spec, &load(&spec)?, round)
         }
         Cmd::Select { run, round, budget } => {
             let spec = run.spec()?;
-            stages::sweep_pipeline(&spec.pipeline);
+            stages::sweep_run(&spec);
             let cache = load(&spec)?;
             let b = budget.or(spec.pipeline.budget).unwrap_or(cache.n_classes());
             if b == 0 {
@@ -224,7 +224,7 @@ fn main_inner(cli: Cli) -> Result<()> {
             from_file,
         } => {
             let spec = run.spec()?;
-            stages::sweep_pipeline(&spec.pipeline);
+            stages::sweep_run(&spec);
             let cache = load(&spec)?;
             match (init, round, from_file) {
                 (true, _, None) => stages::label::init(&spec, &cache),
@@ -236,7 +236,7 @@ fn main_inner(cli: Cli) -> Result<()> {
         }
         Cmd::Eval { run, round } => {
             let spec = run.spec()?;
-            stages::sweep_pipeline(&spec.pipeline);
+            stages::sweep_run(&spec);
             stages::eval::run(&spec, &load(&spec)?, round).map(|_| ())
         }
         Cmd::Run {
@@ -278,9 +278,11 @@ fn main_inner(cli: Cli) -> Result<()> {
             stat,
         } => {
             let pipelines: Vec<&str> = pipeline.iter().map(String::as_str).collect();
-            let groups = stages::report::summary(&results, &pipelines)?;
+            // every results file is read once, for the curves and the AULC
+            let rows = stages::report::scan(&results, &pipelines)?;
+            let groups = stages::report::summarise(&rows);
             print!("{}", stages::report::render(&groups, stat)?);
-            print!("{}", stages::report::aulc_report(&results, &pipelines)?);
+            print!("{}", stages::report::aulc_text(&rows));
             if let Some(path) = plot {
                 stages::plot::learning_curves(&groups, &path)?;
                 vlal::progress::log(format!("wrote {}", path.display()));

@@ -440,8 +440,24 @@ fn stages_one_by_one_and_labels_from_a_file() {
     );
     assert!(!paths(d, &[&["--round", "1"][..], &run].concat())["NEXT_LABELS"].exists());
 
-    // round 1, answered with a Parquet file whose labels are int64 (as pandas writes them)
-    ok(d, &[&["-q", "train", "--round", "1"][..], &run].concat());
+    // round 1, answered with a Parquet file whose labels are int64 (as pandas writes them);
+    // the stage sweeps its run's folders first: a dead process's temporary file goes
+    let stale = get("RUN_DIR").join("predictions/.round-001.parquet.4194400.AbC123.tmp");
+    std::fs::create_dir_all(stale.parent().unwrap()).unwrap();
+    std::fs::write(&stale, b"x").unwrap();
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&stale)
+        .unwrap()
+        .set_modified(hour_ago)
+        .unwrap();
+    let log = ok(d, &[&["train", "--round", "1"][..], &run].concat());
+    assert!(
+        log.contains("removed 1 leftover(s) of stopped processes"),
+        "{log}"
+    );
+    assert!(!stale.exists());
     ok(
         d,
         &[&["-q", "select", "--round", "1", "--budget", "2"][..], &run].concat(),

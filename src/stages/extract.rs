@@ -332,8 +332,8 @@ fn embed_split(
                     .par_iter()
                     .map(|s| {
                         let img = load_rgb(&s.path)?;
+                        let (w, h) = img.dimensions();
                         for e in encoders {
-                            let (w, h) = img.dimensions();
                             e.pre
                                 .check(w, h)
                                 .with_context(|| s.path.display().to_string())?;

@@ -77,8 +77,19 @@ impl StagedDir {
     }
 }
 
+/// Remove what killed processes left in one run's folders (its run folder, and its results and
+/// diagnostics partitions): what a stage command of that run sweeps (see `table::sweep_stale`).
+pub fn sweep_run(spec: &crate::config::RunSpec) {
+    crate::table::sweep_stale(&spec.run_dir(), true);
+    for file in [spec.results_path(0), spec.diagnostics_path(0)] {
+        if let Some(partition) = file.parent() {
+            crate::table::sweep_stale(partition, false);
+        }
+    }
+}
+
 /// Remove what killed processes left in a pipeline's folders (its runs, results and
-/// diagnostics): see `table::sweep_stale`.
+/// diagnostics): what `vlal run` sweeps (see `table::sweep_stale`).
 pub fn sweep_pipeline(p: &crate::config::Pipeline) {
     let part = format!("pipeline={}", p.name);
     crate::table::sweep_stale(&p.runs_dir.join(&p.name), true);

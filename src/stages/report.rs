@@ -26,7 +26,7 @@ pub struct Group {
 }
 
 /// The columns of one results row that the report uses.
-struct Row {
+pub struct Row {
     /// The run (`run_id`; the seed in files from versions without it).
     run: Option<String>,
     pipeline: String,
@@ -42,9 +42,14 @@ struct Row {
 /// over seeds, seed count, mean number of labels (nulls are left out of the means, as Polars
 /// does).
 pub fn summary(results_dir: &Path, pipelines: &[&str]) -> Result<Vec<Group>> {
+    Ok(summarise(&scan(results_dir, pipelines)?))
+}
+
+/// [`summary`] of rows already read.
+pub fn summarise(rows: &[Row]) -> Vec<Group> {
     type Key = (String, String, String, i64);
-    let mut groups: BTreeMap<Key, Vec<Row>> = BTreeMap::new();
-    for r in scan(results_dir, pipelines)? {
+    let mut groups: BTreeMap<Key, Vec<&Row>> = BTreeMap::new();
+    for r in rows {
         let key = (
             r.pipeline.clone(),
             r.trainer.clone(),
@@ -53,7 +58,7 @@ pub fn summary(results_dir: &Path, pipelines: &[&str]) -> Result<Vec<Group>> {
         );
         groups.entry(key).or_default().push(r);
     }
-    Ok(groups
+    groups
         .into_iter()
         .map(|((pipeline, trainer, strategy, round), rows)| {
             let acc: Vec<f64> = rows.iter().filter_map(|r| r.accuracy).collect();
@@ -70,7 +75,7 @@ pub fn summary(results_dir: &Path, pipelines: &[&str]) -> Result<Vec<Group>> {
                 n_labeled: mean_std(&labels).0,
             }
         })
-        .collect())
+        .collect()
 }
 
 /// Mean (NaN when empty) and sample standard deviation (0 below two values).
@@ -86,7 +91,7 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
 }
 
 /// The rows of every results file under `results_dir` (only `pipelines`, unless empty).
-fn scan(results_dir: &Path, pipelines: &[&str]) -> Result<Vec<Row>> {
+pub fn scan(results_dir: &Path, pipelines: &[&str]) -> Result<Vec<Row>> {
     let files = parquet_files(results_dir);
     if files.is_empty() {
         bail!(
@@ -170,17 +175,26 @@ pub fn aulc(points: &mut [(f64, f64)]) -> f64 {
 /// AULC per (pipeline, trainer, strategy): mean and std over runs (seeds), the runs' round
 /// counts, as text.
 pub fn aulc_report(results_dir: &Path, pipelines: &[&str]) -> Result<String> {
-    type Run = (String, String, String, Option<String>);
+    Ok(aulc_text(&scan(results_dir, pipelines)?))
+}
+
+/// [`aulc_report`] of rows already read.
+pub fn aulc_text(rows: &[Row]) -> String {
+    type Run<'a> = (&'a str, &'a str, &'a str, Option<&'a str>);
     let mut runs: BTreeMap<Run, Vec<(f64, f64)>> = BTreeMap::new();
-    for r in scan(results_dir, pipelines)? {
-        runs.entry((r.pipeline, r.trainer, r.strategy, r.run))
-            .or_default()
-            .push((
-                r.n_labeled.unwrap_or(f64::NAN),
-                r.accuracy.unwrap_or(f64::NAN),
-            ));
+    for r in rows {
+        let run = (
+            r.pipeline.as_str(),
+            r.trainer.as_str(),
+            r.strategy.as_str(),
+            r.run.as_deref(),
+        );
+        runs.entry(run).or_default().push((
+            r.n_labeled.unwrap_or(f64::NAN),
+            r.accuracy.unwrap_or(f64::NAN),
+        ));
     }
-    let mut groups: BTreeMap<(String, String, String), Vec<(f64, usize)>> = BTreeMap::new();
+    let mut groups: BTreeMap<(&str, &str, &str), Vec<(f64, usize)>> = BTreeMap::new();
     for ((p, t, s, _), mut pts) in runs {
         let n = pts.len();
         groups
@@ -203,7 +217,7 @@ pub fn aulc_report(results_dir: &Path, pipelines: &[&str]) -> Result<String> {
             v.len()
         );
     }
-    Ok(out)
+    out
 }
 
 /// Two-sided 95% Student-t quantile t_{0.975, df}.
