@@ -124,11 +124,11 @@ fn ccma(a: &Args, name: &str, r: &mut rng::VRng) -> Result<f64> {
             labels: &cy,
         }),
         retrieved_labels: None,
-        cfg: &cfg,
-        dropout: 0.75,
         notes: Default::default(),
     };
-    let s = vlal::strategy::by_name(name)?;
+    let s = name
+        .parse::<vlal::strategy::StrategySpec>()?
+        .build(&vlal::strategy::Build::new(&cfg, 0.75, None))?;
     let t = Instant::now();
     let picks = s.select(&ctx, a.budget, &mut rng::stream(a.seed, "select", 0))?;
     let secs = t.elapsed().as_secs_f64();

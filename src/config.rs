@@ -2,10 +2,8 @@
 //! strategy × seed), its config hash, and the paths of its state and results files.
 
 pub use crate::cache::DatasetCfg;
-pub use crate::conformal::CcmaCfg;
-pub use crate::strategy::params::{
-    AlfaMixCfg, DropQueryCfg, McCfg, ProbCoverCfg, SelectCfg, TypiClustCfg, UHerdingCfg,
-};
+pub use crate::strategy::SelectCfg;
+use crate::strategy::{Build, Strategy, StrategySpec};
 pub use crate::train::params::{CoopCfg, CoopMode, CtCfg, DhoCfg, LinearCfg, TeacherCfg};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -175,8 +173,9 @@ impl Pipeline {
             }
         }
         for s in &self.strategies {
-            crate::strategy::by_name(s)?;
+            parse_strategy(s)?;
         }
+        crate::strategy::check_tables(&self.strategy_build())?;
         if self.seeds.is_empty() || self.strategies.is_empty() || self.trainers.is_empty() {
             bail!("seeds, strategies and trainers must each name at least one value");
         }
@@ -184,25 +183,6 @@ impl Pipeline {
             bail!(
                 "teacher.la must be none, hard or soft (got '{}')",
                 self.teacher.la
-            );
-        }
-        let c = &self.select.ccma;
-        if !["size", "coverage"].contains(&c.calibration.as_str()) {
-            bail!(
-                "select.ccma.calibration must be size or coverage (got '{}')",
-                c.calibration
-            );
-        }
-        if !["selective", "random", "none"].contains(&c.subpool.as_str()) {
-            bail!(
-                "select.ccma.subpool must be selective, random or none (got '{}')",
-                c.subpool
-            );
-        }
-        if !["kmeans", "uherding", "none"].contains(&c.diversity.as_str()) {
-            bail!(
-                "select.ccma.diversity must be kmeans, uherding or none (got '{}')",
-                c.diversity
             );
         }
         if self.teacher.tau.is_some_and(|t| t <= 0.0) {
@@ -229,15 +209,23 @@ impl Pipeline {
         Ok(())
     }
 
+    /// What the strategies' constructors read of this pipeline.
+    pub fn strategy_build(&self) -> Build<'_> {
+        Build::new(&self.select, self.linear.dropout, self.teacher.tau)
+    }
+
+    /// Every run (trainer × strategy × seed) of a validated pipeline.
     pub fn runs(&self) -> Vec<RunSpec> {
         let mut v = Vec::new();
         for t in &self.trainers {
             for s in &self.strategies {
+                let (strategy, rda) = parse_strategy(s).expect("a validated pipeline");
                 for &seed in &self.seeds {
                     v.push(RunSpec {
                         pipeline: self.clone(),
                         trainer: t.clone(),
-                        strategy: s.clone(),
+                        strategy: strategy.clone(),
+                        rda,
                         seed,
                     });
                 }
@@ -247,12 +235,25 @@ impl Pipeline {
     }
 }
 
+/// A run's strategy as written in a pipeline or on the command line, `<base>[+sq][+rda]`: the
+/// strategy, and whether the run trains on the retrieved data too (`+rda`).
+pub fn parse_strategy(s: &str) -> Result<(StrategySpec, bool)> {
+    let (spec, rda) = match s.strip_suffix("+rda") {
+        Some(base) => (base, true),
+        None => (s, false),
+    };
+    Ok((spec.parse()?, rda))
+}
+
 /// One run: a pipeline with one trainer, one strategy and one seed.
 #[derive(Clone, Debug)]
 pub struct RunSpec {
     pub pipeline: Pipeline,
     pub trainer: String,
-    pub strategy: String,
+    pub strategy: StrategySpec,
+    /// Train on the labeled ∪ retrieved data of the cache (and let TFS count the retrieved
+    /// labels); written `+rda` after the strategy in names and ids.
+    pub rda: bool,
     pub seed: u64,
 }
 
@@ -279,13 +280,26 @@ impl RunSpec {
                 TRAINERS.join(", ")
             );
         }
-        crate::strategy::by_name(strategy)?;
-        Ok(Self {
+        let (strategy, rda) = parse_strategy(strategy)?;
+        let spec = Self {
             pipeline: pipeline.clone(),
             trainer: trainer.into(),
-            strategy: strategy.into(),
+            strategy,
+            rda,
             seed,
-        })
+        };
+        spec.build_strategy()?;
+        Ok(spec)
+    }
+
+    /// The strategy as the run names it in ids, paths and tables: `<base>[+sq][+rda]`.
+    pub fn strategy_name(&self) -> String {
+        format!("{}{}", self.strategy, if self.rda { "+rda" } else { "" })
+    }
+
+    /// The run's strategy with the pipeline's settings.
+    pub fn build_strategy(&self) -> Result<Box<dyn Strategy>> {
+        self.strategy.build(&self.pipeline.strategy_build())
     }
 
     /// Hash of everything that determines a run except its seed (seeds of one config share it).
@@ -300,6 +314,22 @@ impl RunSpec {
             _ => serde_json::to_value((&p.dho, &p.teacher, &p.clap)),
         }
         .expect("serialisable");
+        let strategy = self.strategy_name();
+        let mut strategy_params = self
+            .build_strategy()
+            .expect("a run's strategy was built when the run was made")
+            .params();
+        // Before the registry, a name with a suffix (`alfa-mix+rda`) hashed no settings except
+        // CCMA's. Such a run on default tables keeps that id; one with settings of its own has
+        // them hashed (they used to be ignored, so two settings shared one id).
+        if (self.strategy.selective || self.rda) && !self.strategy.base.starts_with("ccma") {
+            let defaults = SelectCfg::default();
+            let b = Build::new(&defaults, p.linear.dropout, p.teacher.tau);
+            let default_params = self.strategy.build(&b).expect("defaults build").params();
+            if default_params == strategy_params {
+                strategy_params = serde_json::Value::Null;
+            }
+        }
         let h = Hashed {
             dataset: &p.dataset,
             rounds: p.rounds,
@@ -308,26 +338,19 @@ impl RunSpec {
             budget: p.budget,
             trainer: &self.trainer,
             trainer_params,
-            strategy: &self.strategy,
-            strategy_params: p
-                .select
-                .params_for(&self.strategy, &p.teacher, p.linear.dropout),
+            strategy: &strategy,
+            strategy_params,
         };
         let bytes = serde_json::to_vec(&h).expect("serialisable");
         let d = Sha256::digest(&bytes);
         d.iter().take(8).map(|b| format!("{b:02x}")).collect()
     }
 
-    /// Whether the run trains on the retrieved data too (strategy name `…+rda`).
-    pub fn rda(&self) -> bool {
-        crate::strategy::rda_split(&self.strategy).1
-    }
-
     pub fn run_id(&self) -> String {
         format!(
             "{}-{}-seed{}-{}",
             self.trainer,
-            self.strategy,
+            self.strategy_name(),
             self.seed,
             &self.config_hash()[..8]
         )
@@ -370,7 +393,7 @@ impl RunSpec {
 
     fn partition(&self, root: &Path, round: usize) -> PathBuf {
         root.join(format!("pipeline={}", self.pipeline.name))
-            .join(format!("strategy={}", self.strategy))
+            .join(format!("strategy={}", self.strategy_name()))
             .join(format!("seed={}", self.seed))
             .join(format!("{}-round-{round:03}.parquet", self.run_id()))
     }
@@ -378,7 +401,10 @@ impl RunSpec {
     pub fn label(&self) -> String {
         format!(
             "{}/{}/{}/seed {}",
-            self.pipeline.name, self.trainer, self.strategy, self.seed
+            self.pipeline.name,
+            self.trainer,
+            self.strategy_name(),
+            self.seed
         )
     }
 }
@@ -486,7 +512,10 @@ teacher = "t@v1"
         let h = |p: &Pipeline, t: &str, s: &str| RunSpec::new(p, t, s, 0).unwrap().config_hash();
         let base = pipe("");
         let mut rho = base.clone();
-        rho.select.ccma.rho = 5;
+        rho.select.tables.insert(
+            "ccma".into(),
+            toml::Value::Table("rho = 5".parse().unwrap()),
+        );
         assert_ne!(h(&base, "linear", "ccma-v1"), h(&rho, "linear", "ccma-v1"));
         assert_eq!(h(&base, "linear", "random"), h(&rho, "linear", "random"));
         // BALD's dropout defaults to the linear probe's: changing that changes a dho run's hash
@@ -494,6 +523,32 @@ teacher = "t@v1"
         drop.linear.dropout = 0.5;
         assert_ne!(h(&base, "dho", "bald"), h(&drop, "dho", "bald"));
         assert_eq!(h(&base, "dho", "entropy"), h(&drop, "dho", "entropy"));
+        // a suffixed name's settings enter its hash too (they once did not)
+        let mut eps = base.clone();
+        eps.select.tables.insert(
+            "alfamix".into(),
+            toml::Value::Table("eps_step = 0.5".parse().unwrap()),
+        );
+        for s in ["alfa-mix", "alfa-mix+rda", "alfa-mix+sq"] {
+            assert_ne!(h(&base, "linear", s), h(&eps, "linear", s), "{s}");
+        }
+        // and a table no strategy reads, or a bad key, is an error at load
+        let mut bad = base.clone();
+        bad.select
+            .tables
+            .insert("alfamixx".into(), toml::Value::Table(Default::default()));
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.starts_with("select.alfamixx: no strategy reads"), "{e}");
+        let mut bad = base.clone();
+        bad.select.tables.insert(
+            "typiclust".into(),
+            toml::Value::Table("knn = 3".parse().unwrap()),
+        );
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(
+            e.starts_with("select.typiclust: unknown field `knn`"),
+            "{e}"
+        );
     }
 
     #[test]

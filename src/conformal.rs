@@ -143,43 +143,16 @@ pub fn js_on_support(p: &[f32], q: &[f32], support: &[u32]) -> f64 {
 }
 
 pub use crate::metrics::entropy;
-use serde::{Deserialize, Serialize};
 
-/// CCMA (METHODS.md): conformal sets, subpool, score, final diversity.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CcmaCfg {
+/// How [`calibrate`] sets the two thresholds (CCMA's `[select.ccma]` keys of the same names).
+#[derive(Clone, Copy, Debug)]
+pub struct CalibrationCfg<'a> {
     /// Target mean set sizes of the size-targeted calibration.
     pub k_student: f64,
     pub k_teacher: f64,
     /// "size" (bisection to k) or "coverage" (1 − alpha on the calib split).
-    pub calibration: String,
+    pub calibration: &'a str,
     pub alpha: f64,
-    /// Oversampling factor: the top ρ·B scores go to the final diversity step.
-    pub rho: usize,
-    /// "selective" (k-means medoids on CLIP embeddings), "random" or "none" (whole pool).
-    pub subpool: String,
-    /// Subpool size: clusters ≤ min(subpool_size, |U|/3).
-    pub subpool_size: usize,
-    /// "kmeans" (K = B, point nearest each centroid), "uherding" or "none" (top B).
-    pub diversity: String,
-    pub kmeans_iters: usize,
-}
-
-impl Default for CcmaCfg {
-    fn default() -> Self {
-        Self {
-            k_student: 5.0,
-            k_teacher: 3.0,
-            calibration: "size".into(),
-            alpha: 0.1,
-            rho: 20,
-            subpool: "selective".into(),
-            subpool_size: 10_000,
-            diversity: "kmeans".into(),
-            kmeans_iters: 20,
-        }
-    }
 }
 
 /// CCMA's score of one sample: the gate w = max p_T / (max p_T + max p_S) mixes the JS
@@ -205,7 +178,7 @@ pub struct Calibrated {
 /// `calib` = (student probs, teacher probs, labels; row i ↔ labels[i]) when there is one, else
 /// size-targeted on `pool_rows` of (ps, pt) — the released code's choice.
 pub fn calibrate(
-    cfg: &CcmaCfg,
+    cfg: &CalibrationCfg,
     ps: &Mat,
     pt: &Mat,
     pool_rows: &[usize],
@@ -218,7 +191,7 @@ pub fn calibrate(
             how: how.into(),
         })
     };
-    match (cfg.calibration.as_str(), calib) {
+    match (cfg.calibration, calib) {
         ("coverage", Some((cs, ct, y))) => {
             let rows: Vec<usize> = (0..y.len()).collect();
             Ok(Calibrated {

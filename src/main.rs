@@ -53,19 +53,15 @@ enum OnOff {
 }
 
 /// The strategy name with selective querying and retrieved data applied: `<base>[+sq][+rda]`.
-fn compose(s: &str, selective: bool, rda: Option<OnOff>) -> String {
-    let (base, had) = vlal::strategy::rda_split(s);
-    let base = if selective {
-        vlal::strategy::sq::selective(base)
-    } else {
-        base.to_string()
-    };
+fn compose(s: &str, selective: bool, rda: Option<OnOff>) -> Result<String> {
+    let (mut spec, had) = vlal::config::parse_strategy(s)?;
+    spec.selective |= selective;
     let on = match rda {
         Some(OnOff::On) => true,
         Some(OnOff::Off) => false,
         None => had,
     };
-    vlal::strategy::with_rda(&base, on)
+    Ok(format!("{spec}{}", if on { "+rda" } else { "" }))
 }
 
 impl RunArgs {
@@ -79,7 +75,7 @@ impl RunArgs {
             .strategy
             .clone()
             .unwrap_or_else(|| p.strategies[0].clone());
-        let s = compose(&s, self.selective, self.rda);
+        let s = compose(&s, self.selective, self.rda)?;
         let seed = self.seed.unwrap_or(p.seeds[0]);
         RunSpec::new(&p, &t, &s, seed)
     }
@@ -251,15 +247,20 @@ fn main_inner(cli: Cli) -> Result<()> {
             let mut p = Pipeline::load(&pipeline)?;
             let mut strategies = strategy;
             if selective || rda.is_some() {
-                let apply = |v: &mut Vec<String>| {
+                let apply = |v: &mut Vec<String>| -> Result<()> {
                     let mut seen = std::collections::HashSet::new();
-                    v.retain_mut(|s| {
-                        *s = compose(s, selective, rda);
-                        seen.insert(s.clone())
-                    });
+                    let mut out = Vec::new();
+                    for s in v.iter() {
+                        let c = compose(s, selective, rda)?;
+                        if seen.insert(c.clone()) {
+                            out.push(c);
+                        }
+                    }
+                    *v = out;
+                    Ok(())
                 };
-                apply(&mut p.strategies);
-                apply(&mut strategies);
+                apply(&mut p.strategies)?;
+                apply(&mut strategies)?;
             }
             stages::run::run(
                 &p,

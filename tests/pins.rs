@@ -72,10 +72,7 @@ fn picks_of_every_strategy_are_pinned() {
     let d = tmp.path();
     let run = |args: &[&str]| ok(d, args);
     common::synth(d, &d.join("data"), "300", "60", "100");
-    let mut strategies: Vec<String> = vlal::strategy::NAMES
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut strategies: Vec<String> = vlal::strategy::names().map(|s| s.to_string()).collect();
     strategies.extend(["cb+sq".to_string(), "entropy+sq".to_string()]);
     let list = strategies
         .iter()
@@ -113,7 +110,7 @@ fn picks_of_every_strategy_are_pinned() {
             out += &format!(
                 "{} {} seed {} round {round}: {} picks {digest}\n",
                 spec.trainer,
-                spec.strategy,
+                spec.strategy_name(),
                 spec.seed,
                 ids.len()
             );

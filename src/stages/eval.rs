@@ -152,7 +152,8 @@ fn diagnostics(
         (Some(s), Some(t)) => Some((s, t, calib_y.as_slice())),
         _ => None,
     };
-    let cal = conformal::calibrate(&spec.pipeline.select.ccma, &ps, &pt, &pool, calib)?;
+    let ccma: crate::strategy::ccma::Params = spec.pipeline.strategy_build().params("ccma")?;
+    let cal = conformal::calibrate(&ccma.calibration(), &ps, &pt, &pool, calib)?;
     let rows: Vec<usize> = (0..calib_y.len()).collect();
     let d = conformal::diagnostics(
         &ps,
@@ -211,7 +212,7 @@ fn id_columns(
         ("run_id", one(&spec.run_id())),
         ("pipeline", one(&spec.pipeline.name)),
         ("dataset", one(&cache.dataset)),
-        ("strategy", one(&spec.strategy)),
+        ("strategy", one(&spec.strategy_name())),
         ("trainer", one(&spec.trainer)),
         ("seed", table::i64s(&[spec.seed as i64])),
         ("round", table::i32s(&[round as i32])),

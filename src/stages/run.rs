@@ -23,7 +23,7 @@ pub struct Filter {
 impl Filter {
     fn keeps(&self, s: &RunSpec) -> bool {
         (self.trainers.is_empty() || self.trainers.contains(&s.trainer))
-            && (self.strategies.is_empty() || self.strategies.contains(&s.strategy))
+            && (self.strategies.is_empty() || self.strategies.contains(&s.strategy_name()))
             && (self.seeds.is_empty() || self.seeds.contains(&s.seed))
     }
 }

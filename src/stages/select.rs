@@ -61,7 +61,7 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize, budget: usize) -> Result
             pool.len()
         );
     }
-    let strat = strategy::by_name(&spec.strategy)?;
+    let strat = spec.build_strategy()?;
     let head = if strat.needs_head() {
         let hp = spec.head_path(round);
         require(&hp, "vlal train")?;
@@ -105,8 +105,6 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize, budget: usize) -> Result
             teacher: calib_teacher.as_ref(),
             labels: &calib_labels,
         }),
-        cfg: &spec.pipeline.select,
-        dropout: spec.pipeline.linear.dropout,
         notes: Default::default(),
     };
     let start = Instant::now();
@@ -116,17 +114,14 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize, budget: usize) -> Result
     if picks.len() != budget {
         bail!(
             "strategy '{}' returned {} picks for a budget of {budget}",
-            spec.strategy,
+            spec.strategy_name(),
             picks.len()
         );
     }
     let rows: Vec<usize> = picks.iter().map(|p| pool[p.pos]).collect();
     let m = batch_metrics(&ctx, &rows);
     let mut notes = notes;
-    let base = strategy::rda_split(&spec.strategy).0;
-    let pseudo: Vec<Option<i32>> = if strategy::sq::split(base).1 {
-        let eps = strategy::sq::thresholds(&probs, &labeled, &labels);
-        let pl = strategy::sq::pseudo_labels(&probs, &rows, &eps);
+    let pseudo: Vec<Option<i32>> = if let Some(pl) = strat.pseudo_labels(&ctx, &rows) {
         let k = pl.iter().flatten().count();
         let note = format!("{k} of {} picks pseudo-labelled at no cost", rows.len());
         crate::progress::log(format!("selective querying: {note}"));
@@ -148,7 +143,7 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize, budget: usize) -> Result
             ("score", table::f64s(&scores)),
             (
                 "strategy",
-                table::utf8(&vec![spec.strategy.as_str(); picks.len()]),
+                table::utf8(&vec![spec.strategy_name().as_str(); picks.len()]),
             ),
             ("pseudo_label", table::opt_i32s(&pseudo)),
         ],
@@ -277,8 +272,6 @@ mod tests {
             prototypes: None,
             calib: None,
             retrieved_labels: None,
-            cfg: &Default::default(),
-            dropout: 0.5,
             notes: Default::default(),
         };
         let m = batch_metrics(&ctx, &[1, 3]);

@@ -33,9 +33,12 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize) -> Result<()> {
     };
     let mut features = None;
     let mut teacher = teacher;
-    if spec.rda() {
+    if spec.rda {
         let Some(r) = &cache.retrieved else {
-            bail!("{}: a +rda run needs the retrieved samples", spec.strategy);
+            bail!(
+                "{}: a +rda run needs the retrieved samples",
+                spec.strategy_name()
+            );
         };
         let n = cache.train.ids.len();
         labeled.extend(n..n + r.ids.len());

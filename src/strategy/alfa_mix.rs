@@ -4,15 +4,51 @@
 //! candidates. ε grows until more than B candidates appear; k-means with K = B on the candidates
 //! and the candidate nearest each centroid is queried; short of candidates, the rest is random.
 
-use super::{representatives, Pick, SelectContext, Strategy};
+use super::api::{hashed, representatives, Build, Pick, SelectContext, Strategy};
 use crate::mat::{argmax, Mat};
 use crate::rng::VRng;
 use anyhow::Result;
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 
-pub struct AlfaMix;
+/// `[select.alfamix]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Params {
+    /// The cap ε of the interpolation factors α ∈ [0, ε] grows by this step …
+    pub eps_step: f32,
+    /// … until more than B candidates are found or it passes this value (released code).
+    pub eps_max: f32,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Self {
+            eps_step: 0.03125,
+            eps_max: 1.0,
+        }
+    }
+}
+
+impl super::api::Params for Params {
+    fn validate(&self) -> Result<()> {
+        if !(self.eps_step > 0.0) {
+            anyhow::bail!("eps_step must be positive");
+        }
+        Ok(())
+    }
+}
+
+pub struct AlfaMix(Params);
+
+pub fn build(_: &'static str, b: &Build) -> Result<Box<dyn Strategy>> {
+    Ok(Box::new(AlfaMix(b.params("alfamix")?)))
+}
 
 impl Strategy for AlfaMix {
+    fn params(&self) -> serde_json::Value {
+        hashed(&self.0)
+    }
     fn name(&self) -> &'static str {
         "alfa-mix"
     }
@@ -27,7 +63,7 @@ impl Strategy for AlfaMix {
         let y: Vec<u32> = pred.iter().map(|&c| c as u32).collect();
         let grad = head.input_grad(&emb, &y)?;
         let anchors = class_means(&lab, ctx.labels, ctx.n_classes);
-        let cfg = &ctx.cfg.alfamix;
+        let cfg = &self.0;
         let n = emb.rows;
         let mut min_alpha = vec![f64::INFINITY; n];
         let mut eps = cfg.eps_step;

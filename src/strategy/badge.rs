@@ -4,7 +4,7 @@
 //! − 2(a_i·a_j)(h_i·h_j), so memory is O(n·(C + H)) — 1000 classes × 2048-d × 100k points
 //! fit in a few GiB where the explicit embeddings would need terabytes.
 
-use super::{picks, Pick, SelectContext, Strategy};
+use super::api::{picks, Build, Pick, SelectContext, Strategy};
 use crate::geometry::dot;
 use crate::mat::Mat;
 use crate::{progress, rng::VRng};
@@ -13,6 +13,10 @@ use rand::Rng;
 use rayon::prelude::*;
 
 pub struct Badge;
+
+pub fn build(_: &'static str, _: &Build) -> Result<Box<dyn Strategy>> {
+    Ok(Box::new(Badge))
+}
 
 /// ‖g_i − g_j‖² for g = a ⊗ h, from the factors alone.
 #[inline]

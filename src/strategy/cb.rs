@@ -9,7 +9,7 @@
 //! K = 4C + |L|, and each of the B queries goes to the cluster with the lowest labeled ratio
 //! (ties to the larger cluster), counting earlier picks as labeled.
 
-use super::{finish_at_random, Pick, SelectContext, Strategy};
+use super::api::{finish_at_random, Build, Pick, SelectContext, Strategy};
 use crate::cache::Need;
 use crate::kmeans::{kmeans, KMeansCfg};
 use crate::mat::Mat;
@@ -18,6 +18,12 @@ use anyhow::{bail, Result};
 
 pub struct Cb {
     pub released: bool,
+}
+
+pub fn build(name: &'static str, _: &Build) -> Result<Box<dyn Strategy>> {
+    Ok(Box::new(Cb {
+        released: name == "cb-released",
+    }))
 }
 
 /// F(x) for the given train rows: [z/‖z‖, s/‖s‖] with s = Σ_c p_c t_c.

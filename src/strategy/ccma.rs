@@ -1,4 +1,4 @@
-//! CCMA, conformal cross-modal acquisition (METHODS.md "CCMA"): a diverse subpool by k-means on
+//! CCMA, conformal cross-modal acquisition (CCMA paper, Alg. 1): a diverse subpool by k-means on
 //! the teacher's image embeddings, conformal label sets of student and teacher, the gated
 //! JS-disagreement + student-entropy score, the top ρ·B, and a final diversity step (k-means
 //! centroid-nearest or UHerding's uncertainty-weighted coverage). `ccma-v1` … `ccma-v5` are the
@@ -6,14 +6,91 @@
 //! V3 = random subpool + diversity, V4 = selective subpool alone, V5 = neither), `ccma-uherding`
 //! is V1 with the UHerding final step; `ccma` takes every switch from `[select.ccma]`.
 
-use super::{top_scores, uherding, Need, Pick, SelectContext, Strategy};
-use crate::conformal::{calibrate, ccma_score, set};
+use super::uherding;
+use super::api::{hashed, top_scores, Build, Pick, SelectContext, Strategy};
+use crate::cache::Need;
+use crate::conformal::{calibrate, ccma_score, set, CalibrationCfg};
 use crate::rng::{self, VRng};
 use anyhow::{bail, Result};
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// `[select.ccma]`: conformal sets, subpool, score, final diversity (also read by `eval` for
+/// the teacher–student diagnostics).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Params {
+    /// Target mean set sizes of the size-targeted calibration.
+    pub k_student: f64,
+    pub k_teacher: f64,
+    /// "size" (bisection to k) or "coverage" (1 − alpha on the calib split).
+    pub calibration: String,
+    pub alpha: f64,
+    /// Oversampling factor: the top ρ·B scores go to the final diversity step.
+    pub rho: usize,
+    /// "selective" (k-means medoids on CLIP embeddings), "random" or "none" (whole pool).
+    pub subpool: String,
+    /// Subpool size: clusters ≤ min(subpool_size, |U|/3).
+    pub subpool_size: usize,
+    /// "kmeans" (K = B, point nearest each centroid), "uherding" or "none" (top B).
+    pub diversity: String,
+    pub kmeans_iters: usize,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Self {
+            k_student: 5.0,
+            k_teacher: 3.0,
+            calibration: "size".into(),
+            alpha: 0.1,
+            rho: 20,
+            subpool: "selective".into(),
+            subpool_size: 10_000,
+            diversity: "kmeans".into(),
+            kmeans_iters: 20,
+        }
+    }
+}
+
+impl super::api::Params for Params {
+    fn validate(&self) -> Result<()> {
+        let one_of = |key: &str, v: &str, allowed: &[&str]| -> Result<()> {
+            if !allowed.contains(&v) {
+                bail!("{key} must be {} (got '{v}')", allowed.join(", "));
+            }
+            Ok(())
+        };
+        one_of("calibration", &self.calibration, &["size", "coverage"])?;
+        one_of("subpool", &self.subpool, &["selective", "random", "none"])?;
+        one_of("diversity", &self.diversity, &["kmeans", "uherding", "none"])
+    }
+}
+
+impl Params {
+    /// The conformal calibration these settings ask for.
+    pub fn calibration(&self) -> CalibrationCfg<'_> {
+        CalibrationCfg {
+            k_student: self.k_student,
+            k_teacher: self.k_teacher,
+            calibration: &self.calibration,
+            alpha: self.alpha,
+        }
+    }
+}
+
+pub fn build(name: &'static str, b: &Build) -> Result<Box<dyn Strategy>> {
+    let mut s = Ccma::by_name(name)?;
+    s.p = b.params("ccma")?;
+    s.tau = b.teacher_tau;
+    Ok(Box::new(s))
+}
 
 pub struct Ccma {
     name: &'static str,
+    p: Params,
+    /// The teacher's temperature (part of the run's identity: it shapes p_T).
+    tau: Option<f64>,
     /// Overrides of `[select.ccma]`: subpool kind, and whether the final diversity step runs.
     subpool: Option<&'static str>,
     diversity: Option<bool>,
@@ -33,6 +110,8 @@ impl Ccma {
         };
         Ok(Ccma {
             name,
+            p: Params::default(),
+            tau: None,
             subpool,
             diversity,
         })
@@ -43,6 +122,9 @@ impl Strategy for Ccma {
     fn name(&self) -> &'static str {
         self.name
     }
+    fn params(&self) -> serde_json::Value {
+        hashed((&self.p, self.tau))
+    }
     fn needs(&self) -> Need {
         Need {
             logits: true,
@@ -51,7 +133,7 @@ impl Strategy for Ccma {
         }
     }
     fn select(&self, ctx: &SelectContext, budget: usize, rng: &mut VRng) -> Result<Vec<Pick>> {
-        let cfg = &ctx.cfg.ccma;
+        let cfg = &self.p;
         let pt = ctx.teacher_probs(self.name)?;
         let z = ctx.teacher_image(self.name)?;
         let ps = ctx.probs;
@@ -78,7 +160,7 @@ impl Strategy for Ccma {
             .calib
             .as_ref()
             .and_then(|c| c.teacher.map(|t| (c.student, t, c.labels)));
-        let cal = calibrate(cfg, ps, pt, &rows, calib)?;
+        let cal = calibrate(&cfg.calibration(), ps, pt, &rows, calib)?;
         ctx.notes.add("calibration", cal.how.clone());
         ctx.notes.add("q_student", format!("{}", cal.student.q));
         ctx.notes.add("q_teacher", format!("{}", cal.teacher.q));
@@ -169,9 +251,11 @@ mod tests {
     fn every_variant_picks_disagreement_and_is_seeded() {
         let (o, pt, z) = case();
         for diversity in ["kmeans", "uherding"] {
-            let mut cfg = crate::strategy::params::SelectCfg::default();
-            cfg.ccma.rho = 2;
-            cfg.ccma.diversity = diversity.into();
+            let p = Params {
+                rho: 2,
+                diversity: diversity.into(),
+                ..Params::default()
+            };
             for v in [
                 "ccma",
                 "ccma-v1",
@@ -184,8 +268,8 @@ mod tests {
                 let mut ctx = o.ctx();
                 ctx.teacher_probs = Some(&pt);
                 ctx.teacher_image = Some(&z);
-                ctx.cfg = &cfg;
-                let s = Ccma::by_name(v).unwrap();
+                let mut s = Ccma::by_name(v).unwrap();
+                s.p = p.clone();
                 let p = s.select(&ctx, 4, &mut rng::stream(1, "c", 0)).unwrap();
                 assert_eq!(p.len(), 4, "{v}");
                 let mut pos: Vec<usize> = p.iter().map(|p| p.pos).collect();
@@ -211,20 +295,17 @@ mod tests {
         let (o, pt, z) = case();
         let cs = Mat::from_rows(&vec![vec![0.7, 0.1, 0.1, 0.1]; 30]).unwrap();
         let labels: Vec<u32> = (0..30).map(|i| (i % 4) as u32).collect();
-        let mut cfg = crate::strategy::params::SelectCfg::default();
-        cfg.ccma.calibration = "coverage".into();
         let mut ctx = o.ctx();
         ctx.teacher_probs = Some(&pt);
         ctx.teacher_image = Some(&z);
-        ctx.cfg = &cfg;
-        ctx.calib = Some(super::super::Calib {
+        ctx.calib = Some(crate::strategy::Calib {
             student: &cs,
             teacher: Some(&cs),
             labels: &labels,
         });
-        Ccma::by_name("ccma-v2")
-            .unwrap()
-            .select(&ctx, 3, &mut rng::stream(1, "c", 0))
+        let mut s = Ccma::by_name("ccma-v2").unwrap();
+        s.p.calibration = "coverage".into();
+        s.select(&ctx, 3, &mut rng::stream(1, "c", 0))
             .unwrap();
         let notes = ctx.notes.take();
         assert!(notes

@@ -3,12 +3,16 @@
 //! draw K_c at random among the pool points predicted as c, then top up at random if the batch
 //! is short (a class with too few candidates, or rounding) and trim if rounding overshoots.
 
-use super::{Pick, SelectContext, Strategy};
+use super::api::{Build, Pick, SelectContext, Strategy};
 use crate::mat::argmax;
 use crate::rng::{self, VRng};
 use anyhow::Result;
 
 pub struct ClassBalanced;
+
+pub fn build(_: &'static str, _: &Build) -> Result<Box<dyn Strategy>> {
+    Ok(Box::new(ClassBalanced))
+}
 
 /// Quotas K_c = round(B·w_c/Σw), w_c = 1/n_c or 1 for an unlabeled class.
 pub fn quotas(counts: &[usize], budget: usize) -> Vec<usize> {

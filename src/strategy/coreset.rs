@@ -1,12 +1,16 @@
 //! Coreset (Sener & Savarese): k-center greedy in the student's feature space, cosine geometry
 //! (Euclidean on L2-normalised features), with the labeled set as the initial centers.
 
-use super::{picks, Pick, SelectContext, Strategy};
+use super::api::{picks, Build, Pick, SelectContext, Strategy};
 use crate::geometry::kcenter_greedy;
 use crate::rng::VRng;
 use anyhow::Result;
 
 pub struct Coreset;
+
+pub fn build(_: &'static str, _: &Build) -> Result<Box<dyn Strategy>> {
+    Ok(Box::new(Coreset))
+}
 
 impl Strategy for Coreset {
     fn name(&self) -> &'static str {

@@ -1,10 +1,14 @@
 //! Entropy sampling: the pool points with the largest predictive entropy H(p) = −Σ p log p.
 
-use super::{pool_scores, top_scores, Pick, SelectContext, Strategy};
+use super::api::{pool_scores, top_scores, Build, Pick, SelectContext, Strategy};
 use crate::rng::VRng;
 use anyhow::Result;
 
 pub struct Entropy;
+
+pub fn build(_: &'static str, _: &Build) -> Result<Box<dyn Strategy>> {
+    Ok(Box::new(Entropy))
+}
 
 pub use crate::metrics::entropy;
 

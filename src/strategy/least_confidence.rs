@@ -1,10 +1,14 @@
 //! Least confidence: the pool points whose top class probability is lowest (score = 1 − max p).
 
-use super::{pool_scores, top_scores, Pick, SelectContext, Strategy};
+use super::api::{pool_scores, top_scores, Build, Pick, SelectContext, Strategy};
 use crate::rng::VRng;
 use anyhow::Result;
 
 pub struct LeastConfidence;
+
+pub fn build(_: &'static str, _: &Build) -> Result<Box<dyn Strategy>> {
+    Ok(Box::new(LeastConfidence))
+}
 
 impl Strategy for LeastConfidence {
     fn name(&self) -> &'static str {

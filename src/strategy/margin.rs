@@ -1,11 +1,15 @@
 //! Margin sampling: the pool points with the smallest gap between the two most probable classes
 //! (score = −(p(1) − p(2)), so the smallest margin scores highest).
 
-use super::{pool_scores, top_scores, Pick, SelectContext, Strategy};
+use super::api::{pool_scores, top_scores, Build, Pick, SelectContext, Strategy};
 use crate::rng::VRng;
 use anyhow::Result;
 
 pub struct Margin;
+
+pub fn build(_: &'static str, _: &Build) -> Result<Box<dyn Strategy>> {
+    Ok(Box::new(Margin))
+}
 
 /// p(1) − p(2): the top probability minus the runner-up.
 pub fn margin(p: &[f32]) -> f64 {

@@ -6,6 +6,48 @@ use crate::rng::VRng;
 use crate::train::Head;
 use anyhow::Result;
 use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+/// `[select.mc]`: MC dropout of BALD and PowerBALD, passes through the head's dropout.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Params {
+    pub passes: usize,
+    /// Dropout rate; default: the linear probe's training rate.
+    pub dropout: Option<f32>,
+    /// PowerBALD's exponent β (sample ∝ I^β without replacement).
+    pub power_beta: f64,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Self {
+            passes: 20,
+            dropout: None,
+            power_beta: 1.0,
+        }
+    }
+}
+
+impl super::api::Params for Params {}
+
+/// MC-dropout settings with the rate in effect (the table's, else the linear probe's).
+pub struct Mc {
+    pub p: Params,
+    pub rate: f32,
+}
+
+impl Mc {
+    pub fn new(b: &super::api::Build) -> Result<Mc> {
+        let p: Params = b.params("mc")?;
+        let rate = p.dropout.unwrap_or(b.dropout);
+        Ok(Mc { p, rate })
+    }
+    /// What enters the config hash: the table and the rate in effect.
+    pub fn hashed(&self) -> serde_json::Value {
+        super::api::hashed((&self.p, self.rate))
+    }
+}
 
 /// Run `passes` stochastic passes over the embedded rows `emb`, handing each pass's class
 /// probabilities (rows × C) to `each`.
@@ -72,11 +114,15 @@ pub fn bald_scores(
 }
 
 /// BALD scores of the pool rows with the `[select.mc]` settings (`who` names the strategy).
-pub fn pool_bald(ctx: &super::SelectContext, who: &str, rng: &mut VRng) -> Result<Vec<f64>> {
+pub fn pool_bald(
+    ctx: &super::api::SelectContext,
+    mc: &Mc,
+    who: &str,
+    rng: &mut VRng,
+) -> Result<Vec<f64>> {
     let head = ctx.head(who)?;
     let emb = pool_embedding(head, ctx.features, ctx.pool)?;
-    let m = &ctx.cfg.mc;
-    bald_scores(head, &emb, m.passes, m.dropout.unwrap_or(ctx.dropout), rng)
+    bald_scores(head, &emb, mc.p.passes, mc.rate, rng)
 }
 
 /// The embedded student features of the pool rows.

@@ -3,7 +3,7 @@
 //! (earlier picks included) gets a random candidate predicted as it; a class with no candidate
 //! left is passed over.
 
-use super::{finish_at_random, Pick, SelectContext, Strategy};
+use super::api::{finish_at_random, Build, Pick, SelectContext, Strategy};
 use crate::cache::Need;
 use crate::mat::argmax;
 use crate::rng::VRng;
@@ -15,6 +15,17 @@ pub struct Pcb {
     pub name: &'static str,
 }
 
+/// `pcb-<base>`: PCB over the base strategy `<base>`.
+pub fn build(name: &'static str, b: &Build) -> Result<Box<dyn Strategy>> {
+    let base = match name {
+        "pcb-entropy" => super::entropy::build("entropy", b)?,
+        "pcb-badge" => super::badge::build("badge", b)?,
+        "pcb-coreset" => super::coreset::build("coreset", b)?,
+        other => anyhow::bail!("unknown PCB base in '{other}'"),
+    };
+    Ok(Box::new(Pcb { base, name }))
+}
+
 impl Strategy for Pcb {
     fn name(&self) -> &'static str {
         self.name
@@ -24,6 +35,9 @@ impl Strategy for Pcb {
     }
     fn needs(&self) -> Need {
         self.base.needs()
+    }
+    fn params(&self) -> serde_json::Value {
+        self.base.params()
     }
     fn select(&self, ctx: &SelectContext, budget: usize, rng: &mut VRng) -> Result<Vec<Pick>> {
         let n = budget.max(ctx.pool.len().div_ceil(10)).min(ctx.pool.len());
@@ -82,7 +96,7 @@ mod tests {
             vec![0, 0, 1],
         );
         let s = Pcb {
-            base: crate::strategy::by_name("entropy").unwrap(),
+            base: Box::new(crate::strategy::entropy::Entropy),
             name: "pcb-entropy",
         };
         let ctx = o.ctx();

@@ -1,12 +1,16 @@
 //! PCoreSet (ActiveKD): k-center greedy in the probability simplex — f(x) = the student's
 //! probability vector p_S(x) (the DHO mixture under the dho trainer), Euclidean distance.
 
-use super::{picks, Pick, SelectContext, Strategy};
+use super::api::{picks, Build, Pick, SelectContext, Strategy};
 use crate::geometry::kcenter_greedy;
 use crate::rng::VRng;
 use anyhow::Result;
 
 pub struct PCoreSet;
+
+pub fn build(_: &'static str, _: &Build) -> Result<Box<dyn Strategy>> {
+    Ok(Box::new(PCoreSet))
+}
 
 impl Strategy for PCoreSet {
     fn name(&self) -> &'static str {

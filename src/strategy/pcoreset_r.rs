@@ -1,11 +1,15 @@
 //! PCoreSet+R, the paper's counterfactual: the PCoreSet greedy with argmin instead of argmax, so
 //! it picks the pool points *nearest* the labeled set in probability space (suppresses coverage).
 
-use super::{Pick, SelectContext, Strategy};
+use super::api::{Build, Pick, SelectContext, Strategy};
 use crate::rng::VRng;
 use anyhow::Result;
 
 pub struct PCoreSetR;
+
+pub fn build(_: &'static str, _: &Build) -> Result<Box<dyn Strategy>> {
+    Ok(Box::new(PCoreSetR))
+}
 
 impl Strategy for PCoreSetR {
     fn name(&self) -> &'static str {

@@ -1,14 +1,22 @@
 //! PowerBALD (Kirsch et al., 2023): draw B pool points without replacement with probability
 //! ∝ I^β (BALD's mutual information), via the Gumbel-top-k trick on β·log I.
 
-use super::{mc, Pick, SelectContext, Strategy};
+use super::mc;
+use super::api::{Build, Pick, SelectContext, Strategy};
 use crate::rng::VRng;
 use anyhow::Result;
 use rand::Rng;
 
-pub struct PowerBald;
+pub struct PowerBald(mc::Mc);
+
+pub fn build(_: &'static str, b: &Build) -> Result<Box<dyn Strategy>> {
+    Ok(Box::new(PowerBald(mc::Mc::new(b)?)))
+}
 
 impl Strategy for PowerBald {
+    fn params(&self) -> serde_json::Value {
+        self.0.hashed()
+    }
     fn name(&self) -> &'static str {
         "power-bald"
     }
@@ -16,8 +24,8 @@ impl Strategy for PowerBald {
         true
     }
     fn select(&self, ctx: &SelectContext, budget: usize, rng: &mut VRng) -> Result<Vec<Pick>> {
-        let s = mc::pool_bald(ctx, "power-bald", rng)?;
-        Ok(gumbel_top_k(&s, ctx.cfg.mc.power_beta, budget, rng))
+        let s = mc::pool_bald(ctx, &self.0, "power-bald", rng)?;
+        Ok(gumbel_top_k(&s, self.0.p.power_beta, budget, rng))
     }
 }
 

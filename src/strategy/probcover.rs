@@ -4,13 +4,49 @@
 //! under k-means (K = C) pseudo-labels is ≥ `purity`. Once everything is covered the strategy
 //! says so and draws the rest at random, as the released code does.
 
-use super::{finish_at_random, Pick, SelectContext, Strategy};
+use super::api::{finish_at_random, hashed, Build, Pick, SelectContext, Strategy};
 use crate::kmeans::{kmeans, KMeansCfg};
 use crate::mat::Mat;
 use crate::rng::{self, VRng};
 use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
 
-pub struct ProbCover;
+/// `[select.probcover]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Params {
+    /// Ball radius δ (Euclidean on L2-normalised features); default: the largest δ on a grid
+    /// whose ball purity under k-means (K = C) pseudo-labels is ≥ `purity`.
+    pub delta: Option<f32>,
+    pub purity: f64,
+    /// Points used to estimate the purity.
+    pub purity_sample: usize,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Self {
+            delta: None,
+            purity: 0.95,
+            purity_sample: 5000,
+        }
+    }
+}
+
+impl super::api::Params for Params {
+    fn validate(&self) -> Result<()> {
+        if self.delta.is_some_and(|d| !(d > 0.0)) || self.purity_sample == 0 {
+            anyhow::bail!("delta must be positive and purity_sample at least 1");
+        }
+        Ok(())
+    }
+}
+
+pub struct ProbCover(pub Params);
+
+pub fn build(_: &'static str, b: &Build) -> Result<Box<dyn Strategy>> {
+    Ok(Box::new(ProbCover(b.params("probcover")?)))
+}
 
 /// Edges kept at most (4 bytes each): a δ so large that the graph outgrows this is refused.
 const MAX_EDGES: usize = 200_000_000;
@@ -19,8 +55,11 @@ impl Strategy for ProbCover {
     fn name(&self) -> &'static str {
         "probcover"
     }
+    fn params(&self) -> serde_json::Value {
+        hashed(&self.0)
+    }
     fn select(&self, ctx: &SelectContext, budget: usize, rng: &mut VRng) -> Result<Vec<Pick>> {
-        let cfg = &ctx.cfg.probcover;
+        let cfg = &self.0;
         let all = ctx.all_rows();
         let delta = match cfg.delta {
             Some(d) => d,
@@ -170,23 +209,19 @@ mod tests {
         let f = Mat::from_rows(&rows).unwrap();
         let probs = Mat::from_rows(&vec![vec![1.0]; 8]).unwrap();
         let o = Owned::new(probs, f, vec![7], vec![0]);
-        let mut ctx = o.ctx();
-        let cfg = crate::strategy::params::SelectCfg {
-            probcover: crate::strategy::params::ProbCoverCfg {
-                delta: Some(0.15),
-                ..Default::default()
-            },
+        let ctx = o.ctx();
+        let s = ProbCover(Params {
+            delta: Some(0.15),
             ..Default::default()
-        };
-        ctx.cfg = &cfg;
-        let p = ProbCover
+        });
+        let p = s
             .select(&ctx, 2, &mut crate::rng::stream(0, "p", 0))
             .unwrap();
         // the centre (0,0) reaches all 5; then one of the pair
         assert_eq!(picked_rows(&o, &p), vec![0, 5]);
         assert_eq!(p[0].score, 5.0);
         // budget 4: after the two balls everything is covered → 2 at random, noted
-        let p = ProbCover
+        let p = s
             .select(&ctx, 4, &mut crate::rng::stream(0, "p", 0))
             .unwrap();
         assert_eq!(p.len(), 4);

@@ -1,10 +1,14 @@
 //! Random sampling: a seeded uniform draw from the pool (score = draw order, higher first).
 
-use super::{Pick, SelectContext, Strategy};
+use super::api::{Build, Pick, SelectContext, Strategy};
 use crate::rng::{self, VRng};
 use anyhow::Result;
 
 pub struct Random;
+
+pub fn build(_: &'static str, _: &Build) -> Result<Box<dyn Strategy>> {
+    Ok(Box::new(Random))
+}
 
 impl Strategy for Random {
     fn name(&self) -> &'static str {

@@ -2,21 +2,40 @@
 //! ε_c = mean over the labeled samples of class c of the current model's probability of c; a
 //! picked candidate whose predicted class ŷ has p_ŷ ≥ ε_ŷ gets the pseudo-label ŷ at no cost,
 //! the others go to the oracle. A class with no labeled sample has no threshold and is never
-//! pseudo-labelled.
+//! pseudo-labelled. [`Selective`] wraps any strategy with it.
 
+use super::api::{Pick, SelectContext, Strategy};
+use crate::cache::Need;
 use crate::mat::{argmax, Mat};
+use crate::rng::VRng;
+use anyhow::Result;
 
-/// The strategy a name selects and whether selective querying is on (`name+sq`).
-pub fn split(name: &str) -> (&str, bool) {
-    match name.strip_suffix("+sq") {
-        Some(base) => (base, true),
-        None => (name, false),
-    }
+/// A strategy with selective querying on top: the base picks, then the confident picks are
+/// pseudo-labelled.
+pub struct Selective {
+    pub base: Box<dyn Strategy>,
 }
 
-/// The selective-querying variant of a strategy name (`entropy` → `entropy+sq`; idempotent).
-pub fn selective(name: &str) -> String {
-    format!("{}+sq", split(name).0)
+impl Strategy for Selective {
+    fn name(&self) -> &'static str {
+        self.base.name()
+    }
+    fn needs_head(&self) -> bool {
+        self.base.needs_head()
+    }
+    fn needs(&self) -> Need {
+        self.base.needs()
+    }
+    fn params(&self) -> serde_json::Value {
+        self.base.params()
+    }
+    fn select(&self, ctx: &SelectContext, budget: usize, rng: &mut VRng) -> Result<Vec<Pick>> {
+        self.base.select(ctx, budget, rng)
+    }
+    fn pseudo_labels(&self, ctx: &SelectContext, rows: &[usize]) -> Option<Vec<Option<i32>>> {
+        let eps = thresholds(ctx.probs, ctx.labeled, ctx.labels);
+        Some(pseudo_labels(ctx.probs, rows, &eps))
+    }
 }
 
 /// ε_c for every class (None for a class without labeled samples).
@@ -68,7 +87,5 @@ mod tests {
             pseudo_labels(&probs, &[3, 4, 5, 6], &eps),
             vec![Some(0), None, Some(1), None]
         );
-        assert_eq!(split("cb+sq"), ("cb", true));
-        assert_eq!(split("entropy"), ("entropy", false));
     }
 }

@@ -3,11 +3,16 @@
 //! retrieved data (`+rda`), the retrieved set too; the classes of pool samples are the model's
 //! predictions. Each pick adds one to its class's count, so a batch walks up from the tail.
 
-use super::{entropy, Pick, SelectContext, Strategy};
+use crate::metrics::entropy;
+use super::api::{Build, Pick, SelectContext, Strategy};
 use crate::rng::VRng;
 use anyhow::Result;
 
 pub struct Tfs;
+
+pub fn build(_: &'static str, _: &Build) -> Result<Box<dyn Strategy>> {
+    Ok(Box::new(Tfs))
+}
 
 impl Strategy for Tfs {
     fn name(&self) -> &'static str {

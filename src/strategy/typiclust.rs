@@ -4,15 +4,50 @@
 //! unlabeled point, typicality = 1 / mean distance to its k nearest neighbours in the cluster.
 //! When no cluster qualifies any more the strategy says so and draws the rest at random.
 
-use super::{finish_at_random, Pick, SelectContext, Strategy};
+use super::api::{finish_at_random, hashed, Build, Pick, SelectContext, Strategy};
 use crate::geometry::sqdist;
 use crate::kmeans::{kmeans, KMeansCfg};
 use crate::mat::Mat;
 use crate::rng::VRng;
 use anyhow::Result;
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 
-pub struct TypiClust;
+/// `[select.typiclust]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Params {
+    /// Neighbours of the typicality 1 / mean distance.
+    pub k_nn: usize,
+    /// Clusters smaller than this are never sampled.
+    pub min_cluster_size: usize,
+    pub max_clusters: usize,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Self {
+            k_nn: 20,
+            min_cluster_size: 5,
+            max_clusters: 500,
+        }
+    }
+}
+
+impl super::api::Params for Params {
+    fn validate(&self) -> Result<()> {
+        if self.k_nn == 0 || self.max_clusters == 0 {
+            anyhow::bail!("k_nn and max_clusters must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+pub struct TypiClust(pub Params);
+
+pub fn build(_: &'static str, b: &Build) -> Result<Box<dyn Strategy>> {
+    Ok(Box::new(TypiClust(b.params("typiclust")?)))
+}
 
 /// Members whose neighbours are searched exhaustively; a larger cluster uses this many sampled
 /// neighbours (bounded time and memory).
@@ -22,8 +57,11 @@ impl Strategy for TypiClust {
     fn name(&self) -> &'static str {
         "typiclust"
     }
+    fn params(&self) -> serde_json::Value {
+        hashed(&self.0)
+    }
     fn select(&self, ctx: &SelectContext, budget: usize, rng: &mut VRng) -> Result<Vec<Pick>> {
-        let cfg = &ctx.cfg.typiclust;
+        let cfg = &self.0;
         let all = ctx.all_rows();
         let mut pool_pos = vec![usize::MAX; ctx.features.rows];
         ctx.pool
@@ -127,18 +165,14 @@ mod tests {
         let f = Mat::from_rows(&rows).unwrap();
         let probs = Mat::from_rows(&vec![vec![0.5, 0.5]; 13]).unwrap();
         let o = Owned::new(probs, f, vec![0], vec![0]);
-        let mut ctx = o.ctx();
-        let cfg = crate::strategy::params::SelectCfg {
-            typiclust: crate::strategy::params::TypiClustCfg {
-                k_nn: 2,
-                min_cluster_size: 2,
-                max_clusters: 3,
-            },
-            ..Default::default()
-        };
-        ctx.cfg = &cfg;
+        let ctx = o.ctx();
+        let s = TypiClust(Params {
+            k_nn: 2,
+            min_cluster_size: 2,
+            max_clusters: 3,
+        });
         // budget 2 → K = |L| + B = 3 clusters: A, B and the outlier
-        let p = TypiClust
+        let p = s
             .select(&ctx, 2, &mut crate::rng::stream(0, "t", 0))
             .unwrap();
         // the unlabeled blob B goes first, at an inner (most typical) point
@@ -147,7 +181,7 @@ mod tests {
         assert!(ctx.notes.take().is_empty());
         // asking for more than the eligible clusters can give: the outlier cluster is too
         // small, so after blobs A and B are used up the rest is random and noted
-        let p = TypiClust
+        let p = s
             .select(&ctx, 12, &mut crate::rng::stream(0, "t", 0))
             .unwrap();
         assert_eq!(p.len(), 12);

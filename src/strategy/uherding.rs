@@ -4,21 +4,48 @@
 //! Candidates and coverage targets are a seeded sample of at most `max_points` pool points, so the
 //! kernel matrix stays max_points² floats. [`herd`] is also CCMA's final step.
 
-use super::{Pick, SelectContext, Strategy};
+use super::api::{hashed, Build, Pick, SelectContext, Strategy};
 use crate::geometry::{min_sqdist, sqdist};
 use crate::mat::Mat;
 use crate::rng::{self, VRng};
 use anyhow::Result;
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 
-pub struct UHerding;
+/// `[select.uherding]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Params {
+    /// Candidates and coverage targets are a seeded sample of at most this many pool points
+    /// (the kernel matrix is max_points² floats).
+    pub max_points: usize,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Self {
+            max_points: 5000,
+        }
+    }
+}
+
+impl super::api::Params for Params {}
+
+pub struct UHerding(pub Params);
+
+pub fn build(_: &'static str, b: &Build) -> Result<Box<dyn Strategy>> {
+    Ok(Box::new(UHerding(b.params("uherding")?)))
+}
 
 impl Strategy for UHerding {
     fn name(&self) -> &'static str {
         "uherding"
     }
+    fn params(&self) -> serde_json::Value {
+        hashed(&self.0)
+    }
     fn select(&self, ctx: &SelectContext, budget: usize, rng: &mut VRng) -> Result<Vec<Pick>> {
-        let m = ctx.cfg.uherding.max_points.max(budget);
+        let m = self.0.max_points.max(budget);
         let mut pos: Vec<usize> = (0..ctx.pool.len()).collect();
         if pos.len() > m {
             pos = rng::sample(&pos, m, rng);
