@@ -94,31 +94,6 @@ pub struct Need {
 }
 
 impl Need {
-    pub fn of(trainer: &str) -> Need {
-        match trainer {
-            "dho" => Need {
-                logits: true,
-                ..Need::default()
-            },
-            "dho-clap" => Need {
-                logits: true,
-                image: true,
-                clap: true,
-                prototypes: true,
-                ..Need::default()
-            },
-            "coop" => Need {
-                teacher_features: true,
-                ..Need::default()
-            },
-            "ct" => Need {
-                teacher_features: true,
-                prototypes: true,
-                ..Need::default()
-            },
-            _ => Need::default(),
-        }
-    }
     pub fn union(self, o: Need) -> Need {
         Need {
             logits: self.logits || o.logits,

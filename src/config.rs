@@ -4,7 +4,7 @@
 pub use crate::cache::DatasetCfg;
 pub use crate::strategy::SelectCfg;
 use crate::strategy::{Build, Strategy, StrategySpec};
-pub use crate::train::params::{CoopCfg, CoopMode, CtCfg, DhoCfg, LinearCfg, TeacherCfg};
+pub use crate::train::params::{ClapCfg, CoopCfg, CoopMode, CtCfg, DhoCfg, LinearCfg, TeacherCfg};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -103,23 +103,6 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
     }
 }
 
-/// CLAP few-shot teacher, re-fitted on the labels of every round (trainer `dho-clap`).
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ClapCfg {
-    pub epochs: usize,
-    pub lr: f64,
-}
-
-impl Default for ClapCfg {
-    fn default() -> Self {
-        Self {
-            epochs: 300,
-            lr: 0.01,
-        }
-    }
-}
-
 fn one() -> usize {
     1
 }
@@ -139,14 +122,14 @@ fn default_device() -> String {
     "cpu".into()
 }
 
-pub const TRAINERS: [&str; 6] = ["linear", "dho", "dho-clap", "ce", "coop", "ct"];
-
 impl Pipeline {
     /// The trainers' settings of this pipeline.
     pub fn train_params(&self) -> crate::train::params::TrainParams {
         crate::train::params::TrainParams {
             linear: self.linear.clone(),
             dho: self.dho.clone(),
+            teacher: self.teacher.clone(),
+            clap: self.clap.clone(),
             coop: self.coop.clone(),
             ct: self.ct.clone(),
         }
@@ -167,10 +150,9 @@ impl Pipeline {
 
     fn validate(&self) -> Result<()> {
         check_name("pipeline name", &self.name)?;
+        let tp = self.train_params();
         for t in &self.trainers {
-            if !TRAINERS.contains(&t.as_str()) {
-                bail!("unknown trainer '{t}' (known: {})", TRAINERS.join(", "));
-            }
+            crate::train::by_name(t, &tp)?;
         }
         for s in &self.strategies {
             parse_strategy(s)?;
@@ -190,21 +172,6 @@ impl Pipeline {
         }
         if self.budget == Some(0) {
             bail!("budget must be at least 1");
-        }
-        if self.trainers.iter().any(|t| t == "coop") {
-            let c = &self.coop;
-            if c.model.is_none() {
-                bail!("trainer coop needs coop.model: the teacher's CLIP checkpoint (a folder or hub id)");
-            }
-            if c.n_ctx == 0 || c.epochs == 0 || c.batch_size == 0 || c.tau <= 0.0 || c.lr <= 0.0 {
-                bail!("coop.n_ctx, coop.epochs, coop.batch_size, coop.lr and coop.tau must be positive");
-            }
-        }
-        if self.trainers.iter().any(|t| t == "ct") {
-            let c = &self.ct;
-            if c.batch_size < 2 || c.tau <= 0.0 || c.lr <= 0.0 {
-                bail!("ct.batch_size must be at least 2, ct.lr and ct.tau positive");
-            }
         }
         Ok(())
     }
@@ -274,12 +241,7 @@ struct Hashed<'a> {
 
 impl RunSpec {
     pub fn new(pipeline: &Pipeline, trainer: &str, strategy: &str, seed: u64) -> Result<Self> {
-        if !TRAINERS.contains(&trainer) {
-            bail!(
-                "unknown trainer '{trainer}' (known: {})",
-                TRAINERS.join(", ")
-            );
-        }
+        crate::train::by_name(trainer, &pipeline.train_params())?;
         let (strategy, rda) = parse_strategy(strategy)?;
         let spec = Self {
             pipeline: pipeline.clone(),
@@ -297,6 +259,11 @@ impl RunSpec {
         format!("{}{}", self.strategy, if self.rda { "+rda" } else { "" })
     }
 
+    /// The run's trainer with the pipeline's settings.
+    pub fn build_trainer(&self) -> Result<Box<dyn crate::train::Trainer>> {
+        crate::train::by_name(&self.trainer, &self.pipeline.train_params())
+    }
+
     /// The run's strategy with the pipeline's settings.
     pub fn build_strategy(&self) -> Result<Box<dyn Strategy>> {
         self.strategy.build(&self.pipeline.strategy_build())
@@ -305,15 +272,10 @@ impl RunSpec {
     /// Hash of everything that determines a run except its seed (seeds of one config share it).
     pub fn config_hash(&self) -> String {
         let p = &self.pipeline;
-        let trainer_params = match self.trainer.as_str() {
-            "linear" => serde_json::to_value(&p.linear),
-            "ce" => serde_json::to_value(&p.dho),
-            "dho" => serde_json::to_value((&p.dho, &p.teacher)),
-            "coop" => serde_json::to_value(&p.coop),
-            "ct" => serde_json::to_value(&p.ct),
-            _ => serde_json::to_value((&p.dho, &p.teacher, &p.clap)),
-        }
-        .expect("serialisable");
+        let trainer_params = self
+            .build_trainer()
+            .expect("a run's trainer was built when the run was made")
+            .params();
         let strategy = self.strategy_name();
         let mut strategy_params = self
             .build_strategy()

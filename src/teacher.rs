@@ -1,9 +1,9 @@
 //! The teacher's logits as the trainers use them: the cached zero-shot logits, or a CLAP few-shot
 //! teacher re-fitted on the round's labels; optionally logit-adjusted (PCoreSet §D.4).
 
-use crate::config::ClapCfg;
 use crate::mat::{argmax, softmax_rows, Mat};
-use crate::train::{affine, run_epochs};
+use crate::train::api::{affine, predict_chunked, run_epochs};
+use crate::train::params::ClapCfg;
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor, Var};
 use candle_nn::Optimizer;
@@ -98,7 +98,7 @@ pub fn clap_logits(
         })?;
     }
     let all: Vec<usize> = (0..image.rows).collect();
-    crate::train::predict_chunked(&image.select_rows(&all), dev, |z| {
+    predict_chunked(&image.select_rows(&all), dev, |z| {
         Ok((affine(z, &w, &zero)? / tau as f64)?)
     })
 }

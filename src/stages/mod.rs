@@ -193,7 +193,10 @@ pub fn labeled_rows(
 /// The cache tables a run reads: its trainer's, its strategy's, and the teacher's logits when
 /// the pipeline writes diagnostics.
 pub fn need_of(spec: &crate::config::RunSpec) -> Result<crate::cache::Need> {
-    let mut n = crate::cache::Need::of(&spec.trainer).union(spec.build_strategy()?.needs());
+    let mut n = spec
+        .build_trainer()?
+        .needs()
+        .union(spec.build_strategy()?.needs());
     n.logits |= spec.pipeline.select.diagnostics;
     n.retrieved = spec.rda;
     Ok(n)

@@ -7,6 +7,7 @@ use crate::cache::Cache;
 use crate::config::RunSpec;
 use crate::mat::Mat;
 use crate::schema::Table;
+use crate::train::TeacherSignal;
 use crate::{rng, table, teacher, train};
 use anyhow::{bail, Result};
 use std::time::Instant;
@@ -19,9 +20,10 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize) -> Result<()> {
     let device = train::device(&spec.pipeline.device)?;
     let start = Instant::now();
     let p = &spec.pipeline;
-    let teacher = match spec.trainer.as_str() {
-        "dho" => cache.teacher_logits.clone(),
-        "dho-clap" => {
+    let trainer = spec.build_trainer()?;
+    let teacher = match trainer.teacher() {
+        TeacherSignal::Logits => cache.teacher_logits.clone(),
+        TeacherSignal::Clap => {
             let (Some(image), Some(protos)) = (&cache.teacher_image, &cache.prototypes) else {
                 bail!("the dho-clap trainer needs the teacher's image embeddings and prototypes");
             };
@@ -29,7 +31,7 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize) -> Result<()> {
                 &p.clap, image, protos, cache.tau, &labeled, &labels, &device,
             )?)
         }
-        _ => None,
+        TeacherSignal::None => None,
     };
     let mut features = None;
     let mut teacher = teacher;
@@ -44,16 +46,19 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize) -> Result<()> {
         labeled.extend(n..n + r.ids.len());
         labels.extend(r.label_ids());
         features = Some(cache.train.features.vstack(&r.features)?);
-        teacher = match (teacher, spec.trainer.as_str()) {
+        teacher = match (teacher, trainer.teacher()) {
             (None, _) => None,
-            (Some(t), "dho") => {
+            (Some(t), TeacherSignal::Logits) => {
                 let rl = cache
                     .retrieved_logits
                     .as_ref()
                     .expect("loaded with the logits");
                 Some(t.vstack(rl)?)
             }
-            (Some(_), other) => bail!("the {other} trainer does not take retrieved data (+rda)"),
+            (Some(_), _) => bail!(
+                "the {} trainer does not take retrieved data (+rda)",
+                trainer.name()
+            ),
         };
         crate::progress::log(format!(
             "training on {} labeled + {} retrieved samples",
@@ -76,7 +81,7 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize) -> Result<()> {
         feature_model: &cache.feature_model,
     };
     let mut r = rng::stream(spec.seed, "train", round);
-    let (head, losses) = train::fit(&spec.trainer, &p.train_params(), &data, &mut r, &device)?;
+    let (head, losses) = trainer.fit(&data, &mut r, &device)?;
     let parts = [
         ("train", Some(&cache.train)),
         ("calib", cache.calib.as_ref()),

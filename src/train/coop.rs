@@ -1,4 +1,4 @@
-//! CoOp prompt learning (CB+SQ paper; METHODS.md): M learnable context vectors (N(0, 0.02²))
+//! CoOp prompt learning (Zhou et al.; the CB+SQ paper, §3): M learnable context vectors (N(0, 0.02²))
 //! replace the "X" placeholders of "X X … X {class name}." in the frozen CLIP text tower's token
 //! embeddings; the normalised text features classify cached, normalised CLIP image features by
 //! cos/τ, trained with cross-entropy by SGD with a cosine learning-rate decay, re-initialised every
@@ -18,7 +18,12 @@ use candle_nn::Optimizer;
 use rand::seq::SliceRandom;
 use rand_distr::{Distribution, Normal};
 
+use super::api::{
+    minus_onehot, named, predict_chunked, run_epochs, Head, Model, Saved, TrainData, Trainer,
+};
+use super::params::TrainParams;
 pub use super::params::{CoopCfg, CoopMode as Mode};
+use crate::cache::Need;
 
 /// The class prompts' token embeddings with placeholder context, and where each row pools.
 pub struct Prompts {
@@ -168,7 +173,7 @@ pub fn fit(
     let zt = z.to_tensor(&dev)?;
     let mut order: Vec<usize> = (0..z.rows).collect();
     let mut epoch = 0;
-    let losses = super::run_epochs(cfg.epochs, "coop epochs", || {
+    let losses = run_epochs(cfg.epochs, "coop epochs", || {
         // cosine decay from lr to 0 over the epochs
         let lr =
             0.5 * cfg.lr * (1.0 + (std::f64::consts::PI * epoch as f64 / cfg.epochs as f64).cos());
@@ -245,20 +250,84 @@ impl PromptHead {
     }
 
     pub fn predict(&self, x: &Mat) -> Result<Mat> {
-        super::predict_chunked(x, self.device(), |t| self.probs_t(t))
+        predict_chunked(x, self.device(), |t| self.probs_t(t))
     }
 
     /// The last layer's input is the image feature itself; a(x) = p − e_ŷ.
     pub fn grad_factors(&self, x: &Mat) -> Result<(Mat, Mat)> {
         let p = self.predict(x)?;
-        Ok((x.clone(), super::minus_onehot(&p, &p)))
+        Ok((x.clone(), minus_onehot(&p, &p)))
     }
 
     pub fn tensors(&self) -> Result<std::collections::HashMap<String, Tensor>> {
         let tau = Tensor::new(&[self.tau as f32], self.device())?;
         let mut pairs = vec![("prompt.text", &self.text), ("prompt.tau", &tau)];
         pairs.extend(self.contexts.iter().map(|(k, t)| (*k, t)));
-        Ok(super::named(pairs))
+        Ok(named(pairs))
+    }
+}
+
+/// The saved head's kind.
+pub const HEAD: &str = "prompt";
+
+pub fn load_head(s: &Saved) -> Result<Box<dyn Model>> {
+    Ok(Box::new(PromptHead::from_tensors(
+        s.get("prompt.text")?,
+        s.scalar("prompt.tau", 0)?,
+    )?))
+}
+
+impl Model for PromptHead {
+    fn kind(&self) -> &'static str {
+        HEAD
+    }
+    fn predict(&self, x: &Mat) -> Result<Mat> {
+        PromptHead::predict(self, x)
+    }
+    fn probs_t(&self, h: &Tensor) -> Result<Tensor> {
+        PromptHead::probs_t(self, h)
+    }
+    fn device(&self) -> &Device {
+        PromptHead::device(self)
+    }
+    fn grad_factors(&self, x: &Mat) -> Result<(Mat, Mat)> {
+        PromptHead::grad_factors(self, x)
+    }
+    fn tensors(&self) -> Result<std::collections::HashMap<String, Tensor>> {
+        PromptHead::tensors(self)
+    }
+}
+
+/// The `coop` trainer.
+pub struct Coop(pub CoopCfg);
+
+pub fn build(_: &'static str, p: &TrainParams) -> Result<Box<dyn Trainer>> {
+    let c = &p.coop;
+    if c.model.is_none() {
+        bail!("trainer coop needs coop.model: the teacher's CLIP checkpoint (a folder or hub id)");
+    }
+    if c.n_ctx == 0 || c.epochs == 0 || c.batch_size == 0 || c.tau <= 0.0 || c.lr <= 0.0 {
+        bail!("coop.n_ctx, coop.epochs, coop.batch_size, coop.lr and coop.tau must be positive");
+    }
+    Ok(Box::new(Coop(c.clone())))
+}
+
+impl Trainer for Coop {
+    fn name(&self) -> &'static str {
+        "coop"
+    }
+    fn needs(&self) -> Need {
+        Need {
+            teacher_features: true,
+            ..Need::default()
+        }
+    }
+    fn params(&self) -> serde_json::Value {
+        serde_json::to_value(&self.0).expect("serialisable")
+    }
+    fn fit(&self, data: &TrainData, rng: &mut VRng, device: &Device) -> Result<(Head, Vec<f32>)> {
+        let (h, l) = fit_head(&self.0, data, rng, device)?;
+        Ok((Head(Box::new(h)), l))
     }
 }
 
@@ -267,7 +336,7 @@ impl PromptHead {
 /// fit fresh contexts on the labeled rows.
 pub fn fit_head(
     cfg: &CoopCfg,
-    data: &super::TrainData,
+    data: &TrainData,
     rng: &mut VRng,
     dev: &Device,
 ) -> Result<(PromptHead, Vec<f32>)> {
@@ -454,7 +523,7 @@ mod tests {
         let want = Mat::from_tensor(&candle_nn::ops::softmax(&logits, 1).unwrap()).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("h.safetensors");
-        let h = crate::train::Head::Prompt(head);
+        let h = crate::train::Head(Box::new(head));
         h.save(&path).unwrap();
         let back = crate::train::Head::load(&path, &Device::Cpu).unwrap();
         for got in [h.predict(&z).unwrap(), back.predict(&z).unwrap()] {

@@ -5,8 +5,12 @@
 //! → the batch's images (same-class images share the target). Prediction is softmax(cos(Px, w_c)/τ),
 //! so before any step the head is the teacher's zero-shot classifier.
 
-use super::params::CtCfg;
-use super::{fit_labeled, named, predict_chunked, targets, TrainData};
+use super::api::{
+    fit_labeled, minus_onehot, named, predict_chunked, targets, Head, Model, Saved, TrainData,
+    Trainer,
+};
+use super::params::{CtCfg, TrainParams};
+use crate::cache::Need;
 use crate::mat::Mat;
 use crate::rng::VRng;
 use anyhow::{bail, Result};
@@ -68,7 +72,7 @@ impl CtHead {
     pub fn grad_factors(&self, x: &Mat) -> Result<(Mat, Mat)> {
         let h = predict_chunked(x, self.device(), |t| self.image(t))?;
         let p = self.predict(x)?;
-        Ok((h, super::minus_onehot(&p, &p)))
+        Ok((h, minus_onehot(&p, &p)))
     }
 
     pub fn tensors(&self) -> Result<HashMap<String, Tensor>> {
@@ -109,6 +113,74 @@ impl CtHead {
             .neg()?
             .affine(1.0 / n as f64, 0.0)?;
         Ok(((i2t + t2i)? * 0.5)?)
+    }
+}
+
+/// The saved head's kind.
+pub const HEAD: &str = "contrastive";
+
+pub fn load_head(s: &Saved) -> Result<Box<dyn Model>> {
+    let proj = if s.has("ct.proj") {
+        Some(s.get("ct.proj")?)
+    } else {
+        None
+    };
+    Ok(Box::new(CtHead::from_tensors(
+        proj,
+        s.get("ct.text")?,
+        s.scalar("ct.tau", 0)?,
+    )?))
+}
+
+impl Model for CtHead {
+    fn kind(&self) -> &'static str {
+        HEAD
+    }
+    fn predict(&self, x: &Mat) -> Result<Mat> {
+        CtHead::predict(self, x)
+    }
+    fn probs_t(&self, h: &Tensor) -> Result<Tensor> {
+        CtHead::probs_t(self, h)
+    }
+    fn device(&self) -> &Device {
+        CtHead::device(self)
+    }
+    fn grad_factors(&self, x: &Mat) -> Result<(Mat, Mat)> {
+        CtHead::grad_factors(self, x)
+    }
+    fn tensors(&self) -> Result<HashMap<String, Tensor>> {
+        CtHead::tensors(self)
+    }
+}
+
+/// The `ct` trainer.
+pub struct Ct(pub CtCfg);
+
+pub fn build(_: &'static str, p: &TrainParams) -> Result<Box<dyn Trainer>> {
+    let c = &p.ct;
+    if c.batch_size < 2 || c.tau <= 0.0 || c.lr <= 0.0 {
+        bail!("ct.batch_size must be at least 2, ct.lr and ct.tau positive");
+    }
+    Ok(Box::new(Ct(c.clone())))
+}
+
+impl Trainer for Ct {
+    fn name(&self) -> &'static str {
+        "ct"
+    }
+    fn needs(&self) -> Need {
+        Need {
+            teacher_features: true,
+            prototypes: true,
+            ..Need::default()
+        }
+    }
+    fn params(&self) -> serde_json::Value {
+        serde_json::to_value(&self.0).expect("serialisable")
+    }
+    fn fit(&self, data: &TrainData, rng: &mut VRng, device: &Device) -> Result<(Head, Vec<f32>)> {
+        let (h, l) = fit(&self.0, data, rng, device)?;
+        Ok((Head(Box::new(h)), l))
     }
 }
 

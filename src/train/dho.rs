@@ -4,10 +4,12 @@
 //! Prediction: α·softmax(g_CE) + (1−α)·softmax(g_KD/β). `distill = false` is the CE-only
 //! ablation ("No Distill"): the KD branch is not built and predictions use g_CE alone.
 
-use super::params::DhoCfg;
-use super::{
-    affine, batches, init_linear, named, predict_chunked, rows, run_epochs, targets, TrainData,
+use super::api::{
+    affine, batches, init_linear, minus_onehot, named, predict_chunked, rows, run_epochs, targets,
+    Head, Model, Saved, TeacherSignal, TrainData, Trainer,
 };
+use super::params::{ClapCfg, DhoCfg, TeacherCfg, TrainParams};
+use crate::cache::Need;
 use crate::mat::{softmax_rows, Mat};
 use crate::rng::{self, VRng};
 use anyhow::{bail, Result};
@@ -74,7 +76,7 @@ impl DualHead {
                 t, &self.w_ce, &self.b_ce,
             )?)?)
         })?;
-        let a_ce = super::minus_onehot(&ce, &pred);
+        let a_ce = minus_onehot(&ce, &pred);
         if self.alpha >= 1.0 {
             return Ok((x.clone(), a_ce));
         }
@@ -83,7 +85,7 @@ impl DualHead {
                 t, &self.w_kd, &self.b_kd,
             )?)?)
         })?;
-        let a_kd = super::minus_onehot(&kd, &pred);
+        let a_kd = minus_onehot(&kd, &pred);
         let c = a_ce.cols;
         let mut a = Mat::zeros(x.rows, 2 * c);
         for i in 0..x.rows {
@@ -104,6 +106,100 @@ impl DualHead {
         ]);
         m.insert("mix".into(), mix);
         m
+    }
+}
+
+/// The saved head's kind.
+pub const HEAD: &str = "dual";
+
+pub fn load_head(s: &Saved) -> Result<Box<dyn Model>> {
+    Ok(Box::new(DualHead::from_tensors(
+        s.get("ce.weight")?,
+        s.get("ce.bias")?,
+        s.get("kd.weight")?,
+        s.get("kd.bias")?,
+        s.scalar("mix", 0)?,
+        s.scalar("mix", 1)?,
+    )?))
+}
+
+impl Model for DualHead {
+    fn kind(&self) -> &'static str {
+        HEAD
+    }
+    fn predict(&self, x: &Mat) -> Result<Mat> {
+        DualHead::predict(self, x)
+    }
+    fn probs_t(&self, h: &Tensor) -> Result<Tensor> {
+        DualHead::probs_t(self, h)
+    }
+    fn device(&self) -> &Device {
+        &self.dev
+    }
+    fn grad_factors(&self, x: &Mat) -> Result<(Mat, Mat)> {
+        DualHead::grad_factors(self, x)
+    }
+    fn tensors(&self) -> Result<HashMap<String, Tensor>> {
+        Ok(DualHead::tensors(self))
+    }
+}
+
+/// The `dho` trainer (distilling from the cache's teacher logits), `dho-clap` (from CLAP logits
+/// re-fitted on each round's labels) and `ce` (the CE-only ablation).
+pub struct Dho {
+    name: &'static str,
+    cfg: DhoCfg,
+    teacher: TeacherCfg,
+    clap: ClapCfg,
+}
+
+pub fn build(name: &'static str, p: &TrainParams) -> Result<Box<dyn Trainer>> {
+    Ok(Box::new(Dho {
+        name,
+        cfg: p.dho.clone(),
+        teacher: p.teacher.clone(),
+        clap: p.clap.clone(),
+    }))
+}
+
+impl Trainer for Dho {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn needs(&self) -> Need {
+        match self.name {
+            "dho" => Need {
+                logits: true,
+                ..Need::default()
+            },
+            "dho-clap" => Need {
+                logits: true,
+                image: true,
+                clap: true,
+                prototypes: true,
+                ..Need::default()
+            },
+            _ => Need::default(),
+        }
+    }
+    fn teacher(&self) -> TeacherSignal {
+        match self.name {
+            "dho" => TeacherSignal::Logits,
+            "dho-clap" => TeacherSignal::Clap,
+            _ => TeacherSignal::None,
+        }
+    }
+    fn params(&self) -> serde_json::Value {
+        match self.name {
+            "ce" => serde_json::to_value(&self.cfg),
+            "dho" => serde_json::to_value((&self.cfg, &self.teacher)),
+            _ => serde_json::to_value((&self.cfg, &self.teacher, &self.clap)),
+        }
+        .expect("serialisable")
+    }
+    fn fit(&self, data: &TrainData, rng: &mut VRng, device: &Device) -> Result<(Head, Vec<f32>)> {
+        let (h, l) = fit(&self.cfg, self.name != "ce", data, rng, device)?;
+        Ok((Head(Box::new(h)), l))
     }
 }
 
@@ -198,7 +294,17 @@ pub fn fit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::{fit as fit_named, Head};
+    use crate::train::Head;
+
+    fn fit_named(
+        name: &str,
+        p: &TrainParams,
+        data: &TrainData,
+        rng: &mut VRng,
+        dev: &Device,
+    ) -> Result<(Head, Vec<f32>)> {
+        crate::train::by_name(name, p)?.fit(data, rng, dev)
+    }
 
     /// Three well-separated classes in 4-d with a teacher that is right on most points.
     fn toy() -> (Mat, Vec<usize>, Vec<u32>, Mat) {
@@ -234,15 +340,10 @@ mod tests {
     }
 
     fn weights(h: &Head) -> (Vec<f32>, Vec<f32>) {
-        let Head::Dual(h) = h else { panic!() };
-        let v = |t: &Var| {
-            t.as_tensor()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-        };
-        (v(&h.w_ce), v(&h.w_kd))
+        assert_eq!(h.kind(), "dual");
+        let t = h.0.tensors().unwrap();
+        let v = |k: &str| t[k].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        (v("ce.weight"), v("kd.weight"))
     }
 
     #[test]

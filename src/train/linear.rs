@@ -1,8 +1,11 @@
-//! Linear probe: BatchNorm without affine → Dropout → Linear, trained with AdamW on
-//! cross-entropy from a cold start every round (METHODS.md "Students").
+//! Linear probe (the students of the PCoreSet/ActiveKD and CCMA papers): BatchNorm without
+//! affine → Dropout → Linear, trained with AdamW on cross-entropy from a cold start every round.
 
-use super::params::LinearCfg;
-use super::{affine, fit_labeled, init_linear, named, predict_chunked, targets, TrainData};
+use super::api::{
+    affine, fit_labeled, init_linear, minus_onehot, named, predict_chunked, targets, Head, Model,
+    Saved, TrainData, Trainer,
+};
+use super::params::{LinearCfg, TrainParams};
 use crate::mat::Mat;
 use crate::rng::VRng;
 use anyhow::Result;
@@ -42,7 +45,7 @@ impl LinearProbe {
     pub fn grad_factors(&self, x: &Mat) -> Result<(Mat, Mat)> {
         let h = self.embed(x)?;
         let p = self.predict(x)?;
-        Ok((h, super::minus_onehot(&p, &p)))
+        Ok((h, minus_onehot(&p, &p)))
     }
 
     pub fn embed(&self, x: &Mat) -> Result<Mat> {
@@ -73,6 +76,62 @@ impl LinearProbe {
             ("linear.weight", self.w.as_tensor()),
             ("linear.bias", self.b.as_tensor()),
         ])
+    }
+}
+
+/// The saved head's kind.
+pub const HEAD: &str = "linear";
+
+pub fn load_head(s: &Saved) -> Result<Box<dyn Model>> {
+    Ok(Box::new(LinearProbe::from_tensors(
+        s.get("bn.running_mean")?,
+        s.get("bn.running_var")?,
+        s.get("linear.weight")?,
+        s.get("linear.bias")?,
+    )?))
+}
+
+impl Model for LinearProbe {
+    fn kind(&self) -> &'static str {
+        HEAD
+    }
+    fn predict(&self, x: &Mat) -> Result<Mat> {
+        LinearProbe::predict(self, x)
+    }
+    fn embed(&self, x: &Mat) -> Result<Mat> {
+        LinearProbe::embed(self, x)
+    }
+    fn probs_t(&self, h: &Tensor) -> Result<Tensor> {
+        self.probs_from_embedded(h)
+    }
+    fn device(&self) -> &Device {
+        &self.dev
+    }
+    fn grad_factors(&self, x: &Mat) -> Result<(Mat, Mat)> {
+        LinearProbe::grad_factors(self, x)
+    }
+    fn tensors(&self) -> Result<HashMap<String, Tensor>> {
+        Ok(LinearProbe::tensors(self))
+    }
+}
+
+/// The `linear` trainer.
+pub struct Linear(pub LinearCfg);
+
+pub fn build(_: &'static str, p: &TrainParams) -> Result<Box<dyn Trainer>> {
+    Ok(Box::new(Linear(p.linear.clone())))
+}
+
+impl Trainer for Linear {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+    fn params(&self) -> serde_json::Value {
+        serde_json::to_value(&self.0).expect("serialisable")
+    }
+    fn fit(&self, data: &TrainData, rng: &mut VRng, device: &Device) -> Result<(Head, Vec<f32>)> {
+        let (h, l) = fit(&self.0, data, rng, device)?;
+        Ok((Head(Box::new(h)), l))
     }
 }
 

@@ -1,14 +1,36 @@
-//! The trainers' settings (the `[linear]`, `[dho]`, `[coop]` and `[ct]` tables of a pipeline).
+//! The trainers' settings: the `[linear]`, `[dho]`, `[teacher]`, `[clap]`, `[coop]` and `[ct]`
+//! tables of a pipeline. They sit together because trainers share them (`dho`, `dho-clap` and
+//! `ce` read `[dho]`; both distilling trainers read `[teacher]`); each trainer hashes the ones
+//! it reads (`Trainer::params`).
 
 use serde::{Deserialize, Serialize};
 
-/// Every trainer's settings, as [`super::fit`] takes them.
+/// Every trainer's settings, as [`super::by_name`] takes them.
 #[derive(Clone, Debug, Default)]
 pub struct TrainParams {
     pub linear: LinearCfg,
     pub dho: DhoCfg,
+    pub teacher: TeacherCfg,
+    pub clap: ClapCfg,
     pub coop: CoopCfg,
     pub ct: CtCfg,
+}
+
+/// CLAP few-shot teacher, re-fitted on the labels of every round (trainer `dho-clap`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClapCfg {
+    pub epochs: usize,
+    pub lr: f64,
+}
+
+impl Default for ClapCfg {
+    fn default() -> Self {
+        Self {
+            epochs: 300,
+            lr: 0.01,
+        }
+    }
 }
 
 /// Linear probe: BatchNorm (no affine) → Dropout → Linear, AdamW, cross-entropy, cold start.
