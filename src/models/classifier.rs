@@ -17,7 +17,7 @@ use std::path::Path;
 
 /// The classifier's class names in index order, from `config.json`'s `id2label`.
 pub fn class_names(config: &Path) -> Result<Vec<String>> {
-    let v: serde_json::Value = super::read_config(config, "model")?;
+    let v: serde_json::Value = super::layers::read_config(config, "model")?;
     let map = v
         .get("id2label")
         .and_then(|m| m.as_object())

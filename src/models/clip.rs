@@ -5,8 +5,8 @@
 //! from the config (`quick_gelu` for OpenAI, `gelu` for OpenCLIP conversions) and its text tower
 //! also takes token *embeddings*, which prompt learning (CoOp) feeds it.
 
-use super::LayerNorm;
-use super::Linear;
+use super::layers::LayerNorm;
+use super::layers::Linear;
 use anyhow::{bail, Result};
 use candle_core::{Device, IndexOp, Module, Tensor, D};
 use candle_nn::VarBuilder;
@@ -52,7 +52,7 @@ impl candle_core::CustomOp1 for QuickGelu {
         l: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         use rayon::prelude::*;
-        let mut out = super::cpu_f32(s, l, "quick-gelu")?.to_vec();
+        let mut out = super::layers::cpu_f32(s, l, "quick-gelu")?.to_vec();
         out.par_chunks_mut(1 << 14).for_each(|c| {
             for v in c {
                 *v /= 1.0 + (-1.702 * *v).exp();
@@ -148,7 +148,7 @@ fn default_projection() -> usize {
 impl Config {
     /// Parse a Hugging Face `config.json`.
     pub fn from_file(path: &Path) -> Result<Config> {
-        let c: Config = super::read_config(path, "CLIP")?;
+        let c: Config = super::layers::read_config(path, "CLIP")?;
         for (what, h, n) in [
             (
                 "text",
@@ -203,7 +203,7 @@ impl Attention {
         let q = split(self.q.forward(x)?)?;
         let k = split(self.k.forward(x)?)?;
         let v = split(self.v.forward(x)?)?;
-        let o = super::attention(&q, &k, &v, (hd as f64).powf(-0.5), mask)?
+        let o = super::layers::attention(&q, &k, &v, (hd as f64).powf(-0.5), mask)?
             .transpose(1, 2)?
             .reshape((b, n, h))?;
         self.out.forward(&o)
@@ -283,7 +283,7 @@ pub struct Clip {
     pub config: Config,
     // vision
     class_embedding: Tensor,
-    patch_embedding: super::PatchEmbed,
+    patch_embedding: super::layers::PatchEmbed,
     vision_positions: Tensor,
     pre_ln: LayerNorm,
     vision_layers: Vec<Layer>,
@@ -329,7 +329,7 @@ impl Clip {
                 "embeddings.class_embedding",
                 RANDN,
             )?,
-            patch_embedding: super::PatchEmbed::load(
+            patch_embedding: super::layers::PatchEmbed::load(
                 v.num_channels,
                 v.hidden_size,
                 v.patch_size,
@@ -378,7 +378,7 @@ impl Clip {
     /// naming the file.
     pub fn load(dir: &Path, device: &Device) -> Result<Clip> {
         let config = Config::from_file(&dir.join("config.json"))?;
-        super::load_weights(dir, device, "CLIP", |vb| Clip::new(vb, config))
+        super::layers::load_weights(dir, device, "CLIP", |vb| Clip::new(vb, config))
     }
 
     pub fn device(&self) -> &Device {

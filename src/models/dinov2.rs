@@ -5,7 +5,7 @@
 //! grid as transformers does. Output: the CLS token after the final LayerNorm, optionally
 //! concatenated with the mean patch token.
 
-use super::Linear;
+use super::layers::Linear;
 use anyhow::{bail, Result};
 use candle_core::{Device, IndexOp, Module, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
@@ -48,7 +48,7 @@ impl Default for Config {
 
 impl Config {
     pub fn from_file(path: &Path) -> Result<Config> {
-        let c: Config = super::read_config(path, "DINOv2")?;
+        let c: Config = super::layers::read_config(path, "DINOv2")?;
         if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
             bail!(
                 "{}: hidden_size {} is not divisible by {} heads",
@@ -144,7 +144,7 @@ impl Layer {
         let q = split(self.q.forward(&y)?)?;
         let k = split(self.k.forward(&y)?)?;
         let v = split(self.v.forward(&y)?)?;
-        let o = super::attention(&q, &k, &v, (hd as f64).powf(-0.5), None)?
+        let o = super::layers::attention(&q, &k, &v, (hd as f64).powf(-0.5), None)?
             .transpose(1, 2)?
             .reshape((b, n, h))?;
         let x = (x + self.out.forward(&o)?.broadcast_mul(&self.scale1)?)?;
@@ -166,7 +166,7 @@ pub struct Dinov2 {
     pub config: Config,
     cls: Tensor,
     pos: Tensor,
-    patch: super::PatchEmbed,
+    patch: super::layers::PatchEmbed,
     layers: Vec<Layer>,
     norm: LayerNorm,
 }
@@ -188,7 +188,7 @@ impl Dinov2 {
                 "position_embeddings",
                 RANDN,
             )?,
-            patch: super::PatchEmbed::load(
+            patch: super::layers::PatchEmbed::load(
                 c.num_channels,
                 c.hidden_size,
                 c.patch_size,
@@ -204,7 +204,7 @@ impl Dinov2 {
     /// Load `config.json` and `model.safetensors` (HF layout) from a directory.
     pub fn load(dir: &Path, device: &Device) -> Result<Dinov2> {
         let config = Config::from_file(&dir.join("config.json"))?;
-        super::load_weights(dir, device, "DINOv2", |vb| Dinov2::new(vb, config))
+        super::layers::load_weights(dir, device, "DINOv2", |vb| Dinov2::new(vb, config))
     }
 
     /// Position embeddings for a g_h × g_w patch grid: the stored grid interpolated bicubically

@@ -372,7 +372,7 @@ impl EfficientNetLite {
     pub fn load(dir: &Path, device: &Device) -> Result<EfficientNetLite> {
         let cfg_path = dir.join("config.json");
         let config = if cfg_path.exists() {
-            super::read_config(&cfg_path, "EfficientNet-Lite")?
+            super::layers::read_config(&cfg_path, "EfficientNet-Lite")?
         } else {
             Config::default()
         };
@@ -515,7 +515,7 @@ pub fn random_tensors(classes: usize, dev: &Device) -> Result<HashMap<String, Te
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::tests::max_diff;
+    use crate::models::layers::tests::max_diff;
 
     /// The CPU path (channels last, im2col stem, direct depthwise, sgemm) against candle's
     /// convolutions, on odd and even image sizes.

@@ -50,7 +50,7 @@ pub struct ImageEncoder {
 
 /// Which architecture a `config.json` describes.
 fn model_type(path: &Path) -> Result<String> {
-    let v: serde_json::Value = super::read_config(path, "model")?;
+    let v: serde_json::Value = super::layers::read_config(path, "model")?;
     if let Some(t) = v.get("model_type").and_then(|t| t.as_str()) {
         return Ok(t.to_string());
     }

@@ -246,7 +246,7 @@ fn write_checkpoint(
     );
     candle_core::safetensors::save(&t, tmp.path().join("model.safetensors"))?;
     let cfg_path = backbone.join("config.json");
-    let mut cfg: serde_json::Value = crate::models::read_config(&cfg_path, "model")?;
+    let mut cfg: serde_json::Value = crate::models::layers::read_config(&cfg_path, "model")?;
     let obj = cfg
         .as_object_mut()
         .with_context(|| format!("{}: not a JSON object", cfg_path.display()))?;
