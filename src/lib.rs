@@ -4,6 +4,7 @@
 //! this library holds the pieces the stages are built from.
 
 pub mod cache;
+pub mod captions;
 pub mod config;
 pub mod conformal;
 pub mod dataset;
@@ -13,9 +14,11 @@ pub mod kmeans;
 pub mod mat;
 pub mod metrics;
 pub mod models;
+pub mod plot;
 pub mod preprocess;
 pub mod progress;
 pub mod rng;
+pub mod rounds;
 pub mod schema;
 pub mod stages;
 pub mod strategy;

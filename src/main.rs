@@ -285,7 +285,7 @@ fn main_inner(cli: Cli) -> Result<()> {
             print!("{}", stages::report::render(&groups, stat)?);
             print!("{}", stages::report::aulc_text(&rows));
             if let Some(path) = plot {
-                stages::plot::learning_curves(&groups, &path)?;
+                vlal::plot::learning_curves(&groups, &path)?;
                 vlal::progress::log(format!("wrote {}", path.display()));
             }
             Ok(())

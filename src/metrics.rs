@@ -66,8 +66,38 @@ pub fn entropy(p: &[f32]) -> f64 {
         .sum()
 }
 
+/// Area under the learning curve of one run: the trapezoid area of accuracy over labels,
+/// divided by the label range (so in [0, 1]); a single point gives its accuracy.
+pub fn aulc(points: &mut [(f64, f64)]) -> f64 {
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (Some(first), Some(last)) = (points.first(), points.last()) else {
+        return f64::NAN;
+    };
+    let range = last.0 - first.0;
+    if range <= 0.0 {
+        return points.iter().map(|p| p.1).sum::<f64>() / points.len() as f64;
+    }
+    let area: f64 = points
+        .windows(2)
+        .map(|w| (w[1].0 - w[0].0) * (w[0].1 + w[1].1) / 2.0)
+        .sum();
+    area / range
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn aulc_is_the_normalised_trapezoid_area() {
+        // accuracy 0.5 → 1.0 linearly over 10 → 30 labels: mean height 0.75
+        let mut p = vec![(30.0, 1.0), (10.0, 0.5), (20.0, 0.75)];
+        assert!((aulc(&mut p) - 0.75).abs() < 1e-12);
+        // a step: 0.2 on [0, 10], then 0.8 at 20 → (10·0.2 + 10·0.5)/20
+        let mut q = vec![(0.0, 0.2), (10.0, 0.2), (20.0, 0.8)];
+        assert!((aulc(&mut q) - 0.35).abs() < 1e-12);
+        assert_eq!(aulc(&mut [(5.0, 0.4)]), 0.4);
+        assert!(aulc(&mut []).is_nan());
+    }
+
     use super::*;
 
     #[test]

@@ -367,6 +367,27 @@ fn the_checker_resolves_paths_to_files_and_finds_cycles() {
 }
 
 #[test]
+fn stages_share_only_the_data_layer() {
+    // a stage reads what another wrote through the tables, not its code; `run` is the sweep
+    // driver that calls the stages in turn
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let g = file_graph(&src);
+    let mut bad = Vec::new();
+    for (from, to) in &g {
+        if !from.starts_with("stages/") || from == "stages/run.rs" {
+            continue;
+        }
+        for t in to {
+            if t.starts_with("stages/") && t != "stages/mod.rs" {
+                bad.push(format!("{from} → {t}"));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "stages naming other stages: {bad:?}");
+    assert!(g["stages/run.rs"].contains("stages/select.rs"));
+}
+
+#[test]
 fn src_has_no_import_cycle() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let g = file_graph(&src);
@@ -381,7 +402,11 @@ fn src_has_no_import_cycle() {
         ("config.rs", "strategy/mod.rs"),
         ("stages/eval.rs", "strategy/ccma.rs"),
     ] {
-        assert!(g[from].contains(to), "{from} → {to} not found: {:?}", g[from]);
+        assert!(
+            g[from].contains(to),
+            "{from} → {to} not found: {:?}",
+            g[from]
+        );
     }
     let files = cycles(&g);
     let modules = cycles(&module_graph(&g));

@@ -401,7 +401,7 @@ fn stages_one_by_one_and_labels_from_a_file() {
     )
     .unwrap();
     import(true);
-    let rows = vlal::stages::read_labels(&get("NEXT_LABELS")).unwrap();
+    let rows = vlal::rounds::read_labels(&get("NEXT_LABELS")).unwrap();
     assert_eq!(rows.len(), 4 + 3);
     assert_eq!(
         rows.iter()
@@ -497,7 +497,7 @@ fn stages_one_by_one_and_labels_from_a_file() {
         ]
         .concat(),
     );
-    let rows = vlal::stages::read_labels(&get1("NEXT_LABELS")).unwrap();
+    let rows = vlal::rounds::read_labels(&get1("NEXT_LABELS")).unwrap();
     assert_eq!(rows.len(), 4 + 3 + 2);
     assert!(rows[7..]
         .iter()
@@ -1034,7 +1034,7 @@ fn ccma_baselines_diagnostics_and_aulc() {
     for (run, mut rows) in runs {
         rows.sort_by_key(|r| r.0);
         let mut pts: Vec<(f64, f64)> = rows.iter().map(|r| (r.1, r.2)).collect();
-        let whole = vlal::stages::report::aulc(&mut pts);
+        let whole = vlal::metrics::aulc(&mut pts);
         let last = rows.last().unwrap().3.unwrap();
         assert!((whole - last).abs() < 1e-12, "{run}: {whole} vs {last}");
         assert_eq!(

@@ -129,7 +129,6 @@ impl candle_nn::var_builder::SimpleBackend for SeededInit {
     }
 }
 
-
 /// A word-level `tokenizer.json` for a random CLIP: `<unk>` = 0, then `words` (lowercased, each
 /// once, in order), then CLIP's `<|startoftext|>` and `<|endoftext|>` (last, so legacy argmax
 /// pooling finds the EOS). Splits on whitespace and punctuation, lowercases. Returns the vocabulary
@@ -179,7 +178,6 @@ pub(crate) fn random_checkpoint<T>(
     m
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,4 +206,3 @@ mod tests {
         assert!(w.iter().any(|&x| x > 0.0) && w.iter().any(|&x| x < 0.0));
     }
 }
-

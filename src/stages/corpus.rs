@@ -144,7 +144,7 @@ fn near_misses(classes: &[Class]) -> Result<Vec<String>> {
                 .collect()
         })
         .collect();
-    let m = super::retrieve::Matcher::new(&phrases)?;
+    let m = crate::captions::Matcher::new(&phrases)?;
     let mut out = Vec::new();
     for p in phrases.iter().flatten() {
         let p = p.to_lowercase();

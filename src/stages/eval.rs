@@ -1,9 +1,9 @@
 //! `vlal eval`: score a round's predictions on the test split and append one `results` row
 //! (a new file in the run's Hive partition; an existing row is never rewritten).
 
-use super::read_labels;
 use crate::cache::Cache;
 use crate::config::RunSpec;
+use crate::rounds::{labeled_rows, pool_rows, read_labels, LabelRow, Predictions};
 use crate::schema::Table;
 use crate::{conformal, metrics, progress, table, TOOL_VERSION};
 use anyhow::Result;
@@ -25,7 +25,7 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize) -> Result<Option<Scored>
         ));
         return Ok(None);
     }
-    let preds = super::select::Predictions::read(spec, round)?;
+    let preds = Predictions::read(&spec.predictions_path(round))?;
     let f = &preds.frame;
     let train_s: f64 = f.meta("train_s")?.parse().unwrap_or(f64::NAN);
     let pred = crate::cache::aligned(&preds.path, f, "probs", &cache.test.ids)?.argmax_rows();
@@ -126,8 +126,8 @@ fn diagnostics(
     spec: &RunSpec,
     cache: &Cache,
     round: usize,
-    labels: &[super::LabelRow],
-    preds: &super::select::Predictions,
+    labels: &[LabelRow],
+    preds: &Predictions,
 ) -> Result<()> {
     let out = spec.diagnostics_path(round);
     if out.exists() {
@@ -137,8 +137,8 @@ fn diagnostics(
         anyhow::bail!("select.diagnostics needs the teacher's logits in the cache");
     };
     let ps = preds.probs(cache, &cache.train.ids)?;
-    let (labeled, _) = super::labeled_rows(&spec.labels_path(round), cache, labels)?;
-    let pool = super::pool_rows(cache, &labeled);
+    let (labeled, _) = labeled_rows(&spec.labels_path(round), cache, labels)?;
+    let pool = pool_rows(cache, &labeled);
     let calib_s = match &cache.calib {
         Some(c) => Some(preds.probs(cache, &c.ids)?),
         None => None,
@@ -244,5 +244,5 @@ fn run_aulc(spec: &RunSpec, round: usize, n_labeled: usize, accuracy: f64) -> Op
         let a = t.f64s("accuracy").ok()?.first().copied().flatten()?;
         pts.push((n as f64, a));
     }
-    Some(super::report::aulc(&mut pts))
+    Some(crate::metrics::aulc(&mut pts))
 }

@@ -3,9 +3,10 @@
 //! imports a person's answers (CSV or Parquet with columns sample_id, label — a class id or name).
 //! Writes the labels of the next round: every earlier label plus the new ones.
 
-use super::{read_labels, require, write_labels, LabelRow};
+use super::seed_count;
 use crate::cache::Cache;
 use crate::config::{Pipeline, RunSpec};
+use crate::rounds::{read_labels, require, write_labels, LabelRow};
 use crate::schema::Table;
 use crate::{progress, rng, table};
 use anyhow::{anyhow, bail, Context, Result};
@@ -27,35 +28,6 @@ fn members_by_class(p: &Pipeline, cache: &Cache) -> Result<Vec<Vec<usize>>> {
         }
     }
     Ok(by_class)
-}
-
-/// How many seed labels round 0 takes from the ground truth: `initial_per_class` of each class.
-/// A class with fewer train samples is an error unless the pipeline sets `allow_fewer` (then it
-/// gives them all).
-pub fn seed_count(p: &Pipeline, cache: &Cache) -> Result<usize> {
-    let mut per_class = vec![0usize; cache.n_classes()];
-    for l in cache.train.labels.iter().flatten() {
-        if let Some(n) = usize::try_from(*l).ok().and_then(|c| per_class.get_mut(c)) {
-            *n += 1;
-        }
-    }
-    for (c, &n) in per_class.iter().enumerate() {
-        if n < p.initial_per_class {
-            if !p.allow_fewer {
-                bail!(
-                    "{}: class {c} ('{}') has {n} train samples, fewer than initial_per_class = {} (set allow_fewer = true in the pipeline to take them all)",
-                    crate::cache::manifest_path(&p.dataset.root).display(),
-                    cache.classes[c],
-                    p.initial_per_class
-                );
-            }
-            progress::log(format!(
-                "class {c} ('{}') has only {n} train samples; taking all (allow_fewer)",
-                cache.classes[c]
-            ));
-        }
-    }
-    Ok(per_class.iter().map(|&n| n.min(p.initial_per_class)).sum())
 }
 
 /// Round 0: `initial_per_class` random samples of each class (seeded by the run's seed only, so

@@ -7,7 +7,6 @@ pub mod extract;
 pub mod fit_teacher;
 pub mod import_idx;
 pub mod label;
-pub mod plot;
 pub mod report;
 pub mod retrieve;
 pub mod run;
@@ -17,8 +16,7 @@ pub mod tiny;
 pub mod train;
 
 use crate::cache::Cache;
-use crate::schema::Table;
-use crate::table;
+use crate::config::Pipeline;
 use anyhow::{bail, Result};
 use std::path::Path;
 
@@ -97,99 +95,6 @@ pub fn sweep_pipeline(p: &crate::config::Pipeline) {
     crate::table::sweep_stale(&p.diagnostics_dir.join(&part), true);
 }
 
-/// One row of a `labels` table.
-#[derive(Clone, Debug, PartialEq)]
-pub struct LabelRow {
-    pub round: i32,
-    pub sample_id: String,
-    pub label: i32,
-    pub kind: String,
-    pub cost: f64,
-}
-
-pub fn read_labels(path: &Path) -> Result<Vec<LabelRow>> {
-    let f = table::read(path, Table::Labels)?;
-    let (r, id, l, k, c) = (
-        f.i32s("round")?,
-        f.strings("sample_id")?,
-        f.i32s("label")?,
-        f.strings("kind")?,
-        f.f64s("cost")?,
-    );
-    Ok((0..f.rows)
-        .map(|i| LabelRow {
-            round: r[i].unwrap_or(0),
-            sample_id: id[i].clone(),
-            label: l[i].unwrap_or(0),
-            kind: k[i].clone(),
-            cost: c[i].unwrap_or(0.0),
-        })
-        .collect())
-}
-
-/// Write a labels table; `Ok(false)` if it already exists (a run's state is never rewritten).
-pub fn write_labels(path: &Path, rows: &[LabelRow]) -> Result<bool> {
-    let round: Vec<i32> = rows.iter().map(|r| r.round).collect();
-    let ids: Vec<&str> = rows.iter().map(|r| r.sample_id.as_str()).collect();
-    let labels: Vec<i32> = rows.iter().map(|r| r.label).collect();
-    let kinds: Vec<&str> = rows.iter().map(|r| r.kind.as_str()).collect();
-    let cost: Vec<f64> = rows.iter().map(|r| r.cost).collect();
-    table::write(
-        path,
-        Table::Labels,
-        vec![
-            ("round", table::i32s(&round)),
-            ("sample_id", table::utf8(&ids)),
-            ("label", table::i32s(&labels)),
-            ("kind", table::utf8(&kinds)),
-            ("cost", table::f64s(&cost)),
-        ],
-        &[],
-        table::Mode::NoClobber,
-    )
-}
-
-/// The unlabeled train rows, ascending.
-pub fn pool_rows(cache: &Cache, labeled: &[usize]) -> Vec<usize> {
-    let mut is_labeled = vec![false; cache.train.ids.len()];
-    labeled.iter().for_each(|&i| is_labeled[i] = true);
-    (0..is_labeled.len()).filter(|&i| !is_labeled[i]).collect()
-}
-
-/// The train rows and labels of a labels table; every id must be in the train pool and every
-/// label in 0..C.
-pub fn labeled_rows(
-    path: &Path,
-    cache: &Cache,
-    rows: &[LabelRow],
-) -> Result<(Vec<usize>, Vec<u32>)> {
-    let c = cache.n_classes();
-    let mut idx = Vec::with_capacity(rows.len());
-    let mut lab = Vec::with_capacity(rows.len());
-    for r in rows {
-        let Some(&i) = cache.train.index.get(&r.sample_id) else {
-            bail!(
-                "{}: sample '{}' is not in the train pool of dataset '{}'",
-                path.display(),
-                r.sample_id,
-                cache.dataset
-            );
-        };
-        if r.label < 0 || r.label as usize >= c {
-            bail!(
-                "{}: sample '{}' has label {}, outside 0..{c}",
-                path.display(),
-                r.sample_id,
-                r.label
-            );
-        }
-        idx.push(i);
-        lab.push(r.label as u32);
-    }
-    Ok((idx, lab))
-}
-
-/// Require a file that an earlier stage writes.
 /// The cache tables a run reads: its trainer's, its strategy's, and the teacher's logits when
 /// the pipeline writes diagnostics.
 pub fn need_of(spec: &crate::config::RunSpec) -> Result<crate::cache::Need> {
@@ -202,9 +107,31 @@ pub fn need_of(spec: &crate::config::RunSpec) -> Result<crate::cache::Need> {
     Ok(n)
 }
 
-pub fn require(path: &Path, made_by: &str) -> Result<()> {
-    if !path.exists() {
-        bail!("{}: missing (run `{made_by}` first)", path.display());
+/// How many seed labels round 0 takes from the ground truth: `initial_per_class` of each class.
+/// A class with fewer train samples is an error unless the pipeline sets `allow_fewer` (then it
+/// gives them all).
+pub fn seed_count(p: &Pipeline, cache: &Cache) -> Result<usize> {
+    let mut per_class = vec![0usize; cache.n_classes()];
+    for l in cache.train.labels.iter().flatten() {
+        if let Some(n) = usize::try_from(*l).ok().and_then(|c| per_class.get_mut(c)) {
+            *n += 1;
+        }
     }
-    Ok(())
+    for (c, &n) in per_class.iter().enumerate() {
+        if n < p.initial_per_class {
+            if !p.allow_fewer {
+                bail!(
+                    "{}: class {c} ('{}') has {n} train samples, fewer than initial_per_class = {} (set allow_fewer = true in the pipeline to take them all)",
+                    crate::cache::manifest_path(&p.dataset.root).display(),
+                    cache.classes[c],
+                    p.initial_per_class
+                );
+            }
+            crate::progress::log(format!(
+                "class {c} ('{}') has only {n} train samples; taking all (allow_fewer)",
+                cache.classes[c]
+            ));
+        }
+    }
+    Ok(per_class.iter().map(|&n| n.min(p.initial_per_class)).sum())
 }

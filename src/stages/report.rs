@@ -8,22 +8,7 @@ use anyhow::{bail, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-/// One group of the summary: a (pipeline, trainer, strategy, round) over seeds.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Group {
-    pub pipeline: String,
-    pub trainer: String,
-    pub strategy: String,
-    pub round: i64,
-    /// Mean test accuracy over the group's rows.
-    pub acc_mean: f64,
-    /// Sample standard deviation of the accuracy (0 for a single row).
-    pub acc_std: f64,
-    /// Distinct seeds.
-    pub seeds: usize,
-    /// Mean number of labels.
-    pub n_labeled: f64,
-}
+pub use crate::plot::Group;
 
 /// The columns of one results row that the report uses.
 pub struct Row {
@@ -154,24 +139,6 @@ pub fn scan(results_dir: &Path, pipelines: &[&str]) -> Result<Vec<Row>> {
     Ok(out)
 }
 
-/// Area under the learning curve of one run: the trapezoid area of accuracy over labels,
-/// divided by the label range (so in [0, 1]); a single point gives its accuracy.
-pub fn aulc(points: &mut [(f64, f64)]) -> f64 {
-    points.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let (Some(first), Some(last)) = (points.first(), points.last()) else {
-        return f64::NAN;
-    };
-    let range = last.0 - first.0;
-    if range <= 0.0 {
-        return points.iter().map(|p| p.1).sum::<f64>() / points.len() as f64;
-    }
-    let area: f64 = points
-        .windows(2)
-        .map(|w| (w[1].0 - w[0].0) * (w[0].1 + w[1].1) / 2.0)
-        .sum();
-    area / range
-}
-
 /// AULC per (pipeline, trainer, strategy): mean and std over runs (seeds), the runs' round
 /// counts, as text.
 pub fn aulc_report(results_dir: &Path, pipelines: &[&str]) -> Result<String> {
@@ -200,7 +167,7 @@ pub fn aulc_text(rows: &[Row]) -> String {
         groups
             .entry((p, t, s))
             .or_default()
-            .push((aulc(&mut pts), n));
+            .push((crate::metrics::aulc(&mut pts), n));
     }
     let mut out =
         String::from("AULC (area under accuracy vs labels, normalised), mean ± std over seeds\n");
@@ -396,17 +363,5 @@ mod tests {
         write_raw(&bad, cols);
         let e = summary(dir.path(), &[]).unwrap_err().to_string();
         assert_eq!(e, format!("{}: missing column 'round'", bad.display()));
-    }
-
-    #[test]
-    fn aulc_is_the_normalised_trapezoid_area() {
-        // accuracy 0.5 → 1.0 linearly over 10 → 30 labels: mean height 0.75
-        let mut p = vec![(30.0, 1.0), (10.0, 0.5), (20.0, 0.75)];
-        assert!((aulc(&mut p) - 0.75).abs() < 1e-12);
-        // a step: 0.2 on [0, 10], then 0.8 at 20 → (10·0.2 + 10·0.5)/20
-        let mut q = vec![(0.0, 0.2), (10.0, 0.2), (20.0, 0.8)];
-        assert!((aulc(&mut q) - 0.35).abs() < 1e-12);
-        assert_eq!(aulc(&mut [(5.0, 0.4)]), 0.4);
-        assert!(aulc(&mut []).is_nan());
     }
 }

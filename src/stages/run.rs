@@ -104,7 +104,7 @@ pub fn run(p: &Pipeline, filter: &Filter) -> Result<()> {
 /// The round budget; the pool must hold the seed labels and every round's.
 fn check_budget(p: &Pipeline, cache: &Cache) -> Result<usize> {
     let budget = p.budget.unwrap_or(cache.n_classes());
-    let seed = super::label::seed_count(p, cache)?;
+    let seed = super::seed_count(p, cache)?;
     let needed = seed + p.rounds * budget;
     if needed > cache.train.ids.len() {
         bail!(

@@ -1,53 +1,23 @@
 //! `vlal select`: run the run's strategy on a round's predictions and labels and write the
 //! batch to query.
 
-use super::{labeled_rows, read_labels, require};
 use crate::cache::Cache;
 use crate::config::RunSpec;
-use crate::mat::Mat;
+use crate::rounds::{labeled_rows, pool_rows, read_labels, require, Predictions};
 use crate::schema::Table;
 use crate::strategy::{self, SelectContext};
 use crate::{rng, table};
 use anyhow::{bail, Result};
 use std::time::Instant;
 
-/// A round's predictions table, read once.
-pub struct Predictions {
-    pub path: std::path::PathBuf,
-    pub frame: table::Frame,
-}
-
-impl Predictions {
-    pub fn read(spec: &RunSpec, round: usize) -> Result<Predictions> {
-        let path = spec.predictions_path(round);
-        require(&path, "vlal train")?;
-        let frame = table::read(&path, Table::Predictions)?;
-        Ok(Predictions { path, frame })
-    }
-
-    /// Student probabilities of the rows `ids` (train, calib or test), in that order.
-    pub fn probs(&self, cache: &Cache, ids: &[String]) -> Result<Mat> {
-        let out = crate::cache::aligned(&self.path, &self.frame, "probs", ids)?;
-        if out.cols != cache.n_classes() {
-            bail!(
-                "{}: probs have {} classes, the dataset has {}",
-                self.path.display(),
-                out.cols,
-                cache.n_classes()
-            );
-        }
-        Ok(out)
-    }
-}
-
 pub fn run(spec: &RunSpec, cache: &Cache, round: usize, budget: usize) -> Result<()> {
     let lpath = spec.labels_path(round);
     require(&lpath, "vlal label")?;
     let rows = read_labels(&lpath)?;
     let (labeled, labels) = labeled_rows(&lpath, cache, &rows)?;
-    let preds = Predictions::read(spec, round)?;
+    let preds = Predictions::read(&spec.predictions_path(round))?;
     let probs = preds.probs(cache, &cache.train.ids)?;
-    let pool = super::pool_rows(cache, &labeled);
+    let pool = pool_rows(cache, &labeled);
     if pool.is_empty() {
         bail!(
             "{}: pool exhausted: every train sample is labeled",
@@ -242,6 +212,7 @@ pub fn batch_metrics(ctx: &SelectContext, rows: &[usize]) -> BatchMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mat::Mat;
 
     #[test]
     fn batch_metrics_hand_checked() {

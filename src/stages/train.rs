@@ -2,10 +2,10 @@
 //! predictions (train pool and test split) and the head as safetensors. A `+rda` run trains on
 //! the labeled ∪ retrieved samples: the retrieved rows are stacked under the pool's.
 
-use super::{labeled_rows, read_labels, require};
 use crate::cache::Cache;
 use crate::config::RunSpec;
 use crate::mat::Mat;
+use crate::rounds::{labeled_rows, read_labels, require};
 use crate::schema::Table;
 use crate::train::TeacherSignal;
 use crate::{rng, table, teacher, train};

@@ -3,11 +3,27 @@
 //! trainer, drawn with plotters into a buffer and saved with `image` (temporary file, renamed).
 //! Text uses DejaVu Sans (Debian fonts-dejavu-core) or the TTF file named by `VLAL_FONT`.
 
-use super::report::Group;
 use anyhow::{anyhow, bail, Context, Result};
 use plotters::prelude::*;
 use std::collections::BTreeMap;
 use std::path::Path;
+
+/// One group of the summary: a (pipeline, trainer, strategy, round) over seeds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Group {
+    pub pipeline: String,
+    pub trainer: String,
+    pub strategy: String,
+    pub round: i64,
+    /// Mean test accuracy over the group's rows.
+    pub acc_mean: f64,
+    /// Sample standard deviation of the accuracy (0 for a single row).
+    pub acc_std: f64,
+    /// Distinct seeds.
+    pub seeds: usize,
+    /// Mean number of labels.
+    pub n_labeled: f64,
+}
 
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
