@@ -178,4 +178,110 @@ mod tests {
         let p = top_scores(&[0.5, 0.9, 0.5, 0.9, 0.1], 3);
         assert_eq!(p.iter().map(|p| p.pos).collect::<Vec<_>>(), vec![1, 3, 0]);
     }
+
+    /// Every registered strategy, alone and under selective querying, on a context with every
+    /// input a strategy may read (a trained head, teacher logits and image embeddings,
+    /// prototypes, a labeled calibration split, retrieved labels): `budget` picks, distinct, in
+    /// the pool, finite scores, and the same picks for the same seed.
+    #[test]
+    fn every_strategy_keeps_the_contract() {
+        use crate::mat::{softmax_rows, Mat};
+        use crate::rng;
+        let (n, c, d, dt) = (120, 4, 8, 6);
+        let mut r = rng::stream(11, "contract", 0);
+        let class: Vec<usize> = (0..n).map(|i| i % c).collect();
+        let blob = |dim: usize, scale: f32, r: &mut crate::rng::VRng| {
+            let mut m = Mat::new(n, dim, rng::uniform(n * dim, 0.6, r)).unwrap();
+            for i in 0..n {
+                m.row_mut(i)[class[i] % dim] += scale;
+            }
+            m.normalize_rows();
+            m
+        };
+        let features = blob(d, 1.0, &mut r);
+        let image = blob(dt, 1.5, &mut r);
+        let mut prototypes = Mat::new(c, dt, rng::uniform(c * dt, 0.2, &mut r)).unwrap();
+        for k in 0..c {
+            prototypes.row_mut(k)[k] += 1.0;
+        }
+        prototypes.normalize_rows();
+        let cos = crate::geometry::matmul_nt(&image, &prototypes).unwrap();
+        let teacher = softmax_rows(&cos, 1.0 / 0.05);
+        let labeled: Vec<usize> = (0..2 * c).collect();
+        let labels: Vec<u32> = labeled.iter().map(|&i| class[i] as u32).collect();
+        let pool: Vec<usize> = (2 * c..n).collect();
+        let mut tp = crate::train::params::TrainParams::default();
+        tp.linear.epochs = 5;
+        let data = crate::train::TrainData {
+            features: &features,
+            labeled: &labeled,
+            labels: &labels,
+            n_classes: c,
+            teacher: None,
+            class_names: &[],
+            feature_model: &Default::default(),
+            prototypes: None,
+        };
+        let (head, _) = crate::train::by_name("linear", &tp)
+            .unwrap()
+            .fit(&data, &mut rng::stream(0, "t", 0), &candle_core::Device::Cpu)
+            .unwrap();
+        let probs = head.predict(&features).unwrap();
+        let calib_rows: Vec<usize> = (n - 20..n).collect();
+        let (cs, ct) = (
+            probs.select_rows(&calib_rows),
+            teacher.select_rows(&calib_rows),
+        );
+        let cy: Vec<u32> = calib_rows.iter().map(|&i| class[i] as u32).collect();
+        let retrieved: Vec<u32> = vec![0, 0, 1];
+        let ctx = || SelectContext {
+            n_classes: c,
+            probs: &probs,
+            features: &features,
+            labeled: &labeled,
+            labels: &labels,
+            pool: &pool,
+            head: Some(&head),
+            teacher_probs: Some(&teacher),
+            teacher_image: Some(&image),
+            prototypes: Some(&prototypes),
+            calib: Some(Calib {
+                student: &cs,
+                teacher: Some(&ct),
+                labels: &cy,
+            }),
+            retrieved_labels: Some(&retrieved),
+            notes: Notes::default(),
+        };
+        let mut checked = 0;
+        for name in names() {
+            for spec in [name.to_string(), format!("{name}+sq")] {
+                let s = by_name(&spec).unwrap();
+                for budget in [1, 7] {
+                    let run = || {
+                        s.select(&ctx(), budget, &mut rng::stream(5, "select", 1))
+                            .unwrap_or_else(|e| panic!("{spec}: {e:#}"))
+                    };
+                    let picks = run();
+                    assert_eq!(picks.len(), budget, "{spec}: batch size");
+                    let mut pos: Vec<usize> = picks.iter().map(|p| p.pos).collect();
+                    assert!(pos.iter().all(|&p| p < pool.len()), "{spec}: {pos:?}");
+                    pos.sort_unstable();
+                    pos.dedup();
+                    assert_eq!(pos.len(), budget, "{spec}: repeated picks");
+                    assert!(picks.iter().all(|p| p.score.is_finite()), "{spec}");
+                    assert_eq!(run(), picks, "{spec}: same seed, other picks");
+                    let rows: Vec<usize> = picks.iter().map(|p| pool[p.pos]).collect();
+                    let pseudo = s.pseudo_labels(&ctx(), &rows);
+                    assert_eq!(pseudo.is_some(), spec.ends_with("+sq"), "{spec}");
+                    if let Some(pl) = pseudo {
+                        assert_eq!(pl.len(), budget);
+                        assert!(pl.iter().flatten().all(|&l| (l as usize) < c));
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert_eq!(checked, 29 * 2 * 2);
+    }
 }
