@@ -6,7 +6,7 @@ Needs numpy; uses faiss (pip install faiss-cpu) for k-means and nearest-centroid
 is importable, else a blocked numpy Lloyd. Each implementation runs in its own process on data
 generated the same way (CLIP-like class clusters, teacher softmax(cos/0.03)); the table gives
 the selection time alone (data generation excluded) and the ratio numpy/vlal.
-Steps (METHODS.md "CCMA"): subpool (V1: k-means K = min(10k, |U|/3) on the teacher embeddings,
+Steps (CCMA paper, §3; README "CCMA"): subpool (V1: k-means K = min(10k, |U|/3) on the teacher embeddings,
 20 iterations, point nearest each centroid; V3: random subpool of the same size), size-targeted
 thresholds by 30-step bisection on the calib split (k_S = 5, k_T = 3), sets with top-1 fallback,
 union-renormalised JS, gate, score, top ρ·B (ρ = 20), k-means K = B, point nearest each centroid.

@@ -1,4 +1,4 @@
-//! Split-conformal set predictors and CCMA's cross-modal disagreement (METHODS.md "CCMA"):
+//! Split-conformal set predictors and CCMA's cross-modal disagreement (CCMA paper, §3.3–3.4):
 //! nonconformity −log p, size- and coverage-targeted thresholds, label sets with a top-1 fallback,
 //! the union-renormalised Jensen–Shannon divergence, the confidence gate, and the per-round
 //! teacher–student diagnostics.
@@ -217,7 +217,9 @@ pub fn calibrate(
     }
 }
 
-/// Teacher–student diagnostics of one round (METHODS.md "Diagnostics per round").
+/// Teacher–student diagnostics of one round (the CCMA paper's analysis): mean |Γ_S ∩ Γ_T| and
+/// |Γ_S △ Γ_T|, top-1 disagreement, mean JS, mean max p_S and max p_T, set coverage on the
+/// calibration split.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Diagnostics {
     pub set_overlap: f64,

@@ -12,7 +12,9 @@ use anyhow::{anyhow, bail, Result};
 use candle_core::{Device, Tensor};
 use std::path::Path;
 
-/// The prompt templates of the prototype ensemble (../shared/METHODS.md).
+/// The prompt templates of the prototype ensemble t_c = normalise(mean over templates of
+/// normalise(text(template(class name)))): ten of CLIP's ImageNet templates (Radford et al.,
+/// 2021), as the CCMA and PCoreSet papers build their zero-shot teachers.
 pub const TEMPLATES: [&str; 10] = [
     "a photo of a {}",
     "a photo of the {}",

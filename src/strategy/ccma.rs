@@ -1,4 +1,4 @@
-//! CCMA, conformal cross-modal acquisition (CCMA paper, Alg. 1): a diverse subpool by k-means on
+//! CCMA, conformal cross-modal acquisition (CCMA paper, §3): a diverse subpool by k-means on
 //! the teacher's image embeddings, conformal label sets of student and teacher, the gated
 //! JS-disagreement + student-entropy score, the top ρ·B, and a final diversity step (k-means
 //! centroid-nearest or UHerding's uncertainty-weighted coverage). `ccma-v1` … `ccma-v5` are the

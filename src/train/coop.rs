@@ -1,4 +1,4 @@
-//! CoOp prompt learning (Zhou et al.; the CB+SQ paper, §3): M learnable context vectors (N(0, 0.02²))
+//! CoOp prompt learning (Zhou et al.; the CB+SQ paper, §3.2): M learnable context vectors (N(0, 0.02²))
 //! replace the "X" placeholders of "X X … X {class name}." in the frozen CLIP text tower's token
 //! embeddings; the normalised text features classify cached, normalised CLIP image features by
 //! cos/τ, trained with cross-entropy by SGD with a cosine learning-rate decay, re-initialised every
