@@ -224,7 +224,11 @@ mod tests {
         };
         let (head, _) = crate::train::by_name("linear", &tp)
             .unwrap()
-            .fit(&data, &mut rng::stream(0, "t", 0), &candle_core::Device::Cpu)
+            .fit(
+                &data,
+                &mut rng::stream(0, "t", 0),
+                &candle_core::Device::Cpu,
+            )
             .unwrap();
         let probs = head.predict(&features).unwrap();
         let calib_rows: Vec<usize> = (n - 20..n).collect();

@@ -1,0 +1,272 @@
+//! `vlal extract`: run the teacher (CLIP image + text towers) and the student (DINOv2 or CLIP's
+//! image tower) once over a dataset and cache what every later stage reads: embeddings per
+//! (model, split), the teacher's class prototypes and its zero-shot logits cos/τ, the manifest
+//! and the classes.
+//!
+//! Every file carries a `content_key` (sha256 over the model's fingerprint, the preprocessing
+//! and each image's id and bytes); a file whose key matches is not recomputed, so a second run
+//! with the same inputs does no work. Decoding runs on rayon in a producer thread, one batch
+//! ahead of the model's forward pass. Output is staged in a temporary folder and moved into
+//! place only when everything succeeded: a bad image without `--skip-bad` leaves nothing behind.
+
+mod embed;
+mod keys;
+mod staging;
+mod tables;
+mod teacher;
+
+use crate::dataset::{self, Dataset, Sample};
+use crate::models::encoder::ImageEncoder;
+use crate::models::hub::{self, Source};
+use crate::schema::Table;
+use crate::{progress, table};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct ExtractArgs {
+    /// Output cache folder, e.g. data/<dataset>.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Image folder: <class>/<image> or <split>/<class>/<image> (split: train, calib|val, test).
+    #[arg(
+        long,
+        conflicts_with = "manifest",
+        required_unless_present = "manifest"
+    )]
+    pub images: Option<PathBuf>,
+    /// Manifest (CSV or Parquet): path, label, split[, sample_id]; paths relative to its folder.
+    #[arg(long)]
+    pub manifest: Option<PathBuf>,
+    /// Class names, one per line: `name | synonym | ...` (default: the folder names).
+    #[arg(long)]
+    pub classes: Option<PathBuf>,
+    /// Prompt the synonyms too: a prototype averages templates × (name and synonyms).
+    #[arg(long)]
+    pub synonyms: bool,
+    /// Teacher: a CLIP hub id (openai/clip-vit-base-patch32) or a local folder in HF layout;
+    /// or a pretrained classifier (EfficientNet-Lite with its head; class names in config.json's
+    /// id2label), made zero-shot by --label-map.
+    #[arg(long, required_unless_present = "student")]
+    pub teacher: Option<String>,
+    /// Hub revision (default main), or the label of a local folder (default local).
+    #[arg(long)]
+    pub teacher_revision: Option<String>,
+    /// The id a local teacher folder is recorded under (default: the folder name).
+    #[arg(long)]
+    pub teacher_name: Option<String>,
+    /// Student: a DINOv2 or CLIP hub id (facebook/dinov2-small) or a local folder.
+    #[arg(long)]
+    pub student: Option<String>,
+    #[arg(long)]
+    pub student_revision: Option<String>,
+    #[arg(long)]
+    pub student_name: Option<String>,
+    /// DINOv2 student: store [CLS | mean patch token] instead of CLS alone.
+    #[arg(long)]
+    pub mean_patch: bool,
+    /// A classifier teacher's label map: one line per task class, `task class: name | name |
+    /// #index` (the classifier's class names or indices); its logit is the log-sum-exp of the
+    /// mapped logits. Without it the classifier's classes must be the task's, by name.
+    #[arg(long)]
+    pub label_map: Option<PathBuf>,
+    /// CLIP teacher temperature: logits = cos/τ (a classifier teacher's logits are its own).
+    #[arg(long, default_value_t = 0.01)]
+    pub tau: f32,
+    /// Without split folders: share of images held out as test (by a hash of the path).
+    #[arg(long, default_value_t = 0.2)]
+    pub test_fraction: f64,
+    /// Without split folders: share held out as the labeled calibration split.
+    #[arg(long, default_value_t = 0.1)]
+    pub calib_fraction: f64,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Record unreadable or corrupt images in rejects.parquet and go on (default: fail).
+    #[arg(long)]
+    pub skip_bad: bool,
+    /// cpu, or cuda (a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Resolve hub ids from the local hf-hub cache only (also HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    pub offline: bool,
+    /// Retrieved samples (`vlal retrieve`'s retrieved.parquet): their images are embedded by
+    /// every model into `<model>/retrieved.parquet` and they join the manifest as
+    /// split = train, source = retrieved, labeled with the class their caption named.
+    #[arg(long)]
+    pub retrieved: Option<PathBuf>,
+}
+
+/// The retrieved samples with an image path, as samples of the `retrieved` file split.
+fn retrieved_samples(path: &Path, data: &Dataset) -> Result<Vec<Sample>> {
+    let f = table::read(path, Table::Retrieved)?;
+    let (ids, paths, labels, classes) = (
+        f.strings("sample_id")?,
+        f.opt_strings("path")?,
+        f.i32s("label")?,
+        f.strings("class")?,
+    );
+    let mut out = Vec::new();
+    let mut no_path = 0;
+    for i in 0..f.rows {
+        let l = labels[i].unwrap_or(-1);
+        let named = usize::try_from(l).ok().and_then(|l| data.classes.get(l));
+        if named.is_none_or(|c| c.name != classes[i]) {
+            bail!(
+                "{}: sample '{}' is class {l} '{}', which is not this dataset's class {l}; \
+                 retrieve for this cache's classes",
+                path.display(),
+                ids[i],
+                classes[i]
+            );
+        }
+        match &paths[i] {
+            Some(p) => out.push(Sample {
+                id: ids[i].clone(),
+                path: PathBuf::from(p),
+                split: "retrieved".into(),
+                label: Some(l),
+            }),
+            None => no_path += 1,
+        }
+    }
+    if no_path > 0 {
+        progress::log(format!(
+            "{}: {no_path} retrieved sample(s) have no image path; left out",
+            path.display()
+        ));
+    }
+    Ok(out)
+}
+
+pub fn run(a: &ExtractArgs) -> Result<()> {
+    crate::models::keep_freed_memory();
+    if a.tau <= 0.0 || !a.tau.is_finite() {
+        bail!("--tau must be positive");
+    }
+    if a.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let mut data: Dataset = match (&a.images, &a.manifest) {
+        (Some(dir), _) => {
+            dataset::from_folder(dir, a.classes.as_deref(), a.test_fraction, a.calib_fraction)?
+        }
+        (None, Some(m)) => dataset::from_manifest(m, a.classes.as_deref())?,
+        (None, None) => bail!("pass --images or --manifest"),
+    };
+    if let Some(r) = &a.retrieved {
+        let extra = retrieved_samples(r, &data)?;
+        progress::log(format!(
+            "{}: {} retrieved samples",
+            r.display(),
+            extra.len()
+        ));
+        data.samples.extend(extra);
+    }
+    let device = crate::train::device(&a.device)?;
+    let resolve = |spec: &str, revision: &Option<String>, name: &Option<String>| {
+        hub::resolve(
+            spec,
+            &Source {
+                revision: revision.clone(),
+                name: name.clone(),
+                offline: a.offline,
+            },
+        )
+    };
+    let (teacher, head) = match &a.teacher {
+        Some(t) => {
+            let m = resolve(t, &a.teacher_revision, &a.teacher_name)?;
+            let (e, h) = teacher::load(m, a.label_map.as_deref(), &data, &device)?;
+            (Some(e), h)
+        }
+        None => (None, None),
+    };
+    let student = match &a.student {
+        Some(s) => Some(ImageEncoder::load(
+            resolve(s, &a.student_revision, &a.student_name)?,
+            &device,
+            a.mean_patch,
+        )?),
+        None => None,
+    };
+    let encoders: Vec<&ImageEncoder> = [teacher.as_ref(), student.as_ref()]
+        .into_iter()
+        .flatten()
+        .collect();
+    if encoders.len() == 2 && encoders[0].model.key() == encoders[1].model.key() {
+        bail!(
+            "teacher and student are both recorded as {}; give one a --*-name or --*-revision",
+            encoders[0].model.key()
+        );
+    }
+    for e in &encoders {
+        progress::log(format!(
+            "{} from {} ({}-d; {})",
+            e.model.key(),
+            e.model.dir.display(),
+            e.dim,
+            e.describe()
+        ));
+    }
+
+    let out = &a.out;
+    let (hashes, mut rejects) = keys::hash_images(&data.samples);
+    if let (Some(r), false) = (rejects.first(), a.skip_bad) {
+        bail!("{}; use --skip-bad to record bad images and go on", r.error);
+    }
+    let mut staging = staging::Staging::new(out)?;
+    let (kept_ids, teacher_emb) = embed::embed_splits(
+        out,
+        &data,
+        &hashes,
+        &encoders,
+        teacher.is_some(),
+        &device,
+        a.batch_size,
+        a.skip_bad,
+        &mut staging,
+        &mut rejects,
+    )?;
+    if let Some(t) = &teacher {
+        teacher::write_tables(
+            out,
+            t,
+            &head,
+            &teacher_emb,
+            &data,
+            a.tau,
+            a.synonyms,
+            &mut staging,
+        )?;
+    }
+    let (rpath, n_rejects) = tables::write(out, &data, &kept_ids, rejects, &mut staging)?;
+    if n_rejects > 0 {
+        progress::log(format!(
+            "{} unreadable images left out (listed in {})",
+            n_rejects,
+            rpath.display()
+        ));
+    }
+    let n = staging.commit()?;
+    if n_rejects == 0 && rpath.exists() {
+        std::fs::remove_file(&rpath).with_context(|| {
+            format!("{}: cannot remove the stale rejects table", rpath.display())
+        })?;
+    }
+    if n == 0 {
+        progress::log(format!("{}: up to date, nothing extracted", out.display()));
+    } else {
+        progress::log(format!("{}: {n} files written", out.display()));
+    }
+    let key = |e: Option<&ImageEncoder>| e.map(|e| e.model.key());
+    progress::log(format!(
+        "pipeline [dataset]: root = \"{}\", student = \"{}\", teacher = \"{}\"",
+        out.display(),
+        key(student.as_ref())
+            .or(key(teacher.as_ref()))
+            .unwrap_or_default(),
+        key(teacher.as_ref()).unwrap_or_default()
+    ));
+    Ok(())
+}
