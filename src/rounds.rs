@@ -6,7 +6,7 @@ use crate::mat::Mat;
 use crate::schema::Table;
 use crate::table;
 use anyhow::{bail, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// One row of a `labels` table.
 #[derive(Clone, Debug, PartialEq)]
@@ -136,5 +136,32 @@ impl Predictions {
             );
         }
         Ok(out)
+    }
+}
+
+/// One round's labels, read and resolved to train rows once: `vlal run` hands it from stage to
+/// stage (train, select, eval, label) instead of each reading the labels file again.
+pub struct Round {
+    pub round: usize,
+    /// The labels file it was read from (errors name it).
+    pub path: PathBuf,
+    pub rows: Vec<LabelRow>,
+    /// The labeled train rows and their labels (row i ↔ labels[i]).
+    pub labeled: Vec<usize>,
+    pub labels: Vec<u32>,
+}
+
+impl Round {
+    pub fn read(path: &Path, round: usize, cache: &Cache) -> Result<Round> {
+        require(path, "vlal label")?;
+        let rows = read_labels(path)?;
+        let (labeled, labels) = labeled_rows(path, cache, &rows)?;
+        Ok(Round {
+            round,
+            path: path.to_path_buf(),
+            rows,
+            labeled,
+            labels,
+        })
     }
 }

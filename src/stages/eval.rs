@@ -3,7 +3,7 @@
 
 use crate::cache::Cache;
 use crate::config::RunSpec;
-use crate::rounds::{labeled_rows, pool_rows, read_labels, LabelRow, Predictions};
+use crate::rounds::{pool_rows, Predictions, Round};
 use crate::schema::Table;
 use crate::{conformal, metrics, progress, table, TOOL_VERSION};
 use anyhow::Result;
@@ -17,14 +17,36 @@ pub struct Scored {
 
 /// Score the round and write its results row; None when the row existed already.
 pub fn run(spec: &RunSpec, cache: &Cache, round: usize) -> Result<Option<Scored>> {
+    if recorded(spec, round) {
+        return Ok(None);
+    }
+    run_round(
+        spec,
+        cache,
+        &Round::read(&spec.labels_path(round), round, cache)?,
+    )
+}
+
+/// Whether the round's results row exists (said in the log).
+fn recorded(spec: &RunSpec, round: usize) -> bool {
     let out = spec.results_path(round);
-    if out.exists() {
+    let done = out.exists();
+    if done {
         progress::log(format!(
             "{} exists; round {round} already recorded",
             out.display()
         ));
+    }
+    done
+}
+
+/// [`run`] on labels already read.
+pub fn run_round(spec: &RunSpec, cache: &Cache, r: &Round) -> Result<Option<Scored>> {
+    let round = r.round;
+    if recorded(spec, round) {
         return Ok(None);
     }
+    let out = spec.results_path(round);
     let preds = Predictions::read(&spec.predictions_path(round))?;
     let f = &preds.frame;
     let train_s: f64 = f.meta("train_s")?.parse().unwrap_or(f64::NAN);
@@ -37,16 +59,15 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize) -> Result<Option<Scored>
         .collect();
     let s = metrics::score(&pred, &truth, cache.n_classes());
 
-    let labels = read_labels(&spec.labels_path(round))?;
+    let labels = &r.rows;
     let budget_spent: f64 = labels.iter().map(|r| r.cost).sum();
     // selective querying's free labels and how many of them are right (the oracle knows)
     let pseudo: Vec<_> = labels.iter().filter(|r| r.kind == "pseudo").collect();
-    let judged: Vec<bool> = pseudo
+    let judged: Vec<bool> = labels
         .iter()
-        .filter_map(|r| {
-            let i = *cache.train.index.get(&r.sample_id)?;
-            cache.train.labels[i].map(|t| t == r.label)
-        })
+        .zip(&r.labeled)
+        .filter(|(l, _)| l.kind == "pseudo")
+        .filter_map(|(l, &i)| cache.train.labels[i].map(|t| t == l.label))
         .collect();
     let pseudo_accuracy = (!judged.is_empty())
         .then(|| judged.iter().filter(|&&ok| ok).count() as f64 / judged.len() as f64);
@@ -65,7 +86,7 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize) -> Result<Option<Scored>
     let select_s = qmeta("select_s");
     let p = &spec.pipeline;
     if p.select.diagnostics {
-        diagnostics(spec, cache, round, &labels, &preds)?;
+        diagnostics(spec, cache, r, &preds)?;
     }
     table::write(
         &out,
@@ -122,13 +143,8 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize) -> Result<Option<Scored>
 }
 
 /// CCMA's teacher–student diagnostics over the round's unlabeled pool, appended like results.
-fn diagnostics(
-    spec: &RunSpec,
-    cache: &Cache,
-    round: usize,
-    labels: &[LabelRow],
-    preds: &Predictions,
-) -> Result<()> {
+fn diagnostics(spec: &RunSpec, cache: &Cache, r: &Round, preds: &Predictions) -> Result<()> {
+    let round = r.round;
     let out = spec.diagnostics_path(round);
     if out.exists() {
         return Ok(());
@@ -137,8 +153,7 @@ fn diagnostics(
         anyhow::bail!("select.diagnostics needs the teacher's logits in the cache");
     };
     let ps = preds.probs(cache, &cache.train.ids)?;
-    let (labeled, _) = labeled_rows(&spec.labels_path(round), cache, labels)?;
-    let pool = pool_rows(cache, &labeled);
+    let pool = pool_rows(cache, &r.labeled);
     let calib_s = match &cache.calib {
         Some(c) => Some(preds.probs(cache, &c.ids)?),
         None => None,
@@ -169,7 +184,7 @@ fn diagnostics(
         &out,
         Table::Diagnostics,
         [
-            id_columns(spec, cache, round, labels.len()),
+            id_columns(spec, cache, round, r.rows.len()),
             vec![
                 ("calibration", one(&cal.how)),
                 ("q_student", f(cal.student.q)),
@@ -234,15 +249,36 @@ fn provenance_columns(
     ]
 }
 
-/// AULC of the run over rounds 0..=round from its earlier results rows and this round's point;
-/// None when an earlier row is missing or unreadable.
+/// AULC of the run over rounds 0..=round, this round's point added to the previous round's
+/// AULC (its area grows by one trapezoid; round 0's row gives the label range), so a round reads
+/// two earlier rows, not all of them. Where labels did not grow, it is recomputed from every
+/// row. None when an earlier row is missing or unreadable.
 fn run_aulc(spec: &RunSpec, round: usize, n_labeled: usize, accuracy: f64) -> Option<f64> {
-    let mut pts = vec![(n_labeled as f64, accuracy)];
-    for r in 0..round {
+    let (n, a) = (n_labeled as f64, accuracy);
+    let row = |r: usize| -> Option<(f64, f64, Option<f64>)> {
         let t = table::read(&spec.results_path(r), Table::Results).ok()?;
         let n = t.i64s("n_labeled").ok()?.first().copied().flatten()?;
         let a = t.f64s("accuracy").ok()?.first().copied().flatten()?;
-        pts.push((n as f64, a));
+        let aulc = t.f64s("aulc").ok()?.first().copied().flatten();
+        Some((n as f64, a, aulc))
+    };
+    if round == 0 {
+        return Some(crate::metrics::aulc(&mut [(n, a)]));
     }
-    Some(crate::metrics::aulc(&mut pts))
+    let (n0, _, _) = row(0)?;
+    let (np, ap, prev) = row(round - 1)?;
+    match prev {
+        Some(prev) if np > n0 && n > np => {
+            let area = prev * (np - n0) + (n - np) * (ap + a) / 2.0;
+            Some(area / (n - n0))
+        }
+        _ => {
+            let mut pts = vec![(n, a)];
+            for r in 0..round {
+                let (n, a, _) = row(r)?;
+                pts.push((n, a));
+            }
+            Some(crate::metrics::aulc(&mut pts))
+        }
+    }
 }

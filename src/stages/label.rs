@@ -6,7 +6,7 @@
 use super::seed_count;
 use crate::cache::Cache;
 use crate::config::{Pipeline, RunSpec};
-use crate::rounds::{read_labels, require, write_labels, LabelRow};
+use crate::rounds::{read_labels, require, write_labels, LabelRow, Round};
 use crate::schema::Table;
 use crate::{progress, rng, table};
 use anyhow::{anyhow, bail, Context, Result};
@@ -92,7 +92,23 @@ fn pseudo_row(round: usize, id: &str, label: i32) -> LabelRow {
 
 /// Answer round `round`'s queries from the ground truth; writes labels of round+1.
 pub fn oracle(spec: &RunSpec, cache: &Cache, round: usize) -> Result<()> {
-    let (mut rows, known) = next_rows(spec, round)?;
+    let (rows, known) = next_rows(spec, round)?;
+    oracle_from(spec, cache, round, rows, known)
+}
+
+/// [`oracle`] on the round's labels already read.
+pub fn oracle_round(spec: &RunSpec, cache: &Cache, r: &Round) -> Result<()> {
+    let known = r.rows.iter().map(|l| l.sample_id.clone()).collect();
+    oracle_from(spec, cache, r.round, r.rows.clone(), known)
+}
+
+fn oracle_from(
+    spec: &RunSpec,
+    cache: &Cache,
+    round: usize,
+    mut rows: Vec<LabelRow>,
+    known: HashSet<String>,
+) -> Result<()> {
     let qpath = spec.queries_path(round);
     for (id, pseudo) in query_rows(spec, round)? {
         let Some(&i) = cache.train.index.get(&id) else {

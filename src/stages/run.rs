@@ -8,6 +8,7 @@ use super::{eval, label, select, train};
 use crate::cache::{Cache, Need};
 use crate::config::{Pipeline, RunSpec};
 use crate::progress;
+use crate::rounds::Round;
 use anyhow::{bail, Result};
 
 /// Which runs of a pipeline to execute (empty = all).
@@ -139,18 +140,22 @@ pub fn run_one(
         if complete {
             continue;
         }
-        if !spec.predictions_path(r).exists() {
-            train::run(spec, cache, r)?;
-        }
+        // the round's labels are read once, and the head trained here is handed to select
+        let round = Round::read(&spec.labels_path(r), r, cache)?;
+        let head = if !spec.predictions_path(r).exists() {
+            Some(train::run_round(spec, cache, &round)?)
+        } else {
+            None
+        };
         if r < last && !spec.queries_path(r).exists() {
-            select::run(spec, cache, r, budget)?;
+            select::run_round(spec, cache, &round, budget, head.as_ref())?;
         }
-        let s = eval::run(spec, cache, r)?;
+        let s = eval::run_round(spec, cache, &round)?;
         if r == stop {
             score = s;
         }
         if r < last && !spec.labels_path(r + 1).exists() {
-            label::oracle(spec, cache, r)?;
+            label::oracle_round(spec, cache, &round)?;
         }
         worked += 1;
     }

@@ -3,7 +3,7 @@
 
 use crate::cache::Cache;
 use crate::config::RunSpec;
-use crate::rounds::{labeled_rows, pool_rows, read_labels, require, Predictions};
+use crate::rounds::{pool_rows, require, Predictions, Round};
 use crate::schema::Table;
 use crate::strategy::{self, SelectContext};
 use crate::{rng, table};
@@ -11,10 +11,21 @@ use anyhow::{bail, Result};
 use std::time::Instant;
 
 pub fn run(spec: &RunSpec, cache: &Cache, round: usize, budget: usize) -> Result<()> {
-    let lpath = spec.labels_path(round);
-    require(&lpath, "vlal label")?;
-    let rows = read_labels(&lpath)?;
-    let (labeled, labels) = labeled_rows(&lpath, cache, &rows)?;
+    let r = Round::read(&spec.labels_path(round), round, cache)?;
+    run_round(spec, cache, &r, budget, None)
+}
+
+/// [`run`] on labels already read, with the round's head when it is at hand (else it is
+/// loaded from the run's folder if the strategy needs it).
+pub fn run_round(
+    spec: &RunSpec,
+    cache: &Cache,
+    r: &Round,
+    budget: usize,
+    head: Option<&crate::train::Head>,
+) -> Result<()> {
+    let (round, lpath) = (r.round, &r.path);
+    let (labeled, labels) = (&r.labeled, &r.labels);
     let preds = Predictions::read(&spec.predictions_path(round))?;
     let probs = preds.probs(cache, &cache.train.ids)?;
     let pool = pool_rows(cache, &labeled);
@@ -32,16 +43,18 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize, budget: usize) -> Result
         );
     }
     let strat = spec.build_strategy()?;
-    let head = if strat.needs_head() {
-        let hp = spec.head_path(round);
-        require(&hp, "vlal train")?;
-        Some(crate::train::Head::load(
-            &hp,
-            &crate::train::device(&spec.pipeline.device)?,
-        )?)
-    } else {
-        None
+    let loaded = match (strat.needs_head(), head) {
+        (true, None) => {
+            let hp = spec.head_path(round);
+            require(&hp, "vlal train")?;
+            Some(crate::train::Head::load(
+                &hp,
+                &crate::train::device(&spec.pipeline.device)?,
+            )?)
+        }
+        _ => None,
     };
+    let head = head.filter(|_| strat.needs_head()).or(loaded.as_ref());
     let needs = strat.needs();
     let (teacher_probs, calib_teacher) = if needs.logits {
         cache.teacher_probs()
@@ -62,10 +75,10 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize, budget: usize) -> Result
         n_classes: cache.n_classes(),
         probs: &probs,
         features: &cache.train.features,
-        labeled: &labeled,
-        labels: &labels,
+        labeled,
+        labels,
         pool: &pool,
-        head: head.as_ref(),
+        head,
         teacher_probs: teacher_probs.as_ref(),
         teacher_image: cache.teacher_image.as_ref(),
         prototypes: cache.prototypes.as_ref(),

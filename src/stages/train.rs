@@ -5,7 +5,7 @@
 use crate::cache::Cache;
 use crate::config::RunSpec;
 use crate::mat::Mat;
-use crate::rounds::{labeled_rows, read_labels, require};
+use crate::rounds::Round;
 use crate::schema::Table;
 use crate::train::TeacherSignal;
 use crate::{rng, table, teacher, train};
@@ -13,10 +13,14 @@ use anyhow::{bail, Result};
 use std::time::Instant;
 
 pub fn run(spec: &RunSpec, cache: &Cache, round: usize) -> Result<()> {
-    let lpath = spec.labels_path(round);
-    require(&lpath, "vlal label")?;
-    let rows = read_labels(&lpath)?;
-    let (mut labeled, mut labels) = labeled_rows(&lpath, cache, &rows)?;
+    let r = Round::read(&spec.labels_path(round), round, cache)?;
+    run_round(spec, cache, &r).map(|_| ())
+}
+
+/// [`run`] on labels already read; returns the trained head (also saved).
+pub fn run_round(spec: &RunSpec, cache: &Cache, r: &Round) -> Result<train::Head> {
+    let round = r.round;
+    let (mut labeled, mut labels) = (r.labeled.clone(), r.labels.clone());
     let device = train::device(&spec.pipeline.device)?;
     let start = Instant::now();
     let p = &spec.pipeline;
@@ -36,16 +40,16 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize) -> Result<()> {
     let mut features = None;
     let mut teacher = teacher;
     if spec.rda {
-        let Some(r) = &cache.retrieved else {
+        let Some(ret) = &cache.retrieved else {
             bail!(
                 "{}: a +rda run needs the retrieved samples",
                 spec.strategy_name()
             );
         };
         let n = cache.train.ids.len();
-        labeled.extend(n..n + r.ids.len());
-        labels.extend(r.label_ids());
-        features = Some(cache.train.features.vstack(&r.features)?);
+        labeled.extend(n..n + ret.ids.len());
+        labels.extend(ret.label_ids());
+        features = Some(cache.train.features.vstack(&ret.features)?);
         teacher = match (teacher, trainer.teacher()) {
             (None, _) => None,
             (Some(t), TeacherSignal::Logits) => {
@@ -62,8 +66,8 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize) -> Result<()> {
         };
         crate::progress::log(format!(
             "training on {} labeled + {} retrieved samples",
-            rows.len(),
-            r.ids.len()
+            r.rows.len(),
+            ret.ids.len()
         ));
     }
     let teacher = teacher
@@ -80,8 +84,8 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize) -> Result<()> {
         class_names: &cache.classes,
         feature_model: &cache.feature_model,
     };
-    let mut r = rng::stream(spec.seed, "train", round);
-    let (head, losses) = trainer.fit(&data, &mut r, &device)?;
+    let mut stream = rng::stream(spec.seed, "train", round);
+    let (head, losses) = trainer.fit(&data, &mut stream, &device)?;
     let parts = [
         ("train", Some(&cache.train)),
         ("calib", cache.calib.as_ref()),
@@ -120,5 +124,5 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize) -> Result<()> {
         ],
         table::Mode::Replace,
     )?;
-    Ok(())
+    Ok(head)
 }
