@@ -165,7 +165,7 @@ mod tests {
                 (n, true, format!("{n}+sq"))
             );
         }
-        assert_eq!(names().count(), 29);
+        assert!(names().count() >= 29);
         let e = by_name("nope").err().unwrap().to_string();
         assert!(
             e.starts_with("unknown strategy 'nope' (known: random, entropy"),
@@ -286,6 +286,6 @@ mod tests {
                 }
             }
         }
-        assert_eq!(checked, 29 * 2 * 2);
+        assert_eq!(checked, names().count() * 2 * 2);
     }
 }
