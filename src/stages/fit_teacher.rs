@@ -12,7 +12,7 @@ use crate::config::LinearCfg;
 use crate::mat::Mat;
 use crate::models::hub::{self, Source};
 use crate::schema::Table;
-use crate::train::{linear, FeatureModel, TrainData};
+use crate::train::{linear, FeatureModel, Model, TrainData};
 use crate::{progress, rng, table};
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};

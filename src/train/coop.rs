@@ -239,32 +239,6 @@ impl PromptHead {
         })
     }
 
-    pub fn device(&self) -> &Device {
-        self.text.device()
-    }
-
-    /// Class probabilities of rows of (normalised) teacher image features (differentiable).
-    pub fn probs_t(&self, z: &Tensor) -> Result<Tensor> {
-        let logits = (z.matmul(&self.text.t()?)? / self.tau)?;
-        Ok(candle_nn::ops::softmax(&logits, 1)?)
-    }
-
-    pub fn predict(&self, x: &Mat) -> Result<Mat> {
-        predict_chunked(x, self.device(), |t| self.probs_t(t))
-    }
-
-    /// The last layer's input is the image feature itself; a(x) = p − e_ŷ.
-    pub fn grad_factors(&self, x: &Mat) -> Result<(Mat, Mat)> {
-        let p = self.predict(x)?;
-        Ok((x.clone(), minus_onehot(&p, &p)))
-    }
-
-    pub fn tensors(&self) -> Result<std::collections::HashMap<String, Tensor>> {
-        let tau = Tensor::new(&[self.tau as f32], self.device())?;
-        let mut pairs = vec![("prompt.text", &self.text), ("prompt.tau", &tau)];
-        pairs.extend(self.contexts.iter().map(|(k, t)| (*k, t)));
-        Ok(named(pairs))
-    }
 }
 
 /// The saved head's kind.
@@ -282,19 +256,26 @@ impl Model for PromptHead {
         HEAD
     }
     fn predict(&self, x: &Mat) -> Result<Mat> {
-        PromptHead::predict(self, x)
+        predict_chunked(x, self.device(), |t| self.probs_t(t))
     }
-    fn probs_t(&self, h: &Tensor) -> Result<Tensor> {
-        PromptHead::probs_t(self, h)
+    /// Class probabilities of rows of (normalised) teacher image features (differentiable).
+    fn probs_t(&self, z: &Tensor) -> Result<Tensor> {
+        let logits = (z.matmul(&self.text.t()?)? / self.tau)?;
+        Ok(candle_nn::ops::softmax(&logits, 1)?)
     }
     fn device(&self) -> &Device {
-        PromptHead::device(self)
+        self.text.device()
     }
+    /// The last layer's input is the image feature itself; a(x) = p − e_ŷ.
     fn grad_factors(&self, x: &Mat) -> Result<(Mat, Mat)> {
-        PromptHead::grad_factors(self, x)
+        let p = self.predict(x)?;
+        Ok((x.clone(), minus_onehot(&p, &p)))
     }
     fn tensors(&self) -> Result<std::collections::HashMap<String, Tensor>> {
-        PromptHead::tensors(self)
+        let tau = Tensor::new(&[self.tau as f32], self.device())?;
+        let mut pairs = vec![("prompt.text", &self.text), ("prompt.tau", &tau)];
+        pairs.extend(self.contexts.iter().map(|(k, t)| (*k, t)));
+        Ok(named(pairs))
     }
 }
 

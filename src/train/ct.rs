@@ -42,10 +42,6 @@ impl CtHead {
         })
     }
 
-    pub fn device(&self) -> &Device {
-        self.text.device()
-    }
-
     /// Unit-norm projected image features.
     fn image(&self, x: &Tensor) -> Result<Tensor> {
         match &self.proj {
@@ -57,31 +53,6 @@ impl CtHead {
     fn logits(&self, x: &Tensor) -> Result<Tensor> {
         let w = unit_rows(self.text.as_tensor())?;
         Ok((self.image(x)?.matmul(&w.t()?)? / self.tau)?)
-    }
-
-    /// Class probabilities of rows of image features (differentiable).
-    pub fn probs_t(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::softmax(&self.logits(x)?, 1)?)
-    }
-
-    pub fn predict(&self, x: &Mat) -> Result<Mat> {
-        predict_chunked(x, self.device(), |t| self.probs_t(t))
-    }
-
-    /// The last layer's input is the projected unit feature; a(x) = p − e_ŷ.
-    pub fn grad_factors(&self, x: &Mat) -> Result<(Mat, Mat)> {
-        let h = predict_chunked(x, self.device(), |t| self.image(t))?;
-        let p = self.predict(x)?;
-        Ok((h, minus_onehot(&p, &p)))
-    }
-
-    pub fn tensors(&self) -> Result<HashMap<String, Tensor>> {
-        let tau = Tensor::new(&[self.tau as f32], self.device())?;
-        let mut pairs = vec![("ct.text", self.text.as_tensor()), ("ct.tau", &tau)];
-        if let Some(p) = &self.proj {
-            pairs.push(("ct.proj", p.as_tensor()));
-        }
-        Ok(named(pairs))
     }
 
     /// The symmetric contrastive loss of one batch.
@@ -137,19 +108,28 @@ impl Model for CtHead {
         HEAD
     }
     fn predict(&self, x: &Mat) -> Result<Mat> {
-        CtHead::predict(self, x)
+        predict_chunked(x, self.device(), |t| self.probs_t(t))
     }
-    fn probs_t(&self, h: &Tensor) -> Result<Tensor> {
-        CtHead::probs_t(self, h)
+    /// Class probabilities of rows of image features (differentiable).
+    fn probs_t(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::softmax(&self.logits(x)?, 1)?)
     }
     fn device(&self) -> &Device {
-        CtHead::device(self)
+        self.text.device()
     }
+    /// The last layer's input is the projected unit feature; a(x) = p − e_ŷ.
     fn grad_factors(&self, x: &Mat) -> Result<(Mat, Mat)> {
-        CtHead::grad_factors(self, x)
+        let h = predict_chunked(x, self.device(), |t| self.image(t))?;
+        let p = self.predict(x)?;
+        Ok((h, minus_onehot(&p, &p)))
     }
     fn tensors(&self) -> Result<HashMap<String, Tensor>> {
-        CtHead::tensors(self)
+        let tau = Tensor::new(&[self.tau as f32], self.device())?;
+        let mut pairs = vec![("ct.text", self.text.as_tensor()), ("ct.tau", &tau)];
+        if let Some(p) = &self.proj {
+            pairs.push(("ct.proj", p.as_tensor()));
+        }
+        Ok(named(pairs))
     }
 }
 

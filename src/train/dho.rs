@@ -48,53 +48,6 @@ impl DualHead {
         })
     }
 
-    pub fn predict(&self, x: &Mat) -> Result<Mat> {
-        predict_chunked(x, &self.dev, |t| self.probs_t(t))
-    }
-
-    /// α·softmax(g_CE(h)) + (1−α)·softmax(g_KD(h)/β), differentiable.
-    pub fn probs_t(&self, t: &Tensor) -> Result<Tensor> {
-        // the composed softmax (unlike softmax_last_dim) has a backward pass
-        let p_ce = candle_nn::ops::softmax(&affine(t, &self.w_ce, &self.b_ce)?, 1)?;
-        if self.alpha >= 1.0 {
-            return Ok(p_ce);
-        }
-        let p_kd = candle_nn::ops::softmax(&(affine(t, &self.w_kd, &self.b_kd)? / self.beta)?, 1)?;
-        Ok(((p_ce * self.alpha)? + (p_kd * (1.0 - self.alpha))?)?)
-    }
-
-    pub fn device(&self) -> &Device {
-        &self.dev
-    }
-
-    /// (h, [a_CE | a_KD]): the shared feature and p − e_ŷ of each head's own softmax, with ŷ the
-    /// mixed prediction's class (only the CE block for the CE-only head).
-    pub fn grad_factors(&self, x: &Mat) -> Result<(Mat, Mat)> {
-        let pred = self.predict(x)?;
-        let ce = predict_chunked(x, &self.dev, |t| {
-            Ok(candle_nn::ops::softmax_last_dim(&affine(
-                t, &self.w_ce, &self.b_ce,
-            )?)?)
-        })?;
-        let a_ce = minus_onehot(&ce, &pred);
-        if self.alpha >= 1.0 {
-            return Ok((x.clone(), a_ce));
-        }
-        let kd = predict_chunked(x, &self.dev, |t| {
-            Ok(candle_nn::ops::softmax_last_dim(&affine(
-                t, &self.w_kd, &self.b_kd,
-            )?)?)
-        })?;
-        let a_kd = minus_onehot(&kd, &pred);
-        let c = a_ce.cols;
-        let mut a = Mat::zeros(x.rows, 2 * c);
-        for i in 0..x.rows {
-            a.row_mut(i)[..c].copy_from_slice(a_ce.row(i));
-            a.row_mut(i)[c..].copy_from_slice(a_kd.row(i));
-        }
-        Ok((x.clone(), a))
-    }
-
     pub fn tensors(&self) -> HashMap<String, Tensor> {
         let mix =
             Tensor::new(&[self.alpha as f32, self.beta as f32], &self.dev).expect("cpu tensor");
@@ -128,16 +81,47 @@ impl Model for DualHead {
         HEAD
     }
     fn predict(&self, x: &Mat) -> Result<Mat> {
-        DualHead::predict(self, x)
+        predict_chunked(x, &self.dev, |t| self.probs_t(t))
     }
-    fn probs_t(&self, h: &Tensor) -> Result<Tensor> {
-        DualHead::probs_t(self, h)
+    /// α·softmax(g_CE(h)) + (1−α)·softmax(g_KD(h)/β), differentiable.
+    fn probs_t(&self, t: &Tensor) -> Result<Tensor> {
+        // the composed softmax (unlike softmax_last_dim) has a backward pass
+        let p_ce = candle_nn::ops::softmax(&affine(t, &self.w_ce, &self.b_ce)?, 1)?;
+        if self.alpha >= 1.0 {
+            return Ok(p_ce);
+        }
+        let p_kd = candle_nn::ops::softmax(&(affine(t, &self.w_kd, &self.b_kd)? / self.beta)?, 1)?;
+        Ok(((p_ce * self.alpha)? + (p_kd * (1.0 - self.alpha))?)?)
     }
     fn device(&self) -> &Device {
         &self.dev
     }
+    /// (h, [a_CE | a_KD]): the shared feature and p − e_ŷ of each head's own softmax, with ŷ the
+    /// mixed prediction's class (only the CE block for the CE-only head).
     fn grad_factors(&self, x: &Mat) -> Result<(Mat, Mat)> {
-        DualHead::grad_factors(self, x)
+        let pred = self.predict(x)?;
+        let ce = predict_chunked(x, &self.dev, |t| {
+            Ok(candle_nn::ops::softmax_last_dim(&affine(
+                t, &self.w_ce, &self.b_ce,
+            )?)?)
+        })?;
+        let a_ce = minus_onehot(&ce, &pred);
+        if self.alpha >= 1.0 {
+            return Ok((x.clone(), a_ce));
+        }
+        let kd = predict_chunked(x, &self.dev, |t| {
+            Ok(candle_nn::ops::softmax_last_dim(&affine(
+                t, &self.w_kd, &self.b_kd,
+            )?)?)
+        })?;
+        let a_kd = minus_onehot(&kd, &pred);
+        let c = a_ce.cols;
+        let mut a = Mat::zeros(x.rows, 2 * c);
+        for i in 0..x.rows {
+            a.row_mut(i)[..c].copy_from_slice(a_ce.row(i));
+            a.row_mut(i)[c..].copy_from_slice(a_kd.row(i));
+        }
+        Ok((x.clone(), a))
     }
     fn tensors(&self) -> Result<HashMap<String, Tensor>> {
         Ok(DualHead::tensors(self))

@@ -41,32 +41,9 @@ impl LinearProbe {
         })
     }
 
-    /// (h, a): the normalised input of the linear layer and p − e_ŷ.
-    pub fn grad_factors(&self, x: &Mat) -> Result<(Mat, Mat)> {
-        let h = self.embed(x)?;
-        let p = self.predict(x)?;
-        Ok((h, minus_onehot(&p, &p)))
-    }
-
-    pub fn embed(&self, x: &Mat) -> Result<Mat> {
-        predict_chunked(x, &self.dev, |t| Ok(self.bn.forward_t(t, false)?))
-    }
-
     pub fn probs_from_embedded(&self, h: &Tensor) -> Result<Tensor> {
         // the composed softmax (unlike softmax_last_dim) has a backward pass
         Ok(candle_nn::ops::softmax(&affine(h, &self.w, &self.b)?, 1)?)
-    }
-
-    pub fn device(&self) -> &Device {
-        &self.dev
-    }
-
-    pub fn predict(&self, x: &Mat) -> Result<Mat> {
-        predict_chunked(x, &self.dev, |t| {
-            Ok(candle_nn::ops::softmax_last_dim(
-                &self.logits(t, false, None)?,
-            )?)
-        })
     }
 
     pub fn tensors(&self) -> HashMap<String, Tensor> {
@@ -96,10 +73,14 @@ impl Model for LinearProbe {
         HEAD
     }
     fn predict(&self, x: &Mat) -> Result<Mat> {
-        LinearProbe::predict(self, x)
+        predict_chunked(x, &self.dev, |t| {
+            Ok(candle_nn::ops::softmax_last_dim(
+                &self.logits(t, false, None)?,
+            )?)
+        })
     }
     fn embed(&self, x: &Mat) -> Result<Mat> {
-        LinearProbe::embed(self, x)
+        predict_chunked(x, &self.dev, |t| Ok(self.bn.forward_t(t, false)?))
     }
     fn probs_t(&self, h: &Tensor) -> Result<Tensor> {
         self.probs_from_embedded(h)
@@ -107,8 +88,11 @@ impl Model for LinearProbe {
     fn device(&self) -> &Device {
         &self.dev
     }
+    /// (h, a): the normalised input of the linear layer and p − e_ŷ.
     fn grad_factors(&self, x: &Mat) -> Result<(Mat, Mat)> {
-        LinearProbe::grad_factors(self, x)
+        let h = self.embed(x)?;
+        let p = self.predict(x)?;
+        Ok((h, minus_onehot(&p, &p)))
     }
     fn tensors(&self) -> Result<HashMap<String, Tensor>> {
         Ok(LinearProbe::tensors(self))
