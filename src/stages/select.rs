@@ -243,22 +243,8 @@ mod tests {
             vec![-1.0, 0.0],
         ])
         .unwrap();
-        let ctx = SelectContext {
-            n_classes: 2,
-            probs: &probs,
-            features: &feats,
-            labeled: &[0],
-            labels: &[0],
-            pool: &[1, 2, 3],
-            head: None,
-            teacher_probs: None,
-            teacher_image: None,
-            prototypes: None,
-            calib: None,
-            retrieved_labels: None,
-            notes: Default::default(),
-        };
-        let m = batch_metrics(&ctx, &[1, 3]);
+        let o = crate::strategy::testutil::Owned::new(probs, feats, vec![0], vec![0]);
+        let m = batch_metrics(&o.ctx(), &[1, 3]);
         // distances to row 0 in the simplex: √2 and 0 → mean √2/2
         assert!((m.prob_coverage - 2f64.sqrt() / 2.0).abs() < 1e-6);
         // predicted classes 1 and 0 → balanced
