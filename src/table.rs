@@ -371,6 +371,61 @@ fn write_as(
 /// When this process started (set by `main`; else the first call).
 static STARTED: std::sync::OnceLock<std::time::SystemTime> = std::sync::OnceLock::new();
 
+/// A folder written whole or not at all: built under a hidden temporary name beside `dest` and
+/// renamed to `dest` by [`StagedDir::commit`]; dropped uncommitted, it is removed.
+pub struct StagedDir {
+    tmp: tempfile::TempDir,
+    dest: std::path::PathBuf,
+}
+
+impl StagedDir {
+    /// `tag` names the stage in the folder's temporary name (see [`staging_dir_in`]).
+    pub fn new(dest: &Path, tag: &str) -> Result<StagedDir> {
+        use anyhow::Context;
+        let parent = dest
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("{}: cannot create", parent.display()))?;
+        sweep_stale(parent, false);
+        let tmp = staging_dir_in(parent, tag)?;
+        Ok(StagedDir {
+            tmp,
+            dest: dest.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    pub fn commit(self) -> Result<()> {
+        use anyhow::Context;
+        let staged = self.tmp.keep();
+        std::fs::rename(&staged, &self.dest)
+            .with_context(|| format!("{}: cannot move into place", self.dest.display()))
+    }
+
+    /// [`StagedDir::commit`], replacing an existing `dest`: the old folder is moved aside (under
+    /// a temporary name that a later sweep removes if this process dies), then deleted.
+    pub fn commit_replacing(self) -> Result<()> {
+        use anyhow::Context;
+        if !self.dest.exists() {
+            return self.commit();
+        }
+        let parent = self.tmp.path().parent().expect("a parent").to_path_buf();
+        let old = staging_dir_in(&parent, "replaced")?.keep();
+        let aside = old.join("old");
+        std::fs::rename(&self.dest, &aside)
+            .with_context(|| format!("{}: cannot move aside", self.dest.display()))?;
+        let staged = self.tmp.keep();
+        std::fs::rename(&staged, &self.dest)
+            .with_context(|| format!("{}: cannot move into place", self.dest.display()))?;
+        std::fs::remove_dir_all(&old).with_context(|| format!("{}: cannot remove", old.display()))
+    }
+}
+
 /// Mark the process start: leftovers older than it, of processes no longer alive, are stale.
 pub fn mark_process_start() {
     STARTED.get_or_init(std::time::SystemTime::now);

@@ -228,7 +228,7 @@ pub fn run(a: &CorpusArgs) -> Result<()> {
     }
     let w = class_weights(c, a.tail, a.seed);
     let near = near_misses(&data.classes)?;
-    let staged = super::StagedDir::new(&a.out, "corpus")?;
+    let staged = crate::table::StagedDir::new(&a.out, "corpus")?;
     let per = a.captions.div_ceil(a.shards);
     let pb = progress::bar(a.shards as u64, "shards");
     // a global counter per class walks through its shuffled images (distinct until they run out)

@@ -232,7 +232,7 @@ fn write_checkpoint(
     classes: &[String],
     features: &str,
 ) -> Result<()> {
-    let tmp = super::StagedDir::new(out, "fit-teacher")?;
+    let tmp = crate::table::StagedDir::new(out, "fit-teacher")?;
     let weights = backbone.join("model.safetensors");
     let mut t = candle_core::safetensors::load(&weights, &Device::Cpu)
         .with_context(|| format!("{}: cannot read the weights", weights.display()))?;

@@ -131,7 +131,7 @@ fn write_folder(
     w: u32,
     split: &str,
 ) -> Result<()> {
-    let tmp = super::StagedDir::new(dir, "import")?;
+    let tmp = crate::table::StagedDir::new(dir, "import")?;
     let pb = progress::bar(rows.len() as u64, "images");
     for &i in rows {
         let class = tmp.path().join(format!("{:02}", labels.item(i)[0]));

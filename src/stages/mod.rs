@@ -1,5 +1,8 @@
 //! The pipeline's stages as library functions; `vlal <stage>` and `vlal run` call these. Stages
-//! pass state to each other only through the tables of `schemas/`.
+//! pass state to each other only through the tables of `schemas/` (read and written with the
+//! data layer: `table`, `cache`, `rounds`); this file holds what every stage needs of a run's
+//! identity: the cache tables it reads, its seed-label count, and the sweep of what killed
+//! processes left in its folders.
 
 pub mod corpus;
 pub mod eval;
@@ -18,62 +21,6 @@ pub mod train;
 use crate::cache::Cache;
 use crate::config::Pipeline;
 use anyhow::{bail, Result};
-use std::path::Path;
-
-/// A folder written whole or not at all: built under a hidden temporary name beside `dest` and
-/// renamed to `dest` by [`StagedDir::commit`]; dropped uncommitted, it is removed.
-pub struct StagedDir {
-    tmp: tempfile::TempDir,
-    dest: std::path::PathBuf,
-}
-
-impl StagedDir {
-    /// `tag` names the stage in the folder's temporary name (see `table::staging_dir_in`).
-    pub fn new(dest: &Path, tag: &str) -> Result<StagedDir> {
-        use anyhow::Context;
-        let parent = dest
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("{}: cannot create", parent.display()))?;
-        crate::table::sweep_stale(parent, false);
-        let tmp = crate::table::staging_dir_in(parent, tag)?;
-        Ok(StagedDir {
-            tmp,
-            dest: dest.to_path_buf(),
-        })
-    }
-
-    pub fn path(&self) -> &Path {
-        self.tmp.path()
-    }
-
-    pub fn commit(self) -> Result<()> {
-        use anyhow::Context;
-        let staged = self.tmp.keep();
-        std::fs::rename(&staged, &self.dest)
-            .with_context(|| format!("{}: cannot move into place", self.dest.display()))
-    }
-
-    /// [`StagedDir::commit`], replacing an existing `dest`: the old folder is moved aside (under
-    /// a temporary name that a later sweep removes if this process dies), then deleted.
-    pub fn commit_replacing(self) -> Result<()> {
-        use anyhow::Context;
-        if !self.dest.exists() {
-            return self.commit();
-        }
-        let parent = self.tmp.path().parent().expect("a parent").to_path_buf();
-        let old = crate::table::staging_dir_in(&parent, "replaced")?.keep();
-        let aside = old.join("old");
-        std::fs::rename(&self.dest, &aside)
-            .with_context(|| format!("{}: cannot move aside", self.dest.display()))?;
-        let staged = self.tmp.keep();
-        std::fs::rename(&staged, &self.dest)
-            .with_context(|| format!("{}: cannot move into place", self.dest.display()))?;
-        std::fs::remove_dir_all(&old).with_context(|| format!("{}: cannot remove", old.display()))
-    }
-}
 
 /// Remove what killed processes left in one run's folders (its run folder, and its results and
 /// diagnostics partitions): what a stage command of that run sweeps (see `table::sweep_stale`).

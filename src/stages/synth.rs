@@ -142,7 +142,7 @@ pub fn run(a: &SynthArgs) -> Result<()> {
     // the whole cache is staged and moved into place at the end: a failure (a full disk) leaves
     // no cache without embeddings
     let out = &a.out;
-    let staged = super::StagedDir::new(out, "synth")?;
+    let staged = crate::table::StagedDir::new(out, "synth")?;
     let stage = staged.path().to_path_buf();
     let write = |path: &dyn Fn(&Path) -> PathBuf,
                  t: Table,
