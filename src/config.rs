@@ -494,6 +494,47 @@ teacher = "t@v1"
         for s in ["alfa-mix", "alfa-mix+rda", "alfa-mix+sq"] {
             assert_ne!(h(&base, "linear", s), h(&eps, "linear", s), "{s}");
         }
+        // each released-code switch enters the hash of the runs that read it, only when set
+        let set = |table: &str, kv: &str| {
+            let mut q = base.clone();
+            q.select
+                .tables
+                .insert(table.into(), toml::Value::Table(kv.parse().unwrap()));
+            q
+        };
+        for (table, kv, strategy) in [
+            ("ccma", "bisection = \"released\"", "ccma-v1"),
+            ("ccma", "realign = true", "ccma"),
+            ("sq", "threshold = \"released\"", "cb+sq"),
+            ("cb", "features = \"released\"", "cb"),
+            ("class-balanced", "weights = \"released\"", "class-balanced"),
+            ("badge", "variant = \"released\"", "badge"),
+            ("badge", "variant = \"released\"", "pcb-badge"),
+        ] {
+            let q = set(table, kv);
+            assert_ne!(
+                h(&base, "linear", strategy),
+                h(&q, "linear", strategy),
+                "{kv}"
+            );
+            assert_eq!(h(&base, "linear", "random"), h(&q, "linear", "random"));
+            let paper = set(
+                table,
+                &kv.replace("\"released\"", "\"paper\"")
+                    .replace("true", "false"),
+            );
+            assert_eq!(
+                h(&base, "linear", strategy),
+                h(&paper, "linear", strategy),
+                "{kv}"
+            );
+        }
+        let mut mix = base.clone();
+        mix.dho.mix = crate::variant::Variant::Released;
+        assert_ne!(h(&base, "dho", "random"), h(&mix, "dho", "random"));
+        let mut tune = base.clone();
+        tune.dho.tune = true;
+        assert_ne!(h(&base, "dho", "random"), h(&tune, "dho", "random"));
         // and a table no strategy reads, or a bad key, is an error at load
         let mut bad = base.clone();
         bad.select

@@ -69,6 +69,42 @@ pub fn size_threshold(probs: &Mat, rows: &[usize], k: f64) -> Result<Threshold> 
     Ok(Threshold { q: hi })
 }
 
+/// The CCMA repository's size-targeted threshold: 30 bisection steps between the largest row
+/// minimum of a and the largest a, a mean size above k (clipped to [1, C]) moving the upper end,
+/// and the midpoint of the final bracket (so the mean size lands on either side of a step); a k
+/// outside the sizes of those ends gives that end.
+pub fn size_threshold_released(probs: &Mat, rows: &[usize], k: f64) -> Result<Threshold> {
+    if rows.is_empty() {
+        bail!("conformal: no rows to calibrate the set size on");
+    }
+    let a = |r: usize| probs.row(r).iter().map(|&p| nonconformity(p));
+    let low = rows
+        .iter()
+        .map(|&r| a(r).fold(f64::INFINITY, f64::min))
+        .fold(f64::NEG_INFINITY, f64::max);
+    let high = rows
+        .iter()
+        .flat_map(|&r| a(r))
+        .fold(f64::NEG_INFINITY, f64::max);
+    let k = k.clamp(1.0, probs.cols as f64);
+    if k <= mean_size(probs, rows, low) + 1e-6 {
+        return Ok(Threshold { q: low });
+    }
+    if k >= mean_size(probs, rows, high) - 1e-6 {
+        return Ok(Threshold { q: high });
+    }
+    let (mut l, mut h) = (low, high);
+    for _ in 0..30 {
+        let mid = 0.5 * (l + h);
+        if mean_size(probs, rows, mid) > k {
+            h = mid;
+        } else {
+            l = mid;
+        }
+    }
+    Ok(Threshold { q: 0.5 * (l + h) })
+}
+
 /// Coverage-targeted split-conformal threshold on labeled calibration rows: the
 /// ⌈(n+1)(1−α)⌉-th smallest a_y(x); +∞ (every class) when that rank exceeds n.
 pub fn coverage_threshold(
@@ -153,6 +189,9 @@ pub struct CalibrationCfg<'a> {
     /// "size" (bisection to k) or "coverage" (1 − alpha on the calib split).
     pub calibration: &'a str,
     pub alpha: f64,
+    /// The size-targeted bisection: the paper's (the least q reaching k) or the released
+    /// code's ([`size_threshold_released`]).
+    pub bisection: crate::variant::Variant,
 }
 
 /// CCMA's score of one sample: the gate w = max p_T / (max p_T + max p_S) mixes the JS
@@ -184,10 +223,14 @@ pub fn calibrate(
     pool_rows: &[usize],
     calib: Option<(&Mat, &Mat, &[u32])>,
 ) -> Result<Calibrated> {
+    let size = match cfg.bisection {
+        crate::variant::Variant::Paper => size_threshold,
+        crate::variant::Variant::Released => size_threshold_released,
+    };
     let sized = |a: &Mat, b: &Mat, rows: &[usize], how: &str| -> Result<Calibrated> {
         Ok(Calibrated {
-            student: size_threshold(a, rows, cfg.k_student)?,
-            teacher: size_threshold(b, rows, cfg.k_teacher)?,
+            student: size(a, rows, cfg.k_student)?,
+            teacher: size(b, rows, cfg.k_teacher)?,
             how: how.into(),
         })
     };
@@ -332,6 +375,25 @@ mod tests {
         let expect = w * js + (1.0 - w) * 2f64.ln();
         assert!((s - expect).abs() < 1e-6, "{s} vs {expect}");
         assert!(js > 0.0);
+    }
+
+    #[test]
+    fn released_bisection_returns_the_midpoint_of_its_bracket() {
+        // a = −ln p: row 1 (0.69, 1.20, 1.61), row 2 (0.51, 1.20, 2.30). The mean size is 2 for
+        // q in [−ln 0.3, −ln 0.2): the paper's threshold is the least such q, the released
+        // code's search moves its lower end up to the top of that step, −ln 0.2.
+        let probs = Mat::from_rows(&[vec![0.5, 0.3, 0.2], vec![0.6, 0.3, 0.1]]).unwrap();
+        let rows = [0, 1];
+        let paper = size_threshold(&probs, &rows, 2.0).unwrap().q;
+        let released = size_threshold_released(&probs, &rows, 2.0).unwrap().q;
+        let (a3, a2) = (-(0.3f32 as f64).ln(), -(0.2f32 as f64).ln());
+        assert!(paper >= a3 && paper - a3 < 1e-6, "{paper} vs {a3}");
+        assert!((released - a2).abs() < 1e-6, "{released} vs {a2}");
+        // out of range: k = 1 is reached at the lower end, k ≥ C at the upper
+        let low = size_threshold_released(&probs, &rows, 1.0).unwrap().q;
+        assert!((low - -(0.5f32 as f64).ln()).abs() < 1e-12);
+        let high = size_threshold_released(&probs, &rows, 7.0).unwrap().q;
+        assert!((high - -(0.1f32 as f64).ln()).abs() < 1e-12);
     }
 
     #[test]

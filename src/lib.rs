@@ -3,6 +3,7 @@
 //! Stages (`vlal <stage>`) communicate only through the tables defined in `schemas/`;
 //! this library holds the pieces the stages are built from.
 
+pub mod assignment;
 pub mod cache;
 pub mod captions;
 pub mod config;
@@ -25,6 +26,7 @@ pub mod strategy;
 pub mod table;
 pub mod teacher;
 pub mod train;
+pub mod variant;
 
 /// Version of the tool, recorded in every results row and cache file.
 pub const TOOL_VERSION: &str = concat!("vlal ", env!("CARGO_PKG_VERSION"));

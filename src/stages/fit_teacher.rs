@@ -159,6 +159,7 @@ pub fn run(a: &FitTeacherArgs) -> Result<()> {
         class_names: &classes,
         feature_model: &feature_model,
         prototypes: None,
+        validation: None,
     };
     let dev = Device::Cpu;
     let mut r = rng::stream(a.seed, "fit-teacher", 0);

@@ -74,9 +74,12 @@ pub fn run_round(spec: &RunSpec, cache: &Cache, r: &Round) -> Result<train::Head
         .map(|l| teacher::logit_adjust(&l, &p.teacher.la, p.teacher.la_tau))
         .transpose()?;
     let teacher = teacher.as_ref().map(|m| (m, cache.tau));
+    // the labeled calibration split, for a trainer that tunes its inference on it
+    let validation = cache.calib.as_ref().map(|c| (&c.features, c.label_ids()));
     let data = train::TrainData {
         features: features.as_ref().unwrap_or(&cache.train.features),
         prototypes: cache.prototypes.as_ref(),
+        validation: validation.as_ref().map(|(x, y)| (*x, y.as_slice())),
         labeled: &labeled,
         labels: &labels,
         n_classes: cache.n_classes(),

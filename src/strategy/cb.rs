@@ -9,25 +9,51 @@
 //! K = 4C + |L|, and each of the B queries goes to the cluster with the lowest labeled ratio
 //! (ties to the larger cluster), counting earlier picks as labeled.
 
-use super::api::{finish_at_random, Build, Pick, SelectContext, Strategy};
+use super::api::{finish_at_random, hashed, Build, Pick, SelectContext, Strategy};
 use crate::cache::Need;
 use crate::kmeans::{kmeans, KMeansCfg};
 use crate::mat::Mat;
 use crate::rng::VRng;
+use crate::variant::Variant;
 use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+/// `[select.cb]` (read by `cb` and `cb-released`).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Params {
+    /// `paper`: F = [z/‖z‖, s/‖s‖]; `released`: [z, s]/‖[z, s]‖ (`cbsq.py` normalises the
+    /// concatenation).
+    pub features: Variant,
+}
+
+impl super::api::Params for Params {}
 
 pub struct Cb {
     pub released: bool,
+    pub p: Params,
 }
 
-pub fn build(name: &'static str, _: &Build) -> Result<Box<dyn Strategy>> {
+pub fn build(name: &'static str, b: &Build) -> Result<Box<dyn Strategy>> {
     Ok(Box::new(Cb {
         released: name == "cb-released",
+        p: b.params("cb")?,
     }))
 }
 
 /// F(x) for the given train rows: [z/‖z‖, s/‖s‖] with s = Σ_c p_c t_c.
 pub fn class_guided(probs: &Mat, image: &Mat, protos: &Mat, rows: &[usize]) -> Result<Mat> {
+    class_guided_as(probs, image, protos, rows, Variant::Paper)
+}
+
+/// [`class_guided`], or with `Variant::Released` the whole concatenation [z, s] normalised.
+pub fn class_guided_as(
+    probs: &Mat,
+    image: &Mat,
+    protos: &Mat,
+    rows: &[usize],
+    variant: Variant,
+) -> Result<Mat> {
     if protos.rows != probs.cols || protos.cols != image.cols {
         bail!(
             "class-guided features: {} prototypes of {}-d for {} classes and {}-d images",
@@ -47,7 +73,8 @@ pub fn class_guided(probs: &Mat, image: &Mat, protos: &Mat, rows: &[usize]) -> R
             let o = f.row_mut(b * 8192 + j);
             o[..d].copy_from_slice(image.row(r));
             o[d..].copy_from_slice(s.row(j));
-            for half in o.chunks_mut(d) {
+            let part = if variant.released() { 2 * d } else { d };
+            for half in o.chunks_mut(part) {
                 let n = crate::geometry::dot(half, half).sqrt();
                 if n > 0.0 {
                     half.iter_mut().for_each(|v| *v /= n);
@@ -82,14 +109,22 @@ impl Strategy for Cb {
             ..Need::default()
         }
     }
+    fn params(&self) -> serde_json::Value {
+        if self.p == Params::default() {
+            serde_json::Value::Null
+        } else {
+            hashed(&self.p)
+        }
+    }
     fn select(&self, ctx: &SelectContext, budget: usize, rng: &mut VRng) -> Result<Vec<Pick>> {
         let who = self.name();
         let rows = ctx.all_rows();
-        let f = class_guided(
+        let f = class_guided_as(
             ctx.probs,
             ctx.teacher_image(who)?,
             ctx.prototypes(who)?,
             &rows,
+            self.p.features,
         )?;
         let nl = ctx.labeled.len();
         let k = if self.released {
@@ -191,6 +226,25 @@ mod tests {
         assert_eq!(paper_k(25, 10), 40);
     }
 
+    #[test]
+    fn released_features_normalise_the_concatenation() {
+        // z = (3, 4) (norm 5), s = p·T = (0, 0.5) with p = (0.5, 0.5), t_0 = (0, 0), t_1 = (0, 1)
+        let probs = Mat::from_rows(&[vec![0.5, 0.5]]).unwrap();
+        let image = Mat::from_rows(&[vec![3.0, 4.0]]).unwrap();
+        let protos = Mat::from_rows(&[vec![0.0, 0.0], vec![0.0, 1.0]]).unwrap();
+        let paper = class_guided_as(&probs, &image, &protos, &[0], Variant::Paper).unwrap();
+        let released = class_guided_as(&probs, &image, &protos, &[0], Variant::Released).unwrap();
+        let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6);
+        assert!(close(paper.row(0), &[0.6, 0.8, 0.0, 1.0]), "{:?}", paper.row(0));
+        // ‖(3, 4, 0, 0.5)‖ = √25.25
+        let n = 25.25f32.sqrt();
+        assert!(
+            close(released.row(0), &[3.0 / n, 4.0 / n, 0.0, 0.5 / n]),
+            "{:?}",
+            released.row(0)
+        );
+    }
+
     /// The blocked product (BLAS above 2^22 multiply-adds) against the definition, on rows out
     /// of order.
     #[test]
@@ -259,7 +313,10 @@ mod tests {
             let mut ctx = o.ctx();
             ctx.teacher_image = Some(&image);
             ctx.prototypes = Some(&protos);
-            let s = Cb { released };
+            let s = Cb {
+                released,
+                p: Params::default(),
+            };
             let a = s.select(&ctx, 3, &mut rng::stream(1, "t", 0)).unwrap();
             let b = s.select(&ctx, 3, &mut rng::stream(1, "t", 0)).unwrap();
             assert_eq!(a, b, "seeded");
@@ -276,7 +333,10 @@ mod tests {
         }
         // without prototypes: a clear error
         let ctx = o.ctx();
-        let e = Cb { released: false }
+        let e = Cb {
+            released: false,
+            p: Params::default(),
+        }
             .select(&ctx, 2, &mut rng::stream(1, "t", 0))
             .unwrap_err()
             .to_string();

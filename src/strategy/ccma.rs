@@ -13,6 +13,7 @@ use crate::conformal::{calibrate, ccma_score, set, CalibrationCfg};
 use crate::rng::{self, VRng};
 use anyhow::{bail, Result};
 use rayon::prelude::*;
+use crate::variant::Variant;
 use serde::{Deserialize, Serialize};
 
 /// `[select.ccma]`: conformal sets, subpool, score, final diversity (also read by `eval` for
@@ -35,6 +36,14 @@ pub struct Params {
     /// "kmeans" (K = B, point nearest each centroid), "uherding" or "none" (top B).
     pub diversity: String,
     pub kmeans_iters: usize,
+    /// The size-targeted bisection: `paper` (sets of the target mean size) or `released` (the
+    /// midpoint of the final bracket, as the repository).
+    #[serde(skip_serializing_if = "Variant::is_paper")]
+    pub bisection: Variant,
+    /// Realign the teacher's class prototypes to the labels every round by Hungarian matching,
+    /// as the repository does (`_align_text_embeds_to_labels`).
+    #[serde(skip_serializing_if = "crate::variant::is_false")]
+    pub realign: bool,
 }
 
 impl Default for Params {
@@ -49,6 +58,8 @@ impl Default for Params {
             subpool_size: 10_000,
             diversity: "kmeans".into(),
             kmeans_iters: 20,
+            bisection: Variant::Paper,
+            realign: false,
         }
     }
 }
@@ -75,6 +86,7 @@ impl Params {
             k_teacher: self.k_teacher,
             calibration: &self.calibration,
             alpha: self.alpha,
+            bisection: self.bisection,
         }
     }
 }
@@ -129,13 +141,38 @@ impl Strategy for Ccma {
         Need {
             logits: true,
             image: true,
+            prototypes: self.p.realign,
             ..Need::default()
         }
     }
     fn select(&self, ctx: &SelectContext, budget: usize, rng: &mut VRng) -> Result<Vec<Pick>> {
         let cfg = &self.p;
-        let pt = ctx.teacher_probs(self.name)?;
         let z = ctx.teacher_image(self.name)?;
+        // the released code's realignment: the teacher's classes permuted to match the labels
+        let perm = if cfg.realign {
+            let perm = realignment(z, ctx.prototypes(self.name)?, ctx.labeled, ctx.labels)?;
+            ctx.notes.add(
+                "realignment",
+                match &perm {
+                    Some(p) => format!(
+                        "{} of {} teacher classes moved",
+                        p.iter().enumerate().filter(|(c, &t)| *c != t).count(),
+                        p.len()
+                    ),
+                    None => "fewer than 5 labeled classes: none".into(),
+                },
+            );
+            perm
+        } else {
+            None
+        };
+        let cached = ctx.teacher_probs(self.name)?;
+        let realigned = perm.as_ref().map(|p| permute_columns(cached, p));
+        let pt = realigned.as_ref().unwrap_or(cached);
+        let calib_teacher = match (&perm, ctx.calib.as_ref().and_then(|c| c.teacher)) {
+            (Some(p), Some(t)) => Some(permute_columns(t, p)),
+            _ => None,
+        };
         let ps = ctx.probs;
         let pool = ctx.pool;
         let n = pool.len();
@@ -156,10 +193,10 @@ impl Strategy for Ccma {
         };
         let rows: Vec<usize> = sub.iter().map(|&p| pool[p]).collect();
         // 2–3. conformal thresholds
-        let calib = ctx
-            .calib
-            .as_ref()
-            .and_then(|c| c.teacher.map(|t| (c.student, t, c.labels)));
+        let calib = ctx.calib.as_ref().and_then(|c| {
+            c.teacher
+                .map(|t| (c.student, calib_teacher.as_ref().unwrap_or(t), c.labels))
+        });
         let cal = calibrate(&cfg.calibration(), ps, pt, &rows, calib)?;
         ctx.notes.add("calibration", cal.how.clone());
         ctx.notes.add("q_student", format!("{}", cal.student.q));
@@ -214,6 +251,82 @@ impl Strategy for Ccma {
             })
             .collect())
     }
+}
+
+/// The column of the teacher's probabilities each class takes after the released code's
+/// realignment (`_align_text_embeds_to_labels`): the labeled samples' mean teacher image
+/// embedding per class (normalised) is matched to the normalised class prototypes by a
+/// maximum-similarity assignment; the classes without labels take the remaining prototypes in
+/// order of their similarity to the mean of all labeled embeddings. None (no realignment) with
+/// fewer than 5 labeled classes, as there.
+pub fn realignment(
+    z: &crate::mat::Mat,
+    prototypes: &crate::mat::Mat,
+    labeled: &[usize],
+    labels: &[u32],
+) -> Result<Option<Vec<usize>>> {
+    let (c, d) = (prototypes.rows, prototypes.cols);
+    if z.cols != d {
+        bail!("realignment: {}-d image embeddings, {d}-d prototypes", z.cols);
+    }
+    let unit = |v: &mut [f64]| {
+        let n = v.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
+        v.iter_mut().for_each(|x| *x /= n);
+    };
+    let mut t: Vec<Vec<f64>> = (0..c)
+        .map(|k| prototypes.row(k).iter().map(|&x| x as f64).collect())
+        .collect();
+    t.iter_mut().for_each(|r| unit(r));
+    let mut sums = vec![vec![0f64; d]; c];
+    let mut all = vec![0f64; d];
+    let mut count = vec![0usize; c];
+    for (&r, &l) in labeled.iter().zip(labels) {
+        let mut x: Vec<f64> = z.row(r).iter().map(|&v| v as f64).collect();
+        unit(&mut x);
+        for j in 0..d {
+            sums[l as usize][j] += x[j];
+            all[j] += x[j];
+        }
+        count[l as usize] += 1;
+    }
+    let present: Vec<usize> = (0..c).filter(|&k| count[k] > 0).collect();
+    if present.len() < 5 {
+        return Ok(None);
+    }
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    let mut cost = Vec::with_capacity(present.len() * c);
+    for &k in &present {
+        let mut p: Vec<f64> = sums[k].iter().map(|v| v / count[k] as f64).collect();
+        unit(&mut p);
+        cost.extend(t.iter().map(|tj| -dot(&p, tj)));
+    }
+    let col = crate::assignment::min_cost(&cost, present.len(), c)?;
+    let mut perm = vec![usize::MAX; c];
+    let mut taken = vec![false; c];
+    for (i, &k) in present.iter().enumerate() {
+        perm[k] = col[i];
+        taken[col[i]] = true;
+    }
+    unit(&mut all);
+    let mut rest: Vec<usize> = (0..c).filter(|&j| !taken[j]).collect();
+    rest.sort_by(|&a, &b| dot(&all, &t[b]).total_cmp(&dot(&all, &t[a])).then(a.cmp(&b)));
+    let mut fill = rest.into_iter();
+    for p in perm.iter_mut().filter(|p| **p == usize::MAX) {
+        *p = fill.next().expect("as many prototypes left as classes");
+    }
+    Ok(Some(perm))
+}
+
+/// `m` with column c replaced by column `perm[c]`.
+pub fn permute_columns(m: &crate::mat::Mat, perm: &[usize]) -> crate::mat::Mat {
+    let mut out = m.clone();
+    for i in 0..m.rows {
+        let (src, dst) = (m.row(i), out.row_mut(i));
+        for (c, &p) in perm.iter().enumerate() {
+            dst[c] = src[p];
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -288,6 +401,35 @@ mod tests {
                     .any(|(k, v)| k == "calibration" && v == "size@pool"));
             }
         }
+    }
+
+    #[test]
+    fn realignment_matches_classes_to_their_prototypes() {
+        // prototypes e_0 … e_5; classes 0–4 labeled with images near e_σ(c), σ = [1, 0, 2, 4, 3]:
+        // the assignment recovers σ, and unlabeled class 5 takes the prototype left, e_5
+        let eye = |k: usize, d: usize| -> Vec<f32> { (0..d).map(|j| (j == k) as u8 as f32).collect() };
+        let protos = Mat::from_rows(&(0..6).map(|k| eye(k, 6)).collect::<Vec<_>>()).unwrap();
+        let sigma = [1, 0, 2, 4, 3];
+        let mut rows = Vec::new();
+        let mut labels = Vec::new();
+        for (c, &s) in sigma.iter().enumerate() {
+            for j in 0..2 {
+                let mut v = eye(s, 6);
+                v[(s + 1) % 6] = 0.1 * j as f32; // not exactly on the prototype
+                rows.push(v);
+                labels.push(c as u32);
+            }
+        }
+        let z = Mat::from_rows(&rows).unwrap();
+        let labeled: Vec<usize> = (0..rows.len()).collect();
+        let perm = realignment(&z, &protos, &labeled, &labels).unwrap().unwrap();
+        assert_eq!(perm, vec![1, 0, 2, 4, 3, 5]);
+        // the teacher's column c becomes its column perm[c]
+        let pt = Mat::from_rows(&[vec![0.5, 0.1, 0.1, 0.1, 0.1, 0.1]]).unwrap();
+        assert_eq!(permute_columns(&pt, &perm).row(0), &[0.1, 0.5, 0.1, 0.1, 0.1, 0.1]);
+        // fewer than 5 labeled classes: no realignment
+        let four: Vec<usize> = (0..8).collect();
+        assert_eq!(realignment(&z, &protos, &four, &labels[..8]).unwrap(), None);
     }
 
     #[test]

@@ -2,16 +2,68 @@
 //! give class c the quota K_c = round(B·w_c/Σw) with w_c = 1/n_c (1 when class c has no label),
 //! draw K_c at random among the pool points predicted as c, then top up at random if the batch
 //! is short (a class with too few candidates, or rounding) and trim if rounding overshoots.
+//!
+//! `[select.class-balanced] weights = "released"`: the PCoreSet repository's allocation instead
+//! ([`released_quotas`]).
 
-use super::api::{Build, Pick, SelectContext, Strategy};
+use super::api::{hashed, Build, Pick, SelectContext, Strategy};
 use crate::mat::argmax;
 use crate::rng::{self, VRng};
+use crate::variant::Variant;
 use anyhow::Result;
+use serde::{Deserialize, Serialize};
 
-pub struct ClassBalanced;
+/// `[select.class-balanced]`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Params {
+    /// `paper`: Alg. 5; `released`: the repository's weights and remainder rule.
+    pub weights: Variant,
+}
 
-pub fn build(_: &'static str, _: &Build) -> Result<Box<dyn Strategy>> {
-    Ok(Box::new(ClassBalanced))
+impl super::api::Params for Params {}
+
+#[derive(Default)]
+pub struct ClassBalanced(pub Params);
+
+pub fn build(_: &'static str, b: &Build) -> Result<Box<dyn Strategy>> {
+    Ok(Box::new(ClassBalanced(b.params("class-balanced")?)))
+}
+
+/// The PCoreSet repository's quotas over the classes predicted in the pool (`present`,
+/// ascending): w_c = N / (n_c + 1) with N the labeled total and a class without labels counted
+/// as n_c = 1 (every w_c = 1 with no labels at all), normalised; K_c = ⌊B·w_c⌋, and the
+/// remainder one each to the largest weights (ties: lower class). Classes not predicted get 0.
+pub fn released_quotas(counts: &[usize], present: &[usize], budget: usize) -> Vec<usize> {
+    let total: usize = counts.iter().sum();
+    let w: Vec<f64> = present
+        .iter()
+        .map(|&c| {
+            if total == 0 {
+                1.0
+            } else {
+                total as f64 / (counts[c].max(1) as f64 + 1.0)
+            }
+        })
+        .collect();
+    let sum: f64 = w.iter().sum();
+    let w: Vec<f64> = w.iter().map(|v| v / sum).collect();
+    let mut q = vec![0usize; counts.len()];
+    let mut left = budget;
+    for (i, &c) in present.iter().enumerate() {
+        q[c] = (budget as f64 * w[i]) as usize;
+        left = left.saturating_sub(q[c]);
+    }
+    let mut order: Vec<usize> = (0..present.len()).collect();
+    order.sort_by(|&a, &b| w[b].total_cmp(&w[a]));
+    for i in order {
+        if left == 0 {
+            break;
+        }
+        q[present[i]] += 1;
+        left -= 1;
+    }
+    q
 }
 
 /// Quotas K_c = round(B·w_c/Σw), w_c = 1/n_c or 1 for an unlabeled class.
@@ -30,7 +82,17 @@ impl Strategy for ClassBalanced {
     fn name(&self) -> &'static str {
         "class-balanced"
     }
+    fn params(&self) -> serde_json::Value {
+        if self.0 == Params::default() {
+            serde_json::Value::Null
+        } else {
+            hashed(&self.0)
+        }
+    }
     fn select(&self, ctx: &SelectContext, budget: usize, rng: &mut VRng) -> Result<Vec<Pick>> {
+        if self.0.weights.released() {
+            return Ok(select_released(ctx, budget, rng));
+        }
         let c = ctx.n_classes;
         let mut counts = vec![0usize; c];
         for &l in ctx.labels {
@@ -66,11 +128,61 @@ impl Strategy for ClassBalanced {
     }
 }
 
+/// The repository's selection: per predicted class (ascending) a random draw of its quota,
+/// then a random top-up from the rest of the pool.
+fn select_released(ctx: &SelectContext, budget: usize, rng: &mut VRng) -> Vec<Pick> {
+    let c = ctx.n_classes;
+    let mut counts = vec![0usize; c];
+    for &l in ctx.labels {
+        counts[l as usize] += 1;
+    }
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); c];
+    for (pos, &r) in ctx.pool.iter().enumerate() {
+        by_class[argmax(ctx.probs.row(r))].push(pos);
+    }
+    let present: Vec<usize> = (0..c).filter(|&k| !by_class[k].is_empty()).collect();
+    let q = released_quotas(&counts, &present, budget);
+    let mut taken = vec![false; ctx.pool.len()];
+    let mut picks = Vec::with_capacity(budget);
+    for &k in &present {
+        let n = q[k].min(by_class[k].len()).min(budget - picks.len());
+        for pos in rng::sample(&by_class[k], n, rng) {
+            taken[pos] = true;
+            picks.push(Pick {
+                pos,
+                score: q[k] as f64 / budget.max(1) as f64,
+            });
+        }
+    }
+    if picks.len() < budget {
+        let rest: Vec<usize> = (0..ctx.pool.len()).filter(|&p| !taken[p]).collect();
+        for pos in rng::sample(&rest, budget - picks.len(), rng) {
+            picks.push(Pick { pos, score: 0.0 });
+        }
+    }
+    picks
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::mat::Mat;
     use crate::strategy::testutil::Owned;
+
+    #[test]
+    fn released_quotas_hand_checked() {
+        // labels n = [2, 0, 1, 5] (N = 8), classes 0–2 predicted in the pool, class 3 not:
+        // w = 8/3, 8/2, 8/2 (class 1 counted as n = 1) → normalised [0.25, 0.375, 0.375];
+        // B = 5: ⌊1.25, 1.875, 1.875⌋ = [1, 1, 1], remainder 2 to the largest weights (classes
+        // 1 and 2, ties in class order) → [1, 2, 2, 0]
+        assert_eq!(released_quotas(&[2, 0, 1, 5], &[0, 1, 2], 5), vec![1, 2, 2, 0]);
+        // n = [1, 3, 0], B = 10: the paper's w = [1, 1/3, 1] rounds to [4, 1, 4] (9, topped up
+        // at random); the released w = 4/2, 4/4, 4/2 floors to [4, 2, 4]
+        assert_eq!(quotas(&[1, 3, 0], 10), vec![4, 1, 4]);
+        assert_eq!(released_quotas(&[1, 3, 0], &[0, 1, 2], 10), vec![4, 2, 4]);
+        // no labels: uniform over the predicted classes; B = 4 over 3 → [1, 1, 1] + 1 to class 0
+        assert_eq!(released_quotas(&[0, 0, 0], &[0, 1, 2], 4), vec![2, 1, 1]);
+    }
 
     #[test]
     fn quotas_hand_checked() {
@@ -94,7 +206,7 @@ mod tests {
             vec![0, 1, 2],
             vec![0, 0, 1],
         );
-        let picks = ClassBalanced
+        let picks = ClassBalanced::default()
             .select(&o.ctx(), 5, &mut rng::stream(1, "cb", 0))
             .unwrap();
         assert_eq!(picks.len(), 5);

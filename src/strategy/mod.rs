@@ -119,7 +119,10 @@ impl StrategySpec {
             .expect("a parsed spec names a registered strategy");
         let s = (e.build)(e.name, b)?;
         Ok(if self.selective {
-            Box::new(sq::Selective { base: s })
+            Box::new(sq::Selective {
+                base: s,
+                p: b.params("sq")?,
+            })
         } else {
             s
         })
@@ -139,6 +142,7 @@ pub fn check_tables(b: &Build) -> Result<()> {
     for e in REGISTRY {
         (e.build)(e.name, b)?;
     }
+    b.params::<sq::Params>("sq")?;
     let known: BTreeSet<&str> = b.read.borrow().iter().copied().collect();
     for t in b.select.tables.keys() {
         if !known.contains(t.as_str()) {
@@ -221,6 +225,7 @@ mod tests {
             class_names: &[],
             feature_model: &Default::default(),
             prototypes: None,
+            validation: None,
         };
         let (head, _) = crate::train::by_name("linear", &tp)
             .unwrap()

@@ -3,17 +3,34 @@
 //! picked candidate whose predicted class ŷ has p_ŷ ≥ ε_ŷ gets the pseudo-label ŷ at no cost,
 //! the others go to the oracle. A class with no labeled sample has no threshold and is never
 //! pseudo-labelled. [`Selective`] wraps any strategy with it.
+//!
+//! `[select.sq] threshold = "released"` takes the released code's thresholds instead: ε_c = mean
+//! over the labeled samples of class c of the model's top-class probability max_k p_k.
 
-use super::api::{Pick, SelectContext, Strategy};
+use super::api::{hashed, Pick, SelectContext, Strategy};
 use crate::cache::Need;
 use crate::mat::{argmax, Mat};
 use crate::rng::VRng;
+use crate::variant::Variant;
 use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+/// `[select.sq]`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Params {
+    /// `paper`: ε_c from the probability of class c (eq. 11); `released`: from the top-class
+    /// probability (`cbsq.py`).
+    pub threshold: Variant,
+}
+
+impl super::api::Params for Params {}
 
 /// A strategy with selective querying on top: the base picks, then the confident picks are
 /// pseudo-labelled.
 pub struct Selective {
     pub base: Box<dyn Strategy>,
+    pub p: Params,
 }
 
 impl Strategy for Selective {
@@ -27,13 +44,20 @@ impl Strategy for Selective {
         self.base.needs()
     }
     fn params(&self) -> serde_json::Value {
-        self.base.params()
+        if self.p == Params::default() {
+            self.base.params()
+        } else {
+            hashed((self.base.params(), &self.p))
+        }
     }
     fn select(&self, ctx: &SelectContext, budget: usize, rng: &mut VRng) -> Result<Vec<Pick>> {
         self.base.select(ctx, budget, rng)
     }
     fn pseudo_labels(&self, ctx: &SelectContext, rows: &[usize]) -> Option<Vec<Option<i32>>> {
-        let eps = thresholds(ctx.probs, ctx.labeled, ctx.labels);
+        let eps = match self.p.threshold {
+            Variant::Paper => thresholds(ctx.probs, ctx.labeled, ctx.labels),
+            Variant::Released => top_thresholds(ctx.probs, ctx.labeled, ctx.labels),
+        };
         Some(pseudo_labels(ctx.probs, rows, &eps))
     }
 }
@@ -45,6 +69,21 @@ pub fn thresholds(probs: &Mat, labeled: &[usize], labels: &[u32]) -> Vec<Option<
     let mut n = vec![0usize; c];
     for (&r, &l) in labeled.iter().zip(labels) {
         sum[l as usize] += probs.row(r)[l as usize] as f64;
+        n[l as usize] += 1;
+    }
+    (0..c)
+        .map(|k| (n[k] > 0).then(|| (sum[k] / n[k] as f64) as f32))
+        .collect()
+}
+
+/// The released code's ε_c: the mean top-class probability max_k p_k over the labeled samples of
+/// class c (None for a class without labeled samples).
+pub fn top_thresholds(probs: &Mat, labeled: &[usize], labels: &[u32]) -> Vec<Option<f32>> {
+    let c = probs.cols;
+    let mut sum = vec![0f64; c];
+    let mut n = vec![0usize; c];
+    for (&r, &l) in labeled.iter().zip(labels) {
+        sum[l as usize] += probs.row(r)[argmax(probs.row(r))] as f64;
         n[l as usize] += 1;
     }
     (0..c)
@@ -87,5 +126,20 @@ mod tests {
             pseudo_labels(&probs, &[3, 4, 5, 6], &eps),
             vec![Some(0), None, Some(1), None]
         );
+        // released: ε_0 = mean top probability of rows 0, 1 = 0.8; ε_1 = row 2's top = 0.6 (its
+        // p_1); a labeled row predicted as another class counts its top class's probability
+        let probs2 = Mat::from_rows(&[
+            vec![0.9, 0.1, 0.0],
+            vec![0.3, 0.7, 0.0], // labeled 0, predicted 1: paper counts 0.3, released 0.7
+            vec![0.4, 0.6, 0.0],
+            vec![0.78, 0.22, 0.0], // paper ε_0 = 0.6 → pseudo 0; released ε_0 = 0.8 → query
+        ])
+        .unwrap();
+        let paper = thresholds(&probs2, &[0, 1, 2], &[0, 0, 1]);
+        let released = top_thresholds(&probs2, &[0, 1, 2], &[0, 0, 1]);
+        assert!((paper[0].unwrap() - 0.6).abs() < 1e-6);
+        assert!((released[0].unwrap() - 0.8).abs() < 1e-6);
+        assert_eq!(pseudo_labels(&probs2, &[3], &paper), vec![Some(0)]);
+        assert_eq!(pseudo_labels(&probs2, &[3], &released), vec![None]);
     }
 }

@@ -24,6 +24,9 @@ pub struct TrainData<'a> {
     pub feature_model: &'a FeatureModel,
     /// The teacher's class prototypes t_c (contrastive tuning's initial classifier).
     pub prototypes: Option<&'a Mat>,
+    /// A labeled validation split (features, labels): the calibration split, for trainers that
+    /// tune their inference on one (`[dho] tune`).
+    pub validation: Option<(&'a Mat, &'a [u32])>,
 }
 
 impl TrainData<'_> {

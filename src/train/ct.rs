@@ -282,6 +282,7 @@ mod tests {
             class_names: &[],
             feature_model: &FeatureModel::default(),
             prototypes: Some(&p),
+            validation: None,
         };
         let acc = |h: &CtHead| {
             let pr = h.predict(&f).unwrap();

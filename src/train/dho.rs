@@ -9,6 +9,7 @@ use super::api::{
     Head, Model, Saved, TeacherSignal, TrainData, Trainer,
 };
 use super::params::{ClapCfg, DhoCfg, TeacherCfg, TrainParams};
+use crate::variant::Variant;
 use crate::cache::Need;
 use crate::mat::{softmax_rows, Mat};
 use crate::rng::{self, VRng};
@@ -197,7 +198,12 @@ pub fn fit(
     let (n, d, c) = (data.features.rows, data.features.cols, data.n_classes);
     let (w_ce, b_ce) = init_linear(d, c, rng, dev)?;
     let (w_kd, b_kd) = init_linear(d, c, rng, dev)?;
-    let alpha = if distill { cfg.alpha } else { 1.0 };
+    // the released mix (1−α)·CE + α·KD is the paper's with α and 1−α swapped
+    let alpha = match (distill, cfg.mix) {
+        (false, _) => 1.0,
+        (true, Variant::Paper) => cfg.alpha,
+        (true, Variant::Released) => 1.0 - cfg.alpha,
+    };
     let head = DualHead {
         w_ce,
         b_ce,
@@ -272,7 +278,62 @@ pub fn fit(
         }
         Ok((sum, bs.len()))
     })?;
+    let mut head = head;
+    if distill && cfg.tune {
+        match data.validation {
+            Some((x, y)) => {
+                let (a, b, acc) = tune(&head, x, y)?;
+                crate::progress::log(format!(
+                    "dho: α = {a:.2}, β = {b} tuned on {} validation samples (accuracy {acc:.4})",
+                    y.len()
+                ));
+                (head.alpha, head.beta) = (a, b);
+            }
+            None => crate::progress::log(
+                "dho: no labeled calibration split to tune α, β on; they stay as set",
+            ),
+        }
+    }
     Ok((head, losses))
+}
+
+/// The β values of the DHO repository's inference search.
+pub const TUNE_BETAS: [f64; 7] = [0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 4.0];
+
+/// The DHO repository's inference search on labeled rows `x`, `y`: for β in [`TUNE_BETAS`] and
+/// then α = 0, 0.05, …, 1, the accuracy of argmax α·softmax(g_CE) + (1−α)·softmax(g_KD/β) (in
+/// f32, as there); the first (α, β) with the best accuracy wins, starting from (0, 1) at
+/// accuracy 0. Returns (α, β, accuracy).
+pub fn tune(head: &DualHead, x: &Mat, y: &[u32]) -> Result<(f64, f64, f64)> {
+    if x.rows != y.len() || y.is_empty() {
+        bail!(
+            "dho tuning: {} validation rows, {} labels",
+            x.rows,
+            y.len()
+        );
+    }
+    let logits = |w: &Var, b: &Var| predict_chunked(x, &head.dev, |t| affine(t, w, b));
+    let ce = softmax_rows(&logits(&head.w_ce, &head.b_ce)?, 1.0);
+    let kd_logits = logits(&head.w_kd, &head.b_kd)?;
+    let mut best = (0.0, 1.0, 0.0);
+    for beta in TUNE_BETAS {
+        let kd = softmax_rows(&kd_logits, (1.0 / beta) as f32);
+        for i in 0..=20 {
+            let alpha = i as f64 * 0.05;
+            let (a, b) = (alpha as f32, (1.0 - alpha) as f32);
+            let right = (0..x.rows)
+                .filter(|&r| {
+                    let p: Vec<f32> = ce.row(r).iter().zip(kd.row(r)).map(|(c, k)| a * c + b * k).collect();
+                    crate::mat::argmax(&p) == y[r] as usize
+                })
+                .count();
+            let acc = right as f64 / x.rows as f64;
+            if acc > best.2 {
+                best = (alpha, beta, acc);
+            }
+        }
+    }
+    Ok(best)
 }
 
 #[cfg(test)]
@@ -342,6 +403,7 @@ mod tests {
             class_names: &[],
             feature_model: &crate::train::FeatureModel::default(),
             prototypes: None,
+            validation: None,
         };
         let (_, losses) = fit_named(
             "dho",
@@ -366,6 +428,7 @@ mod tests {
             class_names: &[],
             feature_model: &crate::train::FeatureModel::default(),
             prototypes: None,
+            validation: None,
         };
         let p1 = pipeline(1.0, 30);
         let (dho1, _) =
@@ -426,5 +489,81 @@ mod tests {
                 p.row(0)
             );
         }
+    }
+
+    #[test]
+    fn released_mix_swaps_alpha_and_tuning_searches_the_grid() {
+        let (f, l, y, t) = toy();
+        let fm = crate::train::FeatureModel::default();
+        fn with<'a>(
+            (f, l, y, t, fm): (&'a Mat, &'a [usize], &'a [u32], &'a Mat, &'a crate::cache::FeatureModel),
+            validation: Option<(&'a Mat, &'a [u32])>,
+        ) -> TrainData<'a> {
+            TrainData {
+                features: f,
+                labeled: l,
+                labels: y,
+                n_classes: 3,
+                teacher: Some((t, 0.01)),
+                class_names: &[],
+                feature_model: fm,
+                prototypes: None,
+                validation,
+            }
+        }
+        let parts = (&f, l.as_slice(), y.as_slice(), &t, &fm);
+        let data = |v| with(parts, v);
+        // the repository's (1−α)·CE + α·KD at α = 0.3 is the paper's mix at α = 0.7
+        let mut p = pipeline(0.5, 5);
+        p.dho.alpha = 0.7;
+        let (paper, _) = fit(&p.dho, true, &data(None), &mut rng::stream(0, "t", 0), &Device::Cpu)
+            .unwrap();
+        p.dho.alpha = 0.3;
+        p.dho.mix = Variant::Released;
+        let (released, _) =
+            fit(&p.dho, true, &data(None), &mut rng::stream(0, "t", 0), &Device::Cpu).unwrap();
+        assert!((released.alpha - 0.7).abs() < 1e-12);
+        assert_eq!(paper.predict(&f).unwrap(), released.predict(&f).unwrap());
+        // tuning: on the 1-d head of the test above, g_CE = [x, 0] says class 0 for x > 0 and
+        // g_KD = [0, 2x] class 1; validation rows x = 1 labeled 1 → only α small enough
+        // for KD to win is right: the first best of the grid (β = 0.5, α = 0)
+        let dev = Device::Cpu;
+        let h = DualHead::from_tensors(
+            Tensor::new(&[[1f32], [0.]], &dev).unwrap(),
+            Tensor::new(&[0f32, 0.], &dev).unwrap(),
+            Tensor::new(&[[0f32], [2.]], &dev).unwrap(),
+            Tensor::new(&[0f32, 0.], &dev).unwrap(),
+            0.5,
+            1.0,
+        )
+        .unwrap();
+        let x = Mat::new(2, 1, vec![1.0, -1.0]).unwrap();
+        assert_eq!(tune(&h, &x, &[1, 0]).unwrap(), (0.0, 0.5, 1.0));
+        // labels only the CE head gets right: the first α at which both rows are right wins
+        let (a, b, acc) = tune(&h, &x, &[0, 1]).unwrap();
+        assert_eq!((b, acc), (0.5, 1.0));
+        // both rows are right once 0.462·α > 0.964·(1−α), α > 0.676: the grid's 0.7
+        assert!((a - 0.7).abs() < 1e-9, "{a}");
+        let mix = |c: f64, k: f64| a * c + (1.0 - a) * k;
+        let sm = |u: f64, v: f64| u.exp() / (u.exp() + v.exp());
+        // row x = 1: p_0 = α·σ(1) + (1−α)·σ(−4) must beat p_1; the α before it must not
+        assert!(mix(sm(1.0, 0.0), sm(0.0, 4.0)) > mix(sm(0.0, 1.0), sm(4.0, 0.0)));
+        let a0 = a - 0.05;
+        let prev = a0 * sm(1.0, 0.0) + (1.0 - a0) * sm(0.0, 4.0);
+        assert!(prev <= a0 * sm(0.0, 1.0) + (1.0 - a0) * sm(4.0, 0.0));
+        // fit with tune = true applies the search to the trained head
+        let mut p = pipeline(0.5, 5);
+        p.dho.tune = true;
+        let fl = f.select_rows(&l);
+        let (tuned, _) = fit(
+            &p.dho,
+            true,
+            &data(Some((&fl, &y))),
+            &mut rng::stream(0, "t", 0),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let (ta, tb, _) = tune(&tuned, &fl, &y).unwrap();
+        assert_eq!((tuned.alpha, tuned.beta), (ta, tb));
     }
 }

@@ -156,6 +156,7 @@ mod tests {
                 class_names: &[],
                 feature_model: &FeatureModel::default(),
                 prototypes: None,
+                validation: None,
             };
             let (head, _) = by_name(trainer, &p)
                 .unwrap()

@@ -3,6 +3,7 @@
 //! `ce` read `[dho]`; both distilling trainers read `[teacher]`); each trainer hashes the ones
 //! it reads (`Trainer::params`).
 
+use crate::variant::Variant;
 use serde::{Deserialize, Serialize};
 
 /// Every trainer's settings, as [`super::by_name`] takes them.
@@ -75,6 +76,15 @@ pub struct DhoCfg {
     /// Prediction mixing: α·softmax(g_CE) + (1−α)·softmax(g_KD/β).
     pub alpha: f64,
     pub beta: f64,
+    /// `released`: the PCoreSet repository's mix (1−α)·softmax(g_CE) + α·softmax(g_KD/β), the
+    /// paper's with α and 1−α swapped.
+    #[serde(skip_serializing_if = "Variant::is_paper")]
+    pub mix: Variant,
+    /// The DHO repository's inference: after training, α ∈ {0, 0.05, …, 1} and
+    /// β ∈ {0.5, 0.75, 1, 1.25, 1.5, 2, 4} are grid-searched for the best accuracy on the
+    /// labeled calibration split (β outer, α inner, the first best kept).
+    #[serde(skip_serializing_if = "crate::variant::is_false")]
+    pub tune: bool,
 }
 
 impl Default for DhoCfg {
@@ -90,6 +100,8 @@ impl Default for DhoCfg {
             zeta: 0.01,
             alpha: 0.5,
             beta: 1.0,
+            mix: Variant::Paper,
+            tune: false,
         }
     }
 }
