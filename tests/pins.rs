@@ -12,10 +12,10 @@ use vlal::table;
 mod common;
 use common::ok;
 
-/// Compare `got` with the pinned file, or rewrite it under VLAL_UPDATE_PINS=1. With `key`,
-/// lines are matched by their key (the text before the first ':'): every pinned line must come
-/// back unchanged, and lines with a new key (a strategy added since) are allowed and listed.
-fn check_pin(name: &str, got: &str, keyed: bool) {
+/// Compare `got` with the pinned file, or rewrite it under VLAL_UPDATE_PINS=1. Lines are matched
+/// by `key`: every pinned line must come back unchanged, and lines with a new key (a strategy
+/// or pipeline added since) are allowed and listed.
+fn check_pin(name: &str, got: &str, key: fn(&str) -> String) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/pins")
         .join(name);
@@ -26,39 +26,23 @@ fn check_pin(name: &str, got: &str, keyed: bool) {
     let want = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("{}: {e} (VLAL_UPDATE_PINS=1 writes it)", path.display()));
     let (want, got): (Vec<&str>, Vec<&str>) = (want.lines().collect(), got.lines().collect());
-    let (changed, added): (Vec<String>, Vec<&str>) = if keyed {
-        let key = |l: &'_ str| l.split(':').next().unwrap_or("").to_string();
-        let now: std::collections::HashMap<String, &str> =
-            got.iter().map(|l| (key(l), *l)).collect();
-        let pinned: std::collections::HashSet<String> = want.iter().map(|l| key(l)).collect();
-        let changed = want
-            .iter()
-            .filter(|w| now.get(&key(w)) != Some(*w))
-            .map(|w| {
-                format!(
-                    "pinned {w}\n   now {}",
-                    now.get(&key(w)).unwrap_or(&"(missing)")
-                )
-            })
-            .collect();
-        let added = got
-            .iter()
-            .copied()
-            .filter(|l| !pinned.contains(&key(l)))
-            .collect();
-        (changed, added)
-    } else {
-        let mut changed: Vec<String> = want
-            .iter()
-            .zip(&got)
-            .filter(|(w, g)| w != g)
-            .map(|(w, g)| format!("pinned {w}\n   now {g}"))
-            .collect();
-        if want.len() != got.len() {
-            changed.push(format!("{} lines pinned, {} now", want.len(), got.len()));
-        }
-        (changed, Vec::new())
-    };
+    let now: std::collections::HashMap<String, &str> = got.iter().map(|l| (key(l), *l)).collect();
+    let pinned: std::collections::HashSet<String> = want.iter().map(|l| key(l)).collect();
+    let changed: Vec<String> = want
+        .iter()
+        .filter(|w| now.get(&key(w)) != Some(*w))
+        .map(|w| {
+            format!(
+                "pinned {w}\n   now {}",
+                now.get(&key(w)).unwrap_or(&"(missing)")
+            )
+        })
+        .collect();
+    let added: Vec<&str> = got
+        .iter()
+        .copied()
+        .filter(|l| !pinned.contains(&key(l)))
+        .collect();
     if !added.is_empty() {
         eprintln!(
             "{}: {} lines not pinned yet (VLAL_UPDATE_PINS=1 adds them):\n{}",
@@ -98,7 +82,8 @@ fn run_ids_of_every_shipped_pipeline_are_pinned() {
         }
     }
     assert!(out.lines().count() > 100, "{out}");
-    check_pin("run-ids.txt", &out, false);
+    // a run's id is its whole line: a changed hash is a pinned line gone missing
+    check_pin("run-ids.txt", &out, |l| l.to_string());
 }
 
 #[test]
@@ -151,5 +136,8 @@ fn picks_of_every_strategy_are_pinned() {
             );
         }
     }
-    check_pin("picks.txt", &out, true);
+    // a run's picks are keyed by the run and round (the text before ':')
+    check_pin("picks.txt", &out, |l| {
+        l.split(':').next().unwrap_or("").to_string()
+    });
 }

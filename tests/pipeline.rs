@@ -1188,3 +1188,76 @@ fn selective_querying_gives_free_pseudo_labels_and_counts_them() {
         "{err}"
     );
 }
+
+#[test]
+fn a_run_from_zero_labels_starts_from_the_zero_shot_teacher() {
+    // the CB+SQ code's first round: no seed labels; ct (the teacher as the task model) starts
+    // from the teacher's zero-shot classifier, cb-released clusters with K = 4C, SQ has no
+    // threshold yet (every pick is bought)
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let data = synth(d, "zero", "300");
+    let body = "seeds = [0]\nrounds = 2\ninitial_per_class = 0\nbudget = 4\n\
+                strategies = [\"cb-released+sq\"]\ntrainers = [\"ct\"]\n[ct]\nepochs = 5\n";
+    let p = pipeline(d, "zero.toml", &data, body);
+    let err = ok(d, &["-v", "run", &p]);
+    assert!(
+        err.contains("no labels yet; the ct head is the teacher's zero-shot classifier"),
+        "{err}"
+    );
+    let mut by_round = BTreeMap::new();
+    for f in parquet_files(&d.join("results")) {
+        let t = table::read(&f, Table::Results).unwrap();
+        by_round.insert(
+            t.i32s("round").unwrap()[0].unwrap(),
+            (
+                t.i64s("n_labeled").unwrap()[0].unwrap(),
+                t.f64s("accuracy").unwrap()[0].unwrap(),
+                t.f64s("budget_spent").unwrap()[0].unwrap(),
+            ),
+        );
+    }
+    assert_eq!(by_round.len(), 3);
+    assert_eq!(by_round[&0].0, 0);
+    assert_eq!(
+        (by_round[&1].0, by_round[&1].2),
+        (4, 4.0),
+        "every first pick is bought"
+    );
+    // round 0's accuracy is the zero-shot teacher's on the test split
+    let logits = table::read(
+        &data.join("synthetic-teacher@v1/test.logits.parquet"),
+        Table::TeacherLogits,
+    )
+    .unwrap();
+    let ids = logits.strings("sample_id").unwrap();
+    let pred = logits.mat("logits").unwrap().argmax_rows();
+    let manifest = table::read(&data.join("manifest.parquet"), Table::Manifest).unwrap();
+    let truth: std::collections::HashMap<String, i32> = manifest
+        .strings("sample_id")
+        .unwrap()
+        .into_iter()
+        .zip(manifest.i32s("label").unwrap())
+        .filter_map(|(id, l)| Some((id, l?)))
+        .collect();
+    let right = ids
+        .iter()
+        .zip(&pred)
+        .filter(|(id, &p)| truth[id.as_str()] == p as i32)
+        .count();
+    let zero_shot = right as f64 / ids.len() as f64;
+    assert!(
+        (by_round[&0].1 - zero_shot).abs() < 1e-12,
+        "{} vs {zero_shot}",
+        by_round[&0].1
+    );
+    // a trainer without a zero-shot head says what it needs
+    let body = "seeds = [0]\nrounds = 1\ninitial_per_class = 0\nbudget = 4\n\
+                strategies = [\"random\"]\ntrainers = [\"linear\"]\n";
+    let p = pipeline(d, "zero-linear.toml", &data, body);
+    let e = fails(d, &["run", &p]);
+    assert!(
+        e.contains("no labeled samples to train on (the linear trainer needs labels"),
+        "{e}"
+    );
+}

@@ -88,7 +88,24 @@ pub fn run_round(spec: &RunSpec, cache: &Cache, r: &Round) -> Result<train::Head
         feature_model: &cache.feature_model,
     };
     let mut stream = rng::stream(spec.seed, "train", round);
-    let (head, losses) = trainer.fit(&data, &mut stream, &device)?;
+    let (head, losses) = if labeled.is_empty() {
+        match trainer.zero_shot(&data, &device) {
+            Some(h) => {
+                crate::progress::log(format!(
+                    "round {round}: no labels yet; the {} head is the teacher's zero-shot classifier",
+                    trainer.name()
+                ));
+                (h?, Vec::new())
+            }
+            None => bail!(
+                "{}: no labeled samples to train on (the {} trainer needs labels; coop and ct start from the teacher's zero-shot classifier)",
+                r.path.display(),
+                trainer.name()
+            ),
+        }
+    } else {
+        trainer.fit(&data, &mut stream, &device)?
+    };
     let parts = [
         ("train", Some(&cache.train)),
         ("calib", cache.calib.as_ref()),

@@ -65,6 +65,11 @@ pub trait Trainer: Send + Sync {
     fn params(&self) -> serde_json::Value;
     /// Fit a head; returns it and the mean training loss of each epoch.
     fn fit(&self, data: &TrainData, rng: &mut VRng, device: &Device) -> Result<(Head, Vec<f32>)>;
+    /// The head before any label (a round with none, `initial_per_class = 0`): the teacher's
+    /// zero-shot classifier, for trainers whose task model is the teacher; None for the others.
+    fn zero_shot(&self, _data: &TrainData, _device: &Device) -> Option<Result<Head>> {
+        None
+    }
 }
 
 /// A fitted head's computations.

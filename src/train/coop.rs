@@ -300,8 +300,17 @@ impl Trainer for Coop {
     fn needs(&self) -> Need {
         Need {
             teacher_features: true,
+            prototypes: true,
             ..Need::default()
         }
+    }
+    /// The class prototypes as the text features: the teacher's zero-shot classifier.
+    fn zero_shot(&self, data: &TrainData, device: &Device) -> Option<Result<Head>> {
+        let p = data.prototypes?;
+        Some((|| {
+            let h = PromptHead::from_tensors(p.to_tensor(device)?, self.0.tau)?;
+            Ok(Head(Box::new(h)))
+        })())
     }
     fn params(&self) -> serde_json::Value {
         serde_json::to_value(&self.0).expect("serialisable")

@@ -158,6 +158,14 @@ impl Trainer for Ct {
     fn params(&self) -> serde_json::Value {
         serde_json::to_value(&self.0).expect("serialisable")
     }
+    /// Before any step the head is the zero-shot teacher (identity projection, t_c).
+    fn zero_shot(&self, data: &TrainData, device: &Device) -> Option<Result<Head>> {
+        let p = data.prototypes?;
+        Some((|| {
+            let h = CtHead::from_tensors(None, p.to_tensor(device)?, self.0.tau)?;
+            Ok(Head(Box::new(h)))
+        })())
+    }
     fn fit(&self, data: &TrainData, rng: &mut VRng, device: &Device) -> Result<(Head, Vec<f32>)> {
         let (h, l) = fit(&self.0, data, rng, device)?;
         Ok((Head(Box::new(h)), l))
