@@ -75,6 +75,16 @@ pub fn hashed(v: impl Serialize) -> serde_json::Value {
     serde_json::to_value(v).expect("serialisable")
 }
 
+/// [`hashed`] for settings that were added later: null while they are at their defaults, so runs
+/// from before them keep their ids.
+pub fn hashed_unless_default<P: Serialize + Default + PartialEq>(p: &P) -> serde_json::Value {
+    if *p == P::default() {
+        serde_json::Value::Null
+    } else {
+        hashed(p)
+    }
+}
+
 /// The labeled calibration split as a strategy sees it: student and teacher probabilities of
 /// its rows (row i ↔ labels[i]).
 pub struct Calib<'a> {

@@ -10,7 +10,7 @@
 //! (the largest norm after normalisation; the repository's tie is decided by rounding), the
 //! labeled set not counted ([`kcenter_cosine`]).
 
-use super::api::{hashed, picks, Build, Pick, SelectContext, Strategy};
+use super::api::{hashed_unless_default, picks, Build, Pick, SelectContext, Strategy};
 use crate::geometry::dot;
 use crate::mat::Mat;
 use crate::variant::Variant;
@@ -151,11 +151,7 @@ impl Strategy for Badge {
         true
     }
     fn params(&self) -> serde_json::Value {
-        if self.0 == Params::default() {
-            serde_json::Value::Null
-        } else {
-            hashed(&self.0)
-        }
+        hashed_unless_default(&self.0)
     }
     fn select(&self, ctx: &SelectContext, budget: usize, rng: &mut VRng) -> Result<Vec<Pick>> {
         let Some(head) = ctx.head else {

@@ -9,7 +9,7 @@
 //! K = 4C + |L|, and each of the B queries goes to the cluster with the lowest labeled ratio
 //! (ties to the larger cluster), counting earlier picks as labeled.
 
-use super::api::{finish_at_random, hashed, Build, Pick, SelectContext, Strategy};
+use super::api::{finish_at_random, hashed_unless_default, Build, Pick, SelectContext, Strategy};
 use crate::cache::Need;
 use crate::kmeans::{kmeans, KMeansCfg};
 use crate::mat::Mat;
@@ -110,11 +110,7 @@ impl Strategy for Cb {
         }
     }
     fn params(&self) -> serde_json::Value {
-        if self.p == Params::default() {
-            serde_json::Value::Null
-        } else {
-            hashed(&self.p)
-        }
+        hashed_unless_default(&self.p)
     }
     fn select(&self, ctx: &SelectContext, budget: usize, rng: &mut VRng) -> Result<Vec<Pick>> {
         let who = self.name();

@@ -6,7 +6,7 @@
 //! `[select.class-balanced] weights = "released"`: the PCoreSet repository's allocation instead
 //! ([`released_quotas`]).
 
-use super::api::{hashed, Build, Pick, SelectContext, Strategy};
+use super::api::{hashed_unless_default, Build, Pick, SelectContext, Strategy};
 use crate::mat::argmax;
 use crate::rng::{self, VRng};
 use crate::variant::Variant;
@@ -83,11 +83,7 @@ impl Strategy for ClassBalanced {
         "class-balanced"
     }
     fn params(&self) -> serde_json::Value {
-        if self.0 == Params::default() {
-            serde_json::Value::Null
-        } else {
-            hashed(&self.0)
-        }
+        hashed_unless_default(&self.0)
     }
     fn select(&self, ctx: &SelectContext, budget: usize, rng: &mut VRng) -> Result<Vec<Pick>> {
         if self.0.weights.released() {

@@ -16,8 +16,9 @@ pub mod sq;
 #[cfg(test)]
 pub(crate) use api::testutil;
 pub use api::{
-    fill_random, finish_at_random, hashed, picks, pool_scores, representatives, top_scores, Build,
-    Calib, Notes, Params, Pick, SelectCfg, SelectContext, Strategy,
+    fill_random, finish_at_random, hashed, hashed_unless_default, picks, pool_scores,
+    representatives, top_scores, Build, Calib, Notes, Params, Pick, SelectCfg, SelectContext,
+    Strategy,
 };
 pub use entropy::entropy;
 

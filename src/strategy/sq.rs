@@ -64,26 +64,27 @@ impl Strategy for Selective {
 
 /// ε_c for every class (None for a class without labeled samples).
 pub fn thresholds(probs: &Mat, labeled: &[usize], labels: &[u32]) -> Vec<Option<f32>> {
-    let c = probs.cols;
-    let mut sum = vec![0f64; c];
-    let mut n = vec![0usize; c];
-    for (&r, &l) in labeled.iter().zip(labels) {
-        sum[l as usize] += probs.row(r)[l as usize] as f64;
-        n[l as usize] += 1;
-    }
-    (0..c)
-        .map(|k| (n[k] > 0).then(|| (sum[k] / n[k] as f64) as f32))
-        .collect()
+    class_means(probs, labeled, labels, |p, l| p[l])
 }
 
 /// The released code's ε_c: the mean top-class probability max_k p_k over the labeled samples of
 /// class c (None for a class without labeled samples).
 pub fn top_thresholds(probs: &Mat, labeled: &[usize], labels: &[u32]) -> Vec<Option<f32>> {
+    class_means(probs, labeled, labels, |p, _| p[argmax(p)])
+}
+
+/// Per class c, the mean of `value(probability row, c)` over the labeled rows of class c.
+fn class_means(
+    probs: &Mat,
+    labeled: &[usize],
+    labels: &[u32],
+    value: impl Fn(&[f32], usize) -> f32,
+) -> Vec<Option<f32>> {
     let c = probs.cols;
     let mut sum = vec![0f64; c];
     let mut n = vec![0usize; c];
     for (&r, &l) in labeled.iter().zip(labels) {
-        sum[l as usize] += probs.row(r)[argmax(probs.row(r))] as f64;
+        sum[l as usize] += value(probs.row(r), l as usize) as f64;
         n[l as usize] += 1;
     }
     (0..c)
