@@ -37,7 +37,7 @@ test: deps parity-reference
 	VLAL_PARITY_DIR=$(abspath $(PARITY_DIR)) VLAL_PYTHON=$(abspath $(PY)) $(CARGO) test
 
 parity-reference: $(PARITY_DIR)/io.safetensors
-$(PARITY_DIR)/io.safetensors: tests/parity/reference.py tests/parity/efficientnet_lite.py tests/data/chelsea-224.jpg requirements.txt | deps
+$(PARITY_DIR)/io.safetensors: tests/parity/reference.py tests/parity/efficientnet_lite.py tests/parity/contrastive.py tests/data/chelsea-224.jpg requirements.txt | deps
 	$(PY) tests/parity/reference.py $(PARITY_DIR).tmp && rm -rf $(PARITY_DIR) && mv $(PARITY_DIR).tmp $(PARITY_DIR)
 
 # Only the parity tests.

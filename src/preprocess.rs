@@ -1,7 +1,7 @@
 //! Image decoding and model preprocessing: decode with the `image` crate (JPEG, PNG), grey or
 //! alpha images to 3 channels, bicubic resize of the shortest side, centre crop, scale to [0, 1]
 //! and normalise per channel — OpenAI CLIP's transform (224, CLIP mean/std) and DINOv2's
-//! (256 → 224, ImageNet mean/std). Output: one CHW f32 vector per image.
+//! (256 → 224, ImageNet mean/std) — or SigLIP's bilinear resize of both sides. Output: one CHW f32 vector per image.
 
 use anyhow::{anyhow, bail, Result};
 use image::imageops::FilterType;
@@ -16,6 +16,9 @@ pub struct Preprocess {
     pub crop: u32,
     pub mean: [f32; 3],
     pub std: [f32; 3],
+    /// Resize both sides to `resize` (bilinear, no crop), ignoring the aspect ratio: SigLIP's
+    /// processor (`size = {height, width}`, `resample = BILINEAR`).
+    pub squash: bool,
 }
 
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
@@ -31,6 +34,7 @@ impl Preprocess {
             crop: size,
             mean: CLIP_MEAN,
             std: CLIP_STD,
+            squash: false,
         }
     }
 
@@ -41,6 +45,18 @@ impl Preprocess {
             crop: 224,
             mean: IMAGENET_MEAN,
             std: IMAGENET_STD,
+            squash: false,
+        }
+    }
+
+    /// SigLIP's transform: bilinear resize to `size` × `size`, mean and std 0.5.
+    pub fn siglip(size: u32) -> Self {
+        Self {
+            resize: size,
+            crop: size,
+            mean: [0.5; 3],
+            std: [0.5; 3],
+            squash: true,
         }
     }
 
@@ -98,6 +114,9 @@ impl Preprocess {
             (_, Some(n)) => p.crop = n,
             _ => {}
         }
+        if p.squash {
+            p.crop = p.resize;
+        }
         if p.crop > p.resize {
             bail!(
                 "{}: crop {} is larger than the resized side {}",
@@ -120,6 +139,12 @@ impl Preprocess {
 
     /// A short description for cache metadata.
     pub fn describe(&self) -> String {
+        if self.squash {
+            return format!(
+                "bilinear resize to {0}×{0} → /255 → mean {1:?} std {2:?}",
+                self.resize, self.mean, self.std
+            );
+        }
         format!(
             "bicubic shortest side {} → centre crop {} → /255 → mean {:?} std {:?}",
             self.resize, self.crop, self.mean, self.std
@@ -129,6 +154,9 @@ impl Preprocess {
     /// The size after resizing the shortest side (torchvision's Resize(int): short side →
     /// resize, long side → int(resize · long / short)).
     fn resized(&self, w: u32, h: u32) -> (u64, u64) {
+        if self.squash {
+            return (self.resize as u64, self.resize as u64);
+        }
         let short = w.min(h).max(1) as u64;
         let scale = |v: u32| {
             if v as u64 == short {
@@ -168,7 +196,12 @@ impl Preprocess {
         let (w, h) = img.dimensions();
         let (nw, nh) = self.resized(w, h);
         let (nw, nh) = (nw as u32, nh as u32);
-        let r = image::imageops::resize(img, nw, nh, FilterType::CatmullRom);
+        let filter = if self.squash {
+            FilterType::Triangle
+        } else {
+            FilterType::CatmullRom
+        };
+        let r = image::imageops::resize(img, nw, nh, filter);
         // torchvision's CenterCrop: offsets round((size − crop) / 2), ties to even
         let off = |n: u32| {
             ((n as f64 - self.crop as f64) / 2.0)
@@ -225,6 +258,7 @@ mod tests {
             crop: 10,
             mean: [0.0; 3],
             std: [1.0; 3],
+            squash: false,
         };
         // 40×20 → 20×10, crop the middle 10×10: left half 0, right half 1, all channels equal
         let v = pre.apply(&rgb);

@@ -147,3 +147,72 @@ fn efficientnet_lite0_matches_pytorch_and_sees_the_cat() {
         "top-5 {top5:?}"
     );
 }
+
+/// Max |Δ| of `got` against `io[key]`, printed and bounded by 1e-4.
+fn check(io: &HashMap<String, Tensor>, key: &str, got: &Tensor) {
+    let d = max_abs_diff(got, &io[key]);
+    eprintln!("{key}: max |Δ| = {d:e}");
+    assert!(d < 1e-4, "{key}: {d}");
+}
+
+fn ids(io: &HashMap<String, Tensor>, key: &str) -> Tensor {
+    io[key].to_dtype(DType::U32).unwrap()
+}
+
+fn prompts(dir: &std::path::Path) -> Vec<String> {
+    let text = std::fs::read_to_string(dir.join("contrastive_prompts.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// OpenCLIP checkpoints in the open_clip layout (safetensors and the PyTorch pickle), against
+/// open_clip itself (`create_model_and_transforms("local-dir:…")`); and open_clip's tokenizer
+/// against the CLIP tokenizer on the merge list open_clip ships.
+#[test]
+fn open_clip_matches_open_clip() {
+    let (dir, io) = reference();
+    for name in ["open_clip", "open_clip_bin"] {
+        let d = dir.join(name);
+        assert!(vlal::models::open_clip::is_open_clip(&d));
+        let m = vlal::models::encoder::load_clip(&d, &Device::Cpu).unwrap();
+        let img = m.image_features(&io[&format!("{name}.pixels")]).unwrap();
+        check(&io, &format!("{name}.image"), &img);
+        let txt = m.text_features(&ids(&io, &format!("{name}.ids"))).unwrap();
+        check(&io, &format!("{name}.text"), &txt);
+    }
+    let tok =
+        vlal::models::clip_tokenizer::ClipTokenizer::from_bpe_gz(&dir.join("open_clip_bpe.txt.gz"))
+            .unwrap();
+    let want = ids(&io, "open_clip.tokens").to_vec2::<u32>().unwrap();
+    for (p, w) in prompts(&dir).iter().zip(&want) {
+        assert_eq!(&tok.encode(p).unwrap(), w, "{p:?}");
+    }
+}
+
+/// SigLIP (SiglipModel) and SigLIP 2 NaFlex (Siglip2Model at its square grid) against
+/// transformers: image and text features, the sigmoid logits exp(s)·cos + b with the
+/// checkpoint's scale and bias, and the tokenizer padded as transformers pads it.
+#[test]
+fn siglip_matches_transformers() {
+    use vlal::models::siglip::{Siglip, SiglipTokenizer};
+    let (dir, io) = reference();
+    for name in ["siglip", "siglip2"] {
+        let d = dir.join(name);
+        let m = Siglip::load(&d, &Device::Cpu).unwrap();
+        let img = m.image_features(&io[&format!("{name}.pixels")]).unwrap();
+        check(&io, &format!("{name}.image"), &img);
+        let t = ids(&io, &format!("{name}.ids"));
+        let txt = m.text_features(&t).unwrap();
+        check(&io, &format!("{name}.text"), &txt);
+        let norm = vlal::models::clip::l2_normalize;
+        let cos = norm(&img)
+            .unwrap()
+            .matmul(&norm(&txt).unwrap().t().unwrap())
+            .unwrap();
+        let logits = ((cos * m.scale as f64).unwrap() + m.bias as f64).unwrap();
+        check(&io, &format!("{name}.logits_per_image"), &logits);
+        let tok = SiglipTokenizer::new(&d, &m.config).unwrap();
+        for (p, w) in prompts(&dir).iter().zip(t.to_vec2::<u32>().unwrap()) {
+            assert_eq!(tok.encode(p).unwrap(), w, "{name}: {p:?}");
+        }
+    }
+}

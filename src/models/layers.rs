@@ -17,6 +17,17 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// From a weight (out, in) and an optional bias.
+    pub fn from_tensors(
+        weight: candle_core::Tensor,
+        bias: Option<candle_core::Tensor>,
+    ) -> candle_core::Result<Linear> {
+        Ok(Linear {
+            weight: weight.contiguous()?,
+            bias: bias.map(|b| b.contiguous()).transpose()?,
+        })
+    }
+
     pub fn load(i: usize, o: usize, bias: bool, vb: VarBuilder) -> candle_core::Result<Linear> {
         let l = if bias {
             candle_nn::linear(i, o, vb)?
@@ -82,6 +93,31 @@ impl PatchEmbed {
             linear: Linear {
                 weight: w.reshape((hidden, channels * patch * patch))?,
                 bias,
+            },
+            patch,
+            channels,
+        })
+    }
+
+    /// From a linear layer over patches flattened as (row, column, channel) — SigLIP 2's
+    /// `patch_embedding` (`weight` (H, p·p·C), `bias`) — reordered to this layout's (C, p, p).
+    pub fn load_flat(
+        channels: usize,
+        hidden: usize,
+        patch: usize,
+        vb: VarBuilder,
+    ) -> candle_core::Result<PatchEmbed> {
+        let l = Linear::load(channels * patch * patch, hidden, true, vb)?;
+        let weight = l
+            .weight
+            .reshape((hidden, patch, patch, channels))?
+            .permute((0, 3, 1, 2))?
+            .contiguous()?
+            .reshape((hidden, channels * patch * patch))?;
+        Ok(PatchEmbed {
+            linear: Linear {
+                weight,
+                bias: l.bias,
             },
             patch,
             channels,
@@ -377,8 +413,9 @@ fn linear_dw(
     Ok(Some(dy.t()?.matmul(x)?))
 }
 
-/// Multi-head attention softmax(scale · q kᵀ + mask) v of (B, H, N, D) tensors. Without a mask
-/// on the CPU (the image towers) it runs fused through OpenBLAS, one (batch, head) per rayon
+/// Multi-head attention softmax(scale · q kᵀ + mask) v of (B, H, N, D) tensors (q may have fewer
+/// positions than k and v). Self-attention without a mask on the CPU (the image towers) runs
+/// fused through OpenBLAS, one (batch, head) per rayon
 /// task; otherwise through candle's batched matmuls.
 pub fn attention(
     q: &candle_core::Tensor,
@@ -387,7 +424,12 @@ pub fn attention(
     scale: f64,
     mask: Option<&candle_core::Tensor>,
 ) -> candle_core::Result<candle_core::Tensor> {
-    if mask.is_none() && cfg!(feature = "blas") && q.device().is_cpu() && q.dtype() == DType::F32 {
+    if mask.is_none()
+        && cfg!(feature = "blas")
+        && q.device().is_cpu()
+        && q.dtype() == DType::F32
+        && q.dims() == k.dims()
+    {
         return q.contiguous()?.apply_op3(
             &k.contiguous()?,
             &v.contiguous()?,

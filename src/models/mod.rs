@@ -9,6 +9,8 @@ pub mod efficientnet_lite;
 pub mod encoder;
 pub mod hub;
 pub mod layers;
+pub mod open_clip;
+pub mod siglip;
 pub mod testing;
 
 pub use layers::keep_freed_memory;

@@ -498,10 +498,14 @@ pub fn run(a: &RetrieveArgs) -> Result<()> {
             offline: a.offline,
         },
     )?;
-    let clip = Clip::load(&model.dir, &device)
+    let clip = encoder::load_clip(&model.dir, &device)
         .with_context(|| format!("{}: the text model must be a CLIP", model.dir.display()))?;
-    let tok = encoder::tokenizer_for(&model.dir, &clip)?;
-    let protos = encoder::prototypes(&clip, &tok, &phrases, &TEMPLATES)?;
+    let text = encoder::ClipText {
+        tok: encoder::tokenizer_for(&model.dir, &clip)?,
+        clip: &clip,
+    };
+    let protos = encoder::prototypes(&text, &phrases, &TEMPLATES)?;
+    let tok = text.tok;
     let text = Text {
         clip,
         tok,

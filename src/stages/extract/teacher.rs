@@ -17,6 +17,9 @@ use candle_core::Device;
 use std::collections::HashMap;
 use std::path::Path;
 
+/// CLIP's default temperature: logits = cos/0.01.
+pub const DEFAULT_TAU: f32 = 0.01;
+
 /// A classifier teacher's head: weights, bias, its class names and the task's label map.
 pub type ClassifierHead = (Mat, Vec<f32>, Vec<String>, LabelMap);
 
@@ -31,10 +34,10 @@ pub fn load(
     let mut head = None;
     let mut e = ImageEncoder::load(m, device, false)?;
     let config = e.model.dir.join("config.json");
-    if e.clip().is_some() {
+    if e.has_text() {
         if let Some(p) = label_map {
             bail!(
-                "{}: --label-map is for a classifier teacher; {} is CLIP",
+                "{}: --label-map is for a classifier teacher; {} is a vision-language model",
                 p.display(),
                 e.model.key()
             );
@@ -61,16 +64,18 @@ pub fn load(
         head = Some((w, b, labels, map));
     } else {
         bail!(
-            "{}: the teacher must be a CLIP checkpoint (it needs a text tower) or a \
-             classifier with its head",
+            "{}: the teacher must be a CLIP or SigLIP checkpoint (it needs a text tower) or \
+             a classifier with its head",
             config.display()
         );
     }
     Ok((e, head))
 }
 
-/// Stage the teacher's prototypes and, per split, its logits (cos/τ for CLIP; the classifier's
-/// logits mapped onto the task's classes), each unless its content key is already stored.
+/// Stage the teacher's prototypes and, per split, its logits, each unless its content key is
+/// already stored: cos/τ for CLIP (τ = `tau`, 0.01 by default); exp(s)·cos + b for SigLIP with
+/// the checkpoint's own scale and bias (cos/τ + b when `tau` is given); a classifier's logits
+/// mapped onto the task's classes.
 #[allow(clippy::too_many_arguments)]
 pub fn write_tables(
     out: &Path,
@@ -78,7 +83,7 @@ pub fn write_tables(
     head: &Option<ClassifierHead>,
     teacher_emb: &TeacherSplits,
     data: &Dataset,
-    tau: f32,
+    tau: Option<f32>,
     synonyms: bool,
     staging: &mut Staging,
 ) -> Result<()> {
@@ -118,7 +123,6 @@ pub fn write_tables(
             staging.write_logits(&lpath, ids, &logits, model_meta(&t.model, &lkey), "1")?;
         }
     } else {
-        let clip = t.clip().expect("checked");
         let names: Vec<Vec<String>> = data
             .classes
             .iter()
@@ -150,8 +154,8 @@ pub fn write_tables(
             let f = table::read(&ppath, Table::Prototypes)?;
             f.mat("vector")?
         } else {
-            let tok = encoder::tokenizer_for(&t.model.dir, clip)?;
-            let p = encoder::prototypes(clip, &tok, &names, &TEMPLATES)?;
+            let text = t.text()?.expect("a teacher with a text tower");
+            let p = encoder::prototypes(text.as_ref(), &names, &TEMPLATES)?;
             let c = p.rows;
             let mut meta = model_meta(&t.model, &pkey);
             meta.push(("dim", p.cols.to_string()));
@@ -167,8 +171,20 @@ pub fn write_tables(
             )?;
             p
         };
+        // CLIP: cos/τ; SigLIP: exp(s)·cos + b (or cos/τ + b), recorded as τ = 1/exp(s)
+        let sigmoid = t.sigmoid_logits();
+        let (tau, scale, bias) = match (sigmoid, tau) {
+            (None, tau) => (tau.unwrap_or(DEFAULT_TAU), None, 0.0),
+            (Some((_, b)), Some(tau)) => (tau, None, b),
+            (Some((s, b)), None) => (1.0 / s, Some(s), b),
+        };
+        let mut lparts = vec![KEY_VERSION.to_string(), String::new(), pkey.clone(), tau.to_string()];
+        if sigmoid.is_some() {
+            lparts.push(format!("sigmoid scale {scale:?} bias {bias}"));
+        }
         for (split, (ids, emb, ikey)) in splits_in_order(&teacher_emb) {
-            let lkey = sha(&[KEY_VERSION, ikey, &pkey, &tau.to_string()]);
+            lparts[1] = ikey.to_string();
+            let lkey = sha(&lparts.iter().map(String::as_str).collect::<Vec<_>>());
             let lpath = logits_path(out, &t.model.key(), split);
             if stored_key(&lpath).as_deref() == Some(lkey.as_str()) {
                 log_cached_accuracy(split, &lpath, data)?;
@@ -176,7 +192,13 @@ pub fn write_tables(
             }
             let emb = teacher_embeddings(out, &t.model.key(), split, emb)?;
             let mut logits = crate::geometry::matmul_nt(&emb, &protos)?;
-            logits.data.iter_mut().for_each(|v| *v /= tau);
+            match scale {
+                Some(s) => logits.data.iter_mut().for_each(|v| *v = *v * s + bias),
+                None if sigmoid.is_some() => {
+                    logits.data.iter_mut().for_each(|v| *v = *v / tau + bias)
+                }
+                None => logits.data.iter_mut().for_each(|v| *v /= tau),
+            }
             log_accuracy(split, ids, &logits, data);
             let meta = model_meta(&t.model, &lkey);
             staging.write_logits(&lpath, ids, &logits, meta, &tau.to_string())?;
