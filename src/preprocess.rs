@@ -281,6 +281,38 @@ mod tests {
     }
 
     #[test]
+    fn siglip_squashes_both_sides_without_a_crop() {
+        // 40×20: left half black, right half white; squashed to 10×10 both halves stay
+        let g =
+            image::RgbImage::from_fn(40, 20, |x, _| image::Rgb([if x < 20 { 0 } else { 255 }; 3]));
+        let mut pre = Preprocess::siglip(10);
+        pre.mean = [0.0; 3];
+        pre.std = [1.0; 3];
+        assert!(pre.check(40, 20).is_ok());
+        let v = pre.apply(&g);
+        assert_eq!(v.len(), 300);
+        assert!(
+            v[0] < 0.05 && v[4] < 0.2 && v[5] > 0.8 && v[9] > 0.95,
+            "{:?}",
+            &v[..10]
+        );
+        assert!(pre.describe().starts_with("bilinear resize to 10×10"));
+        // SigLIP's hub file: size {height, width}, no crop keys
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("preprocessor_config.json");
+        std::fs::write(
+            &p,
+            r#"{"do_resize": true, "size": {"height": 16, "width": 16},
+          "resample": 2, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            Preprocess::from_hf(&p, Preprocess::siglip(224)).unwrap(),
+            Preprocess::siglip(16)
+        );
+    }
+
+    #[test]
     fn reads_hf_preprocessor_configs() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("preprocessor_config.json");

@@ -1070,3 +1070,139 @@ fn the_cache_is_byte_identical_for_any_thread_count() {
         );
     }
 }
+
+/// Copy a parity reference checkpoint (tests/parity: open_clip's and transformers' own tiny
+/// random models, written in their layouts; `make test` sets VLAL_PARITY_DIR) into `to`.
+fn parity_checkpoint(name: &str, to: &Path) {
+    let dir = std::env::var("VLAL_PARITY_DIR")
+        .map(PathBuf::from)
+        .expect("VLAL_PARITY_DIR is unset: run `make test` (it writes the reference checkpoints)");
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(dir.join(name)).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+    }
+}
+
+/// The teachers as users download them: an OpenCLIP folder (open_clip_config.json +
+/// open_clip_model.safetensors, no config.json) and a SigLIP folder serve `extract`; SigLIP's
+/// logits are exp(s)·cos + b at the checkpoint's own scale and bias (τ recorded as 1/exp(s)), or
+/// cos/τ + b with --tau; a pipeline trains on the SigLIP cache.
+#[test]
+fn open_clip_and_siglip_folders_are_teachers() {
+    let f = Fixture::new();
+    let oc = f.root.join("laion-tiny");
+    parity_checkpoint("open_clip", &oc);
+    assert!(!oc.join("config.json").exists());
+    // the tiny model's vocabulary is 99 ids: a word-level tokenizer.json stands in for the BPE
+    let words = [
+        "cat", "kitty", "dog", "bird", "birdie", "a", "photo", "of", "the",
+    ];
+    vlal::models::testing::write_word_tokenizer(&oc, &words).unwrap();
+    let err = succeeded(&f.extract("c-oc", &["--teacher", &f.p("laion-tiny")]));
+    assert!(err.contains("teacher zero-shot accuracy"), "{err}");
+    let out = f.root.join("c-oc/laion-tiny@local");
+    let te = table::read(&out.join("train.parquet"), Table::Embeddings).unwrap();
+    assert_eq!(te.meta("dim").unwrap(), "24");
+    let pre = te.meta("preprocessing").unwrap();
+    assert!(
+        pre.contains("centre crop 30") && pre.contains("0.5, 0.4, 0.3"),
+        "{pre}"
+    );
+    // open_clip's PyTorch pickle (open_clip_pytorch_model.bin) reads too
+    let bin = f.root.join("laion-bin");
+    parity_checkpoint("open_clip_bin", &bin);
+    vlal::models::testing::write_word_tokenizer(&bin, &words).unwrap();
+    succeeded(&f.extract("c-bin", &["--teacher", &f.p("laion-bin")]));
+    let te = table::read(
+        &f.root.join("c-bin/laion-bin@local/train.parquet"),
+        Table::Embeddings,
+    );
+    assert_eq!(te.unwrap().meta("dim").unwrap(), "24");
+
+    let sg = f.root.join("siglip-tiny");
+    parity_checkpoint("siglip", &sg);
+    let run = |out: &str, extra: &[&str]| {
+        let mut a = vec!["--teacher", sg.to_str().unwrap()];
+        a.extend_from_slice(extra);
+        succeeded(&f.extract(out, &a));
+        f.root.join(out).join("siglip-tiny@local")
+    };
+    let model = vlal::models::siglip::Siglip::load(&sg, &candle_core::Device::Cpu).unwrap();
+    let (s, b) = (model.scale, model.bias);
+    assert!(
+        s != 1.0 && b != 0.0,
+        "the reference has a scale and a bias: {s} {b}"
+    );
+    for (out, tau) in [("c-sg", None), ("c-sg-tau", Some(0.05f32))] {
+        let extra: Vec<String> = tau
+            .iter()
+            .flat_map(|t| ["--tau".into(), t.to_string()])
+            .collect();
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let dir = run(out, &extra);
+        let te = table::read(&dir.join("train.parquet"), Table::Embeddings).unwrap();
+        assert!(te
+            .meta("preprocessing")
+            .unwrap()
+            .starts_with("bilinear resize to 30×30"));
+        let l = table::read(&dir.join("train.logits.parquet"), Table::TeacherLogits).unwrap();
+        let p = table::read(&dir.join("prototypes.parquet"), Table::Prototypes).unwrap();
+        let (z, protos, logits) = (
+            te.mat("vector").unwrap(),
+            p.mat("vector").unwrap(),
+            l.mat("logits").unwrap(),
+        );
+        let want_tau = tau.unwrap_or(1.0 / s);
+        assert_eq!(l.meta("tau").unwrap(), want_tau.to_string());
+        for i in 0..z.rows {
+            for c in 0..3 {
+                let cos: f32 = z.row(i).iter().zip(protos.row(c)).map(|(a, b)| a * b).sum();
+                let want = match tau {
+                    None => cos * s + b,
+                    Some(t) => cos / t + b,
+                };
+                assert!(
+                    (logits.row(i)[c] - want).abs() < 1e-4,
+                    "{} vs {want}",
+                    logits.row(i)[c]
+                );
+            }
+        }
+    }
+    // a DHO run trains on the SigLIP teacher's logits
+    let cfg = f.root.join("pipe.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"name = "siglip"
+seeds = [0]
+rounds = 1
+initial_per_class = 1
+strategies = ["entropy"]
+trainers = ["dho"]
+runs_dir = "{r}/runs"
+results_dir = "{r}/results"
+[dataset]
+name = "tiny"
+root = "{r}/c-sg"
+student = "tiny-dino@local"
+teacher = "siglip-tiny@local"
+[dho]
+epochs = 5
+"#,
+            r = f.root.display()
+        ),
+    )
+    .unwrap();
+    succeeded(&common::vlal(
+        Path::new("."),
+        &["run", cfg.to_str().unwrap()],
+        &[],
+    ));
+    let rows = mtimes(&f.root.join("results"))
+        .iter()
+        .filter(|(p, _)| p.extension().is_some_and(|e| e == "parquet"))
+        .count();
+    assert_eq!(rows, 2, "rounds 0..=1");
+}

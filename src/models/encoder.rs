@@ -353,11 +353,7 @@ impl TextTower for SiglipText<'_> {
 
 /// Class prototypes: for each class, the normalised mean over `templates` × its names (the
 /// name, plus the synonyms when given) of the normalised text embeddings.
-pub fn prototypes(
-    text: &dyn TextTower,
-    names: &[Vec<String>],
-    templates: &[&str],
-) -> Result<Mat> {
+pub fn prototypes(text: &dyn TextTower, names: &[Vec<String>], templates: &[&str]) -> Result<Mat> {
     let mut prompts: Vec<(usize, Vec<u32>)> = Vec::new();
     for (c, ns) in names.iter().enumerate() {
         for n in ns {

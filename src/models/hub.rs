@@ -106,7 +106,9 @@ fn local(dir: &Path, src: &Source) -> Result<ModelDir> {
 /// sha256 over the names and bytes of the files `extract` reads from `dir`.
 pub fn folder_fingerprint(dir: &Path) -> Result<String> {
     let mut h = Sha256::new();
-    let layouts = LAYOUTS.iter().flat_map(|(c, ws)| std::iter::once(c).chain(ws.iter()));
+    let layouts = LAYOUTS
+        .iter()
+        .flat_map(|(c, ws)| std::iter::once(c).chain(ws.iter()));
     for f in layouts.chain(OPTIONAL.iter()) {
         let path = dir.join(f);
         if !path.is_file() {
@@ -342,6 +344,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("model.safetensors: missing"), "{e}");
+        // an OpenCLIP folder: its config and either weight file
+        let oc = t.path().join("laion");
+        std::fs::create_dir_all(&oc).unwrap();
+        std::fs::write(oc.join("open_clip_config.json"), "{}").unwrap();
+        let e = resolve(oc.to_str().unwrap(), &Source::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("open_clip_model.safetensors: missing"), "{e}");
+        std::fs::write(oc.join("open_clip_pytorch_model.bin"), "pickle").unwrap();
+        let m = resolve(oc.to_str().unwrap(), &Source::default()).unwrap();
+        std::fs::write(oc.join("open_clip_pytorch_model.bin"), "pickles").unwrap();
+        assert_ne!(folder_fingerprint(&oc).unwrap(), m.fingerprint);
         let e = resolve("./no/such/dir", &Source::default())
             .unwrap_err()
             .to_string();

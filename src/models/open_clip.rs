@@ -187,7 +187,8 @@ const TEXT_FREE: [&str; 9] = [
     "hf_model_pretrained",
     "hf_proj_type",
 ];
-const MODEL_FIXED: [(&str, Option<&str>); 2] = [("custom_text", Some("false")), ("multimodal_cfg", None)];
+const MODEL_FIXED: [(&str, Option<&str>); 2] =
+    [("custom_text", Some("false")), ("multimodal_cfg", None)];
 const MODEL_FREE: [&str; 6] = [
     "init_logit_scale",
     "init_logit_bias",
@@ -237,7 +238,13 @@ impl Config {
         let c: Config = super::layers::read_config(path, "OpenCLIP")?;
         let m = &c.model_cfg;
         check(path, "model_cfg", &m.other, &MODEL_FIXED, &MODEL_FREE)?;
-        check(path, "vision_cfg", &m.vision_cfg.other, &VISION_FIXED, &VISION_FREE)?;
+        check(
+            path,
+            "vision_cfg",
+            &m.vision_cfg.other,
+            &VISION_FIXED,
+            &VISION_FREE,
+        )?;
         check(path, "text_cfg", &m.text_cfg.other, &TEXT_FIXED, &TEXT_FREE)?;
         let v = &m.vision_cfg;
         if v.head_width == 0 || v.width % v.head_width != 0 {
@@ -270,7 +277,13 @@ impl Config {
         for key in ["resize_mode", "interpolation"] {
             let ok = match c.preprocess_cfg.get(key).and_then(Value::as_str) {
                 None => true,
-                Some(v) => v == if key == "resize_mode" { "shortest" } else { "bicubic" },
+                Some(v) => {
+                    v == if key == "resize_mode" {
+                        "shortest"
+                    } else {
+                        "bicubic"
+                    }
+                }
             };
             if !ok {
                 bail!(
@@ -287,7 +300,11 @@ impl Config {
     /// open_clip computes it; GELU unless `quick_gelu`; LayerNorm ε 1e-5; argmax pooling).
     pub fn to_clip(&self) -> super::clip::Config {
         let m = &self.model_cfg;
-        let act = if m.quick_gelu { Act::QuickGelu } else { Act::Gelu };
+        let act = if m.quick_gelu {
+            Act::QuickGelu
+        } else {
+            Act::Gelu
+        };
         let (v, t) = (&m.vision_cfg, &m.text_cfg);
         let side = |s: &Side| match *s {
             Side::One(n) | Side::Two([n, _]) => n,
@@ -328,12 +345,20 @@ impl Config {
             };
             let a: Vec<f32> = v
                 .as_array()
-                .map(|a| a.iter().filter_map(|x| x.as_f64()).map(|x| x as f32).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_f64())
+                        .map(|x| x as f32)
+                        .collect()
+                })
                 .unwrap_or_default();
             match a.as_slice() {
                 [x] => Ok([*x; 3]),
                 [a, b, c] => Ok([*a, *b, *c]),
-                _ => bail!("{}: preprocess_cfg.{key} must be 1 or 3 numbers", path.display()),
+                _ => bail!(
+                    "{}: preprocess_cfg.{key} must be 1 or 3 numbers",
+                    path.display()
+                ),
             }
         };
         let size = self.to_clip().vision_config.image_size as u32;
@@ -373,8 +398,12 @@ pub fn weights_file(dir: &Path) -> Result<PathBuf> {
 /// The tensors of an OpenCLIP weight file, by open_clip's names, as f32 on the CPU.
 fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     let list: Vec<(String, Tensor)> = if path.extension().is_some_and(|e| e == "bin") {
-        candle_core::pickle::read_all(path)
-            .map_err(|e| anyhow!("{}: not a readable PyTorch state dict ({e})", path.display()))?
+        candle_core::pickle::read_all(path).map_err(|e| {
+            anyhow!(
+                "{}: not a readable PyTorch state dict ({e})",
+                path.display()
+            )
+        })?
     } else {
         candle_core::safetensors::load(path, &Device::Cpu)
             .map_err(|e| anyhow!("{}: not a readable safetensors file ({e})", path.display()))?
@@ -418,11 +447,26 @@ fn rename(
     let id = Ok;
     let tr = |t: Tensor| t.t()?.contiguous();
     for (from, to) in [
-        ("visual.class_embedding", "vision_model.embeddings.class_embedding"),
-        ("visual.conv1.weight", "vision_model.embeddings.patch_embedding.weight"),
-        ("visual.positional_embedding", "vision_model.embeddings.position_embedding.weight"),
-        ("token_embedding.weight", "text_model.embeddings.token_embedding.weight"),
-        ("positional_embedding", "text_model.embeddings.position_embedding.weight"),
+        (
+            "visual.class_embedding",
+            "vision_model.embeddings.class_embedding",
+        ),
+        (
+            "visual.conv1.weight",
+            "vision_model.embeddings.patch_embedding.weight",
+        ),
+        (
+            "visual.positional_embedding",
+            "vision_model.embeddings.position_embedding.weight",
+        ),
+        (
+            "token_embedding.weight",
+            "text_model.embeddings.token_embedding.weight",
+        ),
+        (
+            "positional_embedding",
+            "text_model.embeddings.position_embedding.weight",
+        ),
     ] {
         take(s, o, from, to, id)?;
     }
@@ -439,8 +483,18 @@ fn rename(
     take(s, o, "text_projection", "text_projection.weight", tr)?;
     let (v, t) = (&cfg.vision_config, &cfg.text_config);
     let towers = [
-        ("visual.transformer", "vision_model", v.num_hidden_layers, v.hidden_size),
-        ("transformer", "text_model", t.num_hidden_layers, t.hidden_size),
+        (
+            "visual.transformer",
+            "vision_model",
+            v.num_hidden_layers,
+            v.hidden_size,
+        ),
+        (
+            "transformer",
+            "text_model",
+            t.num_hidden_layers,
+            t.hidden_size,
+        ),
     ];
     for (from, to, layers, h) in towers {
         for i in 0..layers {
@@ -482,7 +536,8 @@ pub fn load(dir: &Path, device: &Device) -> Result<Clip> {
     let cfg = Config::from_file(&cfg_path)?.to_clip();
     let weights = weights_file(dir)?;
     let tensors = read_tensors(&weights)?;
-    let (renamed, left) = rename(tensors, &cfg).map_err(|e| anyhow!("{}: {e}", weights.display()))?;
+    let (renamed, left) =
+        rename(tensors, &cfg).map_err(|e| anyhow!("{}: {e}", weights.display()))?;
     if let Some(k) = left.first() {
         bail!(
             "{}: tensor '{k}' (and {} more) is not part of the ViT/text transformer {} describes",
@@ -527,14 +582,31 @@ mod tests {
         assert_eq!(h.vision_config.hidden_act, Act::QuickGelu);
         assert_eq!(h.projection_dim, 12);
         let pre = c.preprocess(&p).unwrap();
-        assert_eq!((pre.resize, pre.crop, pre.mean, pre.std), (32, 32, [0.5; 3], [0.25; 3]));
+        assert_eq!(
+            (pre.resize, pre.crop, pre.mean, pre.std),
+            (32, 32, [0.5; 3], [0.25; 3])
+        );
         // ViT-g-14's MLP ratio gives open_clip's int(1408 · 4.3637) = 6144
-        let g = TINY.replace("\"head_width\": 4,", "\"head_width\": 4, \"mlp_ratio\": 4.3637,")
+        let g = TINY
+            .replace(
+                "\"head_width\": 4,",
+                "\"head_width\": 4, \"mlp_ratio\": 4.3637,",
+            )
             .replace("\"width\": 16, \"head", "\"width\": 1408, \"head");
         std::fs::write(&p, g).unwrap();
-        assert_eq!(Config::from_file(&p).unwrap().to_clip().vision_config.intermediate_size, 6144);
+        assert_eq!(
+            Config::from_file(&p)
+                .unwrap()
+                .to_clip()
+                .vision_config
+                .intermediate_size,
+            6144
+        );
         for (edit, says) in [
-            ("\"layers\": 2, \"width\": 16, \"head_width\": 4", "vision_cfg.ls_init_value"),
+            (
+                "\"layers\": 2, \"width\": 16, \"head_width\": 4",
+                "vision_cfg.ls_init_value",
+            ),
             ("\"embed_dim\": 12,", "model_cfg.custom_text"),
             ("\"context_length\": 10,", "text_cfg.pool_type"),
             ("\"vocab_size\": 60,", "text_cfg.bogus"),
@@ -549,7 +621,11 @@ mod tests {
             let e = Config::from_file(&p).unwrap_err().to_string();
             assert!(e.contains(says) && e.contains(CONFIG), "{e}");
         }
-        std::fs::write(&p, TINY.replace("\"std\"", "\"resize_mode\": \"squash\", \"std\"")).unwrap();
+        std::fs::write(
+            &p,
+            TINY.replace("\"std\"", "\"resize_mode\": \"squash\", \"std\""),
+        )
+        .unwrap();
         let e = Config::from_file(&p).unwrap_err().to_string();
         assert!(e.contains("preprocess_cfg.resize_mode"), "{e}");
     }

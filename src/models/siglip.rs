@@ -102,7 +102,11 @@ impl Config {
     pub fn from_file(path: &Path) -> Result<Config> {
         let c: Config = super::layers::read_config(path, "SigLIP")?;
         if !matches!(c.model_type.as_str(), "siglip" | "siglip2") {
-            bail!("{}: model_type '{}' is not siglip or siglip2", path.display(), c.model_type);
+            bail!(
+                "{}: model_type '{}' is not siglip or siglip2",
+                path.display(),
+                c.model_type
+            );
         }
         let (t, v) = (&c.text_config, &c.vision_config);
         for (what, h, n) in [
@@ -110,7 +114,10 @@ impl Config {
             ("vision", v.hidden_size, v.num_attention_heads),
         ] {
             if n == 0 || h % n != 0 {
-                bail!("{}: {what} hidden_size {h} is not divisible by {n} heads", path.display());
+                bail!(
+                    "{}: {what} hidden_size {h} is not divisible by {n} heads",
+                    path.display()
+                );
             }
         }
         if c.dim() != v.hidden_size {
@@ -213,7 +220,9 @@ impl PoolingHead {
         let (b, n, h) = x.dims3()?;
         let hd = h / self.heads;
         let heads = |t: Tensor, len: usize| -> candle_core::Result<Tensor> {
-            t.reshape((b, len, self.heads, hd))?.transpose(1, 2)?.contiguous()
+            t.reshape((b, len, self.heads, hd))?
+                .transpose(1, 2)?
+                .contiguous()
         };
         let probe = self.probe.expand((b, 1, h))?.contiguous()?;
         let q = heads(self.q.forward(&probe)?, 1)?;
@@ -223,7 +232,11 @@ impl PoolingHead {
             .transpose(1, 2)?
             .reshape((b, 1, h))?;
         let o = self.out.forward(&o)?;
-        let m = self.fc2.forward(&self.act.forward(&self.fc1.forward(&self.ln.forward(&o)?)?)?)?;
+        let m = self.fc2.forward(
+            &self
+                .act
+                .forward(&self.fc1.forward(&self.ln.forward(&o)?)?)?,
+        )?;
         (o + m)?.i((.., 0, ..))
     }
 }
@@ -426,7 +439,11 @@ impl SiglipTokenizer {
             );
         }
         if ids.len() != self.context_length {
-            bail!("the tokenizer gave {} ids, not {}", ids.len(), self.context_length);
+            bail!(
+                "the tokenizer gave {} ids, not {}",
+                ids.len(),
+                self.context_length
+            );
         }
         Ok(ids)
     }

@@ -178,7 +178,12 @@ pub fn write_tables(
             (Some((_, b)), Some(tau)) => (tau, None, b),
             (Some((s, b)), None) => (1.0 / s, Some(s), b),
         };
-        let mut lparts = vec![KEY_VERSION.to_string(), String::new(), pkey.clone(), tau.to_string()];
+        let mut lparts = vec![
+            KEY_VERSION.to_string(),
+            String::new(),
+            pkey.clone(),
+            tau.to_string(),
+        ];
         if sigmoid.is_some() {
             lparts.push(format!("sigmoid scale {scale:?} bias {bias}"));
         }
