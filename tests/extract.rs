@@ -1109,6 +1109,26 @@ fn open_clip_and_siglip_folders_are_teachers() {
         pre.contains("centre crop 30") && pre.contains("0.5, 0.4, 0.3"),
         "{pre}"
     );
+    // the same folder as a hub repo (hf-hub cache, offline): found by its open_clip_config.json
+    let commit = "89abcdef0123456789abcdef0123456789abcdef";
+    let repo = f.root.join("hub/models--laion-org--tiny");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    let snap = repo.join("snapshots").join(commit);
+    parity_checkpoint("open_clip", &snap);
+    vlal::models::testing::write_word_tokenizer(&snap, &words).unwrap();
+    // as in timm's repos: a timm config of the image tower beside the open_clip files
+    let timm = r#"{"architecture": "vit_base_patch32_clip_224", "num_classes": 0}"#;
+    std::fs::write(snap.join("config.json"), timm).unwrap();
+    let hub = f.p("hub");
+    let env = [("HF_HUB_CACHE", hub.as_str())];
+    let extra = ["--teacher", "laion-org/tiny", "--offline"];
+    succeeded(&f.extract_with("images", "classes.txt", "c-hub", &extra, &env));
+    let te = table::read(
+        &f.root.join("c-hub/laion-org/tiny@main/train.parquet"),
+        Table::Embeddings,
+    );
+    assert_eq!(te.unwrap().meta("commit").unwrap(), commit);
     // open_clip's PyTorch pickle (open_clip_pytorch_model.bin) reads too
     let bin = f.root.join("laion-bin");
     parity_checkpoint("open_clip_bin", &bin);

@@ -257,9 +257,15 @@ impl ImageEncoder {
 /// A CLIP checkpoint folder in the Hugging Face or the OpenCLIP layout.
 pub fn load_clip(dir: &Path, device: &Device) -> Result<Clip> {
     if super::open_clip::is_open_clip(dir) {
-        super::open_clip::load(dir, device)
-    } else {
-        Clip::load(dir, device)
+        return super::open_clip::load(dir, device);
+    }
+    let cfg = dir.join("config.json");
+    match model_type(&cfg)?.as_str() {
+        "clip" => Clip::load(dir, device),
+        t => bail!(
+            "{}: model_type '{t}' is not CLIP (a CLIP text tower is needed here)",
+            cfg.display()
+        ),
     }
 }
 

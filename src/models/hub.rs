@@ -242,29 +242,33 @@ fn hub(id: &str, src: &Source) -> Result<ModelDir> {
             ),
         }
     };
-    // the first layout whose config the hub has, then the first of its weight files
+    // the Hugging Face layout, unless its config has no text tower and the repo has an
+    // OpenCLIP config (timm's repos: a timm image-tower config beside the open_clip files)
+    let hf_config = get(LAYOUTS[0].0).map_err(|e| unavailable(LAYOUTS[0].0, Some(e)))?;
+    let open_config = match &hf_config {
+        Some(p) if super::open_clip::has_text_tower(p) => None,
+        _ => get(LAYOUTS[1].0).map_err(|e| unavailable(LAYOUTS[1].0, Some(e)))?,
+    };
     let mut files = Vec::new();
-    for (c, ws) in LAYOUTS {
-        match get(c) {
-            Ok(Some(p)) => {
-                files.push(p);
-                let mut weights = None;
-                for w in ws {
-                    match get(w) {
-                        Ok(Some(p)) => {
-                            weights = Some(p);
-                            break;
-                        }
-                        Ok(None) => {}
-                        Err(e) => return Err(unavailable(w, Some(e))),
-                    }
+    let layout = match (hf_config, open_config) {
+        (_, Some(p)) => Some((p, LAYOUTS[1].1)),
+        (Some(p), None) => Some((p, LAYOUTS[0].1)),
+        (None, None) => None,
+    };
+    if let Some((config, weights)) = layout {
+        files.push(config);
+        let mut found = None;
+        for w in weights {
+            match get(w) {
+                Ok(Some(p)) => {
+                    found = Some(p);
+                    break;
                 }
-                files.push(weights.ok_or_else(|| unavailable(ws[0], None))?);
-                break;
+                Ok(None) => {}
+                Err(e) => return Err(unavailable(w, Some(e))),
             }
-            Ok(None) => {}
-            Err(e) => return Err(unavailable(c, Some(e))),
         }
+        files.push(found.ok_or_else(|| unavailable(weights[0], None))?);
     }
     if files.is_empty() {
         return Err(unavailable(LAYOUTS[0].0, None));

@@ -374,9 +374,19 @@ impl Config {
     }
 }
 
-/// Whether `dir` holds an OpenCLIP checkpoint (its config, and no Hugging Face `config.json`).
+/// Whether `dir` holds an OpenCLIP checkpoint to read: its config, and no Hugging Face
+/// vision–language `config.json` beside it (timm's hub repos also hold a timm `config.json` and
+/// `model.safetensors` of the image tower alone; LAION's hold a full HF CLIP, read as such).
 pub fn is_open_clip(dir: &Path) -> bool {
-    dir.join(CONFIG).is_file() && !dir.join("config.json").is_file()
+    dir.join(CONFIG).is_file() && !has_text_tower(&dir.join("config.json"))
+}
+
+/// Whether a `config.json` describes a model with a text tower (a `text_config`).
+pub fn has_text_tower(config: &Path) -> bool {
+    std::fs::read_to_string(config)
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .is_some_and(|v| v.get("text_config").is_some())
 }
 
 /// The weight file of an OpenCLIP folder: safetensors first, else the PyTorch pickle.
