@@ -63,6 +63,9 @@ pub struct Cache {
     pub retrieved: Option<Part>,
     /// Teacher logits of the retrieved rows (loaded with the train logits).
     pub retrieved_logits: Option<Mat>,
+    /// Retrieved samples the feature table lacks (no image: only the teacher's corpus
+    /// embeddings), left out of `retrieved`.
+    pub retrieved_skipped: Vec<String>,
     /// The model whose embeddings `Part::features` are (the results' `student_model`): the
     /// student's, or the teacher's for a trainer on the teacher's features
     /// (`Need::teacher_features`).
@@ -111,6 +114,15 @@ pub fn manifest_path(root: &Path) -> PathBuf {
 }
 pub fn classes_path(root: &Path) -> PathBuf {
     root.join("classes.parquet")
+}
+/// The corpus image embeddings `retrieve --embedding-model` writes beside a retrieved table
+/// (`retrieved.parquet` → `retrieved.embeddings.parquet`; an embeddings table).
+pub fn corpus_embeddings_path(retrieved: &Path) -> PathBuf {
+    let stem = retrieved
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    retrieved.with_file_name(format!("{stem}.embeddings.parquet"))
 }
 pub fn embeddings_path(root: &Path, model: &str, split: &str) -> PathBuf {
     root.join(model).join(format!("{split}.parquet"))
@@ -222,6 +234,7 @@ impl Cache {
         };
         let mut parts = Vec::new();
         let mut feature_model = FeatureModel::default();
+        let mut retrieved_skipped = Vec::new();
         let feature_folder = if need.teacher_features {
             &cfg.teacher
         } else {
@@ -269,6 +282,23 @@ impl Cache {
             }
             let path = embeddings_path(root, feature_folder, split);
             let frame = table::read(&path, Table::Embeddings)?;
+            // a retrieved sample without an image has teacher features only
+            let (ids, labels) = if split == "retrieved" {
+                let have: std::collections::HashSet<String> =
+                    frame.strings("sample_id")?.into_iter().collect();
+                let (mut kept_ids, mut kept_labels) = (Vec::new(), Vec::new());
+                for (id, l) in ids.into_iter().zip(labels) {
+                    if have.contains(&id) {
+                        kept_ids.push(id);
+                        kept_labels.push(l);
+                    } else {
+                        retrieved_skipped.push(id);
+                    }
+                }
+                (kept_ids, kept_labels)
+            } else {
+                (ids, labels)
+            };
             feature_model = FeatureModel {
                 key: model_id(&frame)?,
                 fingerprint: frame.meta("fingerprint").ok().map(str::to_string),
@@ -399,6 +429,7 @@ impl Cache {
             test,
             retrieved,
             retrieved_logits,
+            retrieved_skipped,
             feature_model,
             teacher_model,
             teacher_logits,

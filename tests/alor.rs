@@ -434,3 +434,218 @@ fn a_key_under_two_classes_keeps_one_entry_and_an_unreadable_corpus_fails() {
     );
     assert!(!d.join("cache/retrieved.parquet").exists());
 }
+
+/// A corpus shard with image embeddings: `(key, caption, image path, embedding)` rows, the
+/// embeddings as a list<float32> column (null where a row has none).
+fn write_embedding_shard(path: &Path, rows: &[(&str, &str, Option<&str>, Option<Vec<f32>>)]) {
+    use arrow::array::{Float32Builder, ListBuilder};
+    let mut emb = ListBuilder::new(Float32Builder::new());
+    for r in rows {
+        match &r.3 {
+            Some(v) => {
+                emb.values().append_slice(v);
+                emb.append(true);
+            }
+            None => emb.append(false),
+        }
+    }
+    let batch = RecordBatch::try_from_iter(vec![
+        (
+            "key",
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+            )) as ArrayRef,
+        ),
+        (
+            "caption",
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+            )) as ArrayRef,
+        ),
+        (
+            "path",
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+            )) as ArrayRef,
+        ),
+        ("embedding", Arc::new(emb.finish()) as ArrayRef),
+    ])
+    .unwrap();
+    write_batch(path, &batch);
+}
+
+/// LAION-style: the corpus ships the teacher's image embeddings. `retrieve --embedding-model`
+/// keeps the kept samples' vectors (normalised); `extract --retrieved` takes them as the
+/// teacher's retrieved features, embeds only the images that exist with the student, and lets
+/// the samples without an image join with teacher features only; a +rda run trains on them,
+/// the student-feature trainers saying which rows they skip. Embeddings of another model than
+/// the teacher are ignored (and the samples without an image left out).
+#[test]
+fn a_corpus_with_image_embeddings_retrieves_and_trains_without_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    world(d, "6", "apple\nboat\ncloud\ndaisy\n");
+    extract(d, &[]);
+    let dim: usize = table::read_meta(&d.join("cache/tiny-clip@local/train.parquet")).unwrap()
+        ["dim"]
+        .parse()
+        .unwrap();
+    // deterministic vectors of norm ≠ 1
+    let v = |k: usize| -> Vec<f32> {
+        (0..dim)
+            .map(|j| ((k * 7 + j * 3) % 11) as f32 - 4.5)
+            .collect()
+    };
+    let names = ["apple", "boat", "cloud", "daisy"];
+    let mut rows: Vec<(String, String, Option<String>, Option<Vec<f32>>)> = Vec::new();
+    for (c, n) in names.iter().enumerate() {
+        for i in 0..3 {
+            let k = c * 3 + i;
+            // one sample per class has an image, one has no embedding
+            let path = (i == 0).then(|| format!("../w/images/{n}/00{i}.png"));
+            let emb = (i != 2 || c != 0).then(|| v(k));
+            rows.push((
+                format!("k{k:02}"),
+                format!("a photo of a {n} number {i}"),
+                path,
+                emb,
+            ));
+        }
+    }
+    let r: Vec<(&str, &str, Option<&str>, Option<Vec<f32>>)> = rows
+        .iter()
+        .map(|r| (r.0.as_str(), r.1.as_str(), r.2.as_deref(), r.3.clone()))
+        .collect();
+    write_embedding_shard(&d.join("corpus/part-0.parquet"), &r);
+    let retrieve = |model: &str| {
+        ok(
+            d,
+            &[
+                "retrieve",
+                "--data",
+                "cache",
+                "--corpus",
+                "corpus",
+                "--text-model",
+                "w/tiny-clip",
+                "--k",
+                "3",
+                "--embedding-model",
+                model,
+            ],
+        )
+    };
+    let log = retrieve("tiny-clip@local");
+    assert!(
+        log.contains("11 corpus embeddings of tiny-clip@local")
+            && log.contains("1 kept sample(s) have none"),
+        "{log}"
+    );
+    let e = table::read(
+        &d.join("cache/retrieved.embeddings.parquet"),
+        Table::Embeddings,
+    )
+    .unwrap();
+    let (ids, m) = (e.strings("sample_id").unwrap(), e.mat("vector").unwrap());
+    assert_eq!(m.cols, dim);
+    for (i, id) in ids.iter().enumerate() {
+        let k: usize = id.trim_start_matches("retrieved/k").parse().unwrap();
+        let raw = v(k);
+        let n = raw.iter().map(|x| x * x).sum::<f32>().sqrt();
+        for (a, b) in m.row(i).iter().zip(&raw) {
+            assert!((a - b / n).abs() < 1e-6);
+        }
+    }
+
+    let log = extract(d, &["--retrieved", "cache/retrieved.parquet"]);
+    assert!(
+        log.contains("7 retrieved sample(s) without an image join"),
+        "{log}"
+    );
+    assert!(
+        log.contains("1 retrieved sample(s) have no image path"),
+        "{log}"
+    );
+    let man = table::read(&d.join("cache/manifest.parquet"), Table::Manifest).unwrap();
+    let (src, paths) = (
+        man.strings("source").unwrap(),
+        man.opt_strings("path").unwrap(),
+    );
+    let ret: Vec<usize> = (0..man.rows).filter(|&i| src[i] == "retrieved").collect();
+    assert_eq!(ret.len(), 11);
+    assert_eq!(ret.iter().filter(|&&i| paths[i].is_none()).count(), 7);
+    let teacher = table::read(
+        &d.join("cache/tiny-clip@local/retrieved.parquet"),
+        Table::Embeddings,
+    )
+    .unwrap();
+    assert_eq!(teacher.rows, 11);
+    assert!(teacher
+        .meta("preprocessing")
+        .unwrap()
+        .contains("precomputed corpus image embeddings"));
+    assert_eq!(
+        teacher.mat("vector").unwrap().data,
+        m.data,
+        "the corpus vectors, as retrieve wrote them"
+    );
+    let student = table::read(
+        &d.join("cache/tiny-dino@local/retrieved.parquet"),
+        Table::Embeddings,
+    )
+    .unwrap();
+    assert_eq!(student.rows, 4, "the images that exist");
+    let logits = table::read(
+        &d.join("cache/tiny-clip@local/retrieved.logits.parquet"),
+        Table::TeacherLogits,
+    )
+    .unwrap();
+    assert_eq!(logits.rows, 11);
+    // unchanged inputs: nothing to do
+    let log = extract(d, &["--retrieved", "cache/retrieved.parquet"]);
+    assert!(log.contains("up to date"), "{log}");
+
+    std::fs::write(
+        d.join("p.toml"),
+        r#"name = "corpus"
+seeds = [0]
+rounds = 1
+initial_per_class = 1
+strategies = ["random+rda"]
+trainers = ["linear", "dho"]
+[dataset]
+name = "tiny"
+root = "cache"
+student = "tiny-dino@local"
+teacher = "tiny-clip@local"
+[linear]
+epochs = 5
+[dho]
+epochs = 5
+"#,
+    )
+    .unwrap();
+    let log = ok(d, &["-v", "run", "p.toml"]);
+    assert!(
+        log.contains("the linear trainer trains on tiny-dino@local's features: 7 retrieved sample(s) without an image have none and are skipped")
+            && log.contains("training on 4 labeled + 4 retrieved samples"),
+        "{log}"
+    );
+
+    // embeddings of another model: ignored, the images embedded, the rows without one left out
+    retrieve("other-model@v1");
+    let log = extract(d, &["--retrieved", "cache/retrieved.parquet"]);
+    assert!(
+        log.contains("embeddings of other-model@v1, not of the teacher tiny-clip@local"),
+        "{log}"
+    );
+    let man = table::read(&d.join("cache/manifest.parquet"), Table::Manifest).unwrap();
+    assert_eq!(
+        man.strings("source")
+            .unwrap()
+            .iter()
+            .filter(|s| *s == "retrieved")
+            .count(),
+        4
+    );
+}

@@ -6,7 +6,10 @@
 //! batches (bounded memory), captions matched in parallel; after every shard the candidates so
 //! far and the finished shards are saved, so a stopped run resumes where it was. A shard that
 //! cannot be read (missing column, text that is not UTF-8, corrupt file) is reported and skipped.
-//! The result is `retrieved.parquet` in the cache; `extract --retrieved` embeds its images.
+//! The result is `retrieved.parquet` in the cache; `extract --retrieved` embeds its images. A
+//! corpus that ships image embeddings (LAION's, beside its metadata) in a column `embedding`:
+//! with `--embedding-model ID@REVISION` the kept samples' vectors are written to
+//! `retrieved.embeddings.parquet`, which `extract --retrieved` takes as that teacher's features.
 
 use crate::cache::read_classes;
 use crate::captions::Matcher;
@@ -65,6 +68,11 @@ pub struct RetrieveArgs {
     pub max_shards: Option<usize>,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// The corpus has image embeddings in a column `embedding` (a list of floats per row), made
+    /// by this model (`ID@REVISION`, as the cache's teacher folder is named): write the kept
+    /// samples' vectors to `retrieved.embeddings.parquet` for `extract --retrieved`.
+    #[arg(long)]
+    pub embedding_model: Option<String>,
 }
 
 /// One caption that named a class, with its score.
@@ -310,6 +318,169 @@ fn read_shard(
         }
     }
     Ok((stats, out))
+}
+
+/// One row's vector of a list column (float32 or float64 items; fixed-size or not), or None.
+fn list_row(col: &dyn Array, i: usize) -> Result<Option<Vec<f32>>> {
+    use arrow::array::{FixedSizeListArray, LargeListArray, ListArray};
+    if col.is_null(i) {
+        return Ok(None);
+    }
+    let item = if let Some(l) = col.as_any().downcast_ref::<ListArray>() {
+        l.value(i)
+    } else if let Some(l) = col.as_any().downcast_ref::<LargeListArray>() {
+        l.value(i)
+    } else if let Some(l) = col.as_any().downcast_ref::<FixedSizeListArray>() {
+        l.value(i)
+    } else {
+        bail!(
+            "column 'embedding' is {}, not a list of floats",
+            col.data_type()
+        );
+    };
+    let f = arrow::compute::cast(&item, &DataType::Float32)
+        .map_err(|e| anyhow!("column 'embedding' does not hold floats ({e})"))?;
+    let f = f
+        .as_any()
+        .downcast_ref::<arrow::array::Float32Array>()
+        .expect("cast to float32");
+    if f.null_count() > 0 {
+        return Ok(None);
+    }
+    Ok(Some(f.values().to_vec()))
+}
+
+/// The kept samples' corpus image embeddings, L2-normalised, as an embeddings table (sample ids
+/// as in the retrieved table) at `path`; a sample whose row has no embedding is left out.
+fn write_embeddings(
+    path: &Path,
+    rows: &[&Candidate],
+    corpus: &Path,
+    model: &str,
+    run_key: &str,
+) -> Result<()> {
+    let Some((id, revision)) = model
+        .split_once('@')
+        .filter(|(i, r)| !i.is_empty() && !r.is_empty())
+    else {
+        bail!(
+            "--embedding-model '{model}': give it as ID@REVISION, the cache's teacher folder name"
+        );
+    };
+    let mut by_shard: BTreeMap<&str, HashMap<&str, usize>> = BTreeMap::new();
+    for (r, c) in rows.iter().enumerate() {
+        by_shard.entry(&c.shard).or_default().insert(&c.key, r);
+    }
+    let dir = if corpus.is_dir() {
+        corpus.to_path_buf()
+    } else {
+        corpus.parent().unwrap_or(Path::new(".")).to_path_buf()
+    };
+    let mut vecs: Vec<Option<Vec<f32>>> = vec![None; rows.len()];
+    for (shard, keys) in &by_shard {
+        let p = dir.join(shard);
+        let file =
+            std::fs::File::open(&p).with_context(|| format!("{}: cannot open", p.display()))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(|e| anyhow!("{}: not a readable Parquet file ({e})", p.display()))?;
+        if builder.schema().field_with_name("embedding").is_err() {
+            bail!(
+                "{}: no column 'embedding' (--embedding-model: the corpus's image embeddings)",
+                p.display()
+            );
+        }
+        let mask = ProjectionMask::columns(builder.parquet_schema(), ["key", "embedding"]);
+        let reader = builder
+            .with_projection(mask)
+            .build()
+            .map_err(|e| anyhow!("{}: {e}", p.display()))?;
+        for batch in reader {
+            let batch =
+                batch.map_err(|e| anyhow!("{}: corrupt Parquet data ({e})", p.display()))?;
+            let key = text_column(&batch, "key")?.expect("checked when read");
+            let emb = batch.column_by_name("embedding").expect("projected");
+            for i in 0..batch.num_rows() {
+                if key.is_null(i) {
+                    continue;
+                }
+                let Some(&r) = keys.get(key.value(i)) else {
+                    continue;
+                };
+                if vecs[r].is_none() {
+                    vecs[r] = list_row(emb.as_ref(), i).with_context(|| p.display().to_string())?;
+                }
+            }
+        }
+    }
+    let dim = vecs.iter().flatten().map(Vec::len).next().unwrap_or(0);
+    let mut ids = Vec::new();
+    let mut data = Vec::new();
+    for (c, v) in rows.iter().zip(&vecs) {
+        let Some(v) = v else { continue };
+        if v.len() != dim || dim == 0 {
+            bail!(
+                "{}: key '{}': a {}-d embedding, the others are {dim}-d",
+                dir.join(&c.shard).display(),
+                c.key,
+                v.len()
+            );
+        }
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        if !n.is_finite() || n == 0.0 {
+            bail!(
+                "{}: key '{}': the embedding is zero or not finite",
+                dir.join(&c.shard).display(),
+                c.key
+            );
+        }
+        ids.push(format!("retrieved/{}", c.key));
+        data.extend(v.iter().map(|x| x / n));
+    }
+    if ids.is_empty() {
+        bail!(
+            "{}: none of the {} kept samples has an embedding",
+            corpus.display(),
+            rows.len()
+        );
+    }
+    let missing = rows.len() - ids.len();
+    let m = crate::mat::Mat::new(ids.len(), dim, data)?;
+    let meta = [
+        ("model_id", id.to_string()),
+        ("revision", revision.to_string()),
+        (
+            "preprocessing",
+            format!(
+                "precomputed corpus image embeddings (column 'embedding' of {})",
+                corpus.display()
+            ),
+        ),
+        ("dim", dim.to_string()),
+        ("created_by", crate::TOOL_VERSION.to_string()),
+        ("images", ids.len().to_string()),
+        ("run_key", run_key.to_string()),
+    ];
+    table::write(
+        path,
+        Table::Embeddings,
+        vec![
+            ("sample_id", table::utf8(&ids)),
+            ("vector", table::fixed_list(&m)?),
+        ],
+        &meta,
+        table::Mode::Replace,
+    )?;
+    progress::log(format!(
+        "wrote {}: {} corpus embeddings of {model} ({dim}-d){}",
+        path.display(),
+        ids.len(),
+        if missing > 0 {
+            format!("; {missing} kept sample(s) have none")
+        } else {
+            String::new()
+        }
+    ));
+    Ok(())
 }
 
 fn shards(corpus: &Path) -> Result<Vec<PathBuf>> {
@@ -679,6 +850,20 @@ pub fn run(a: &RetrieveArgs) -> Result<()> {
     }
     let rows: Vec<&Candidate> = classes.iter().flatten().collect();
     let out = out_path(&a.data);
+    // the corpus embeddings first: a retrieved table is never newer than its embeddings
+    let epath = crate::cache::corpus_embeddings_path(&out);
+    match &a.embedding_model {
+        Some(em) => write_embeddings(&epath, &rows, &a.corpus, em, &run_key)?,
+        None if epath.exists() => {
+            std::fs::remove_file(&epath)
+                .with_context(|| format!("{}: cannot remove", epath.display()))?;
+            progress::log(format!(
+                "{}: removed (no --embedding-model)",
+                epath.display()
+            ));
+        }
+        None => {}
+    }
     let mut m = meta(&done)?;
     m.push(("matched", serde_json::to_string(&done.matched)?));
     m.push(("skipped_shards", skipped.join("\n")));

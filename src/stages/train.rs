@@ -64,6 +64,15 @@ pub fn run_round(spec: &RunSpec, cache: &Cache, r: &Round) -> Result<train::Head
                 trainer.name()
             ),
         };
+        if let Some(first) = cache.retrieved_skipped.first() {
+            crate::progress::log(format!(
+                "the {} trainer trains on {}'s features: {} retrieved sample(s) without an image \
+                 have none and are skipped (e.g. {first})",
+                trainer.name(),
+                cache.feature_model.key,
+                cache.retrieved_skipped.len()
+            ));
+        }
         crate::progress::log(format!(
             "training on {} labeled + {} retrieved samples",
             r.rows.len(),

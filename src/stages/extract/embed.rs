@@ -14,17 +14,107 @@ use crate::{progress, table};
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
+use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 /// The embedding files extract writes per model: the task splits, then the retrieved samples.
 pub const FILE_SPLITS: [&str; 4] = ["train", "calib", "test", "retrieved"];
 
+/// The retrieved samples' precomputed corpus image embeddings (`retrieve --embedding-model`),
+/// when they are the teacher's: they stand for its retrieved split, and the samples without an
+/// image join the manifest with teacher features only.
+pub struct Corpus {
+    pub ids: Vec<String>,
+    pub mat: Mat,
+    /// Content key of the teacher's retrieved table written from them.
+    pub key: String,
+    /// Where they come from (the table's `preprocessing`).
+    pub describe: String,
+    /// The retrieved samples without an image path that have an embedding.
+    pub pathless: HashSet<String>,
+}
+
+impl Corpus {
+    /// The corpus embeddings beside the retrieved table `retrieved`, if there are any and they
+    /// are `teacher`'s (same `id@revision`, same dimension) and of this retrieved table (same
+    /// retrieve run); `pathless`: the ids of the retrieved samples without an image.
+    pub fn load(
+        retrieved: &Path,
+        teacher: &ImageEncoder,
+        pathless: &[String],
+    ) -> Result<Option<Corpus>> {
+        let path = crate::cache::corpus_embeddings_path(retrieved);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let f = table::read(&path, Table::Embeddings)?;
+        let model = format!("{}@{}", f.meta("model_id")?, f.meta("revision")?);
+        if model != teacher.model.key() {
+            progress::log(format!(
+                "{}: embeddings of {model}, not of the teacher {}; its images are embedded instead",
+                path.display(),
+                teacher.model.key()
+            ));
+            return Ok(None);
+        }
+        let run = table::read_meta(retrieved)?.get("run_key").cloned();
+        if f.meta.get("run_key") != run.as_ref() {
+            progress::log(format!(
+                "{}: from another `vlal retrieve` run than {}; ignored",
+                path.display(),
+                retrieved.display()
+            ));
+            return Ok(None);
+        }
+        let (ids, mat) = (f.strings("sample_id")?, f.mat("vector")?);
+        if mat.cols != teacher.dim {
+            bail!(
+                "{}: {}-d embeddings, the teacher {} gives {}-d",
+                path.display(),
+                mat.cols,
+                teacher.model.key(),
+                teacher.dim
+            );
+        }
+        let describe = f.meta("preprocessing")?.to_string();
+        let mut h = Sha256::new();
+        h.update(format!("{KEY_VERSION}|corpus|{model}|{describe}|"));
+        for (i, id) in ids.iter().enumerate() {
+            h.update(id.as_bytes());
+            h.update([0]);
+            for v in mat.row(i) {
+                h.update(v.to_le_bytes());
+            }
+        }
+        let have: HashSet<&str> = ids.iter().map(String::as_str).collect();
+        let pathless = pathless
+            .iter()
+            .filter(|id| have.contains(id.as_str()))
+            .cloned()
+            .collect();
+        progress::log(format!(
+            "{}: {} corpus embeddings stand for the teacher's retrieved images",
+            path.display(),
+            ids.len()
+        ));
+        Ok(Some(Corpus {
+            ids,
+            mat,
+            key: crate::models::hub::hex(&h.finalize()),
+            describe,
+            pathless,
+        }))
+    }
+}
+
 /// Per split: the teacher's ids, its vectors when computed in this run, and its content key.
 pub type TeacherSplits = HashMap<&'static str, (Vec<String>, Option<Mat>, String)>;
 
 /// Embed every split with every encoder whose table is stale, staging the tables; returns the
 /// ids every encoder kept per split and the teacher's (encoder 0 when `has_teacher`) splits.
+/// With `corpus`, the teacher's retrieved table is the corpus embeddings, and the samples
+/// without an image count as kept by the other encoders.
 #[allow(clippy::too_many_arguments)]
 pub fn embed_splits(
     out: &Path,
@@ -37,6 +127,7 @@ pub fn embed_splits(
     skip_bad: bool,
     staging: &mut Staging,
     rejects: &mut Vec<Reject>,
+    corpus: Option<&Corpus>,
 ) -> Result<(HashMap<&'static str, HashSet<String>>, TeacherSplits)> {
     let mut kept_ids: HashMap<&'static str, HashSet<String>> = HashMap::new();
     // per split: the teacher's ids, its vectors when computed in this run, and its content key
@@ -48,7 +139,8 @@ pub fn embed_splits(
             .filter(|s| s.split == split && hashes.contains_key(&s.id))
             .cloned()
             .collect();
-        if samples.is_empty() {
+        let corpus = corpus.filter(|_| split == "retrieved" && has_teacher);
+        if samples.is_empty() && corpus.is_none() {
             continue;
         }
         // sha256 over what identifies the model, its preprocessing and every image
@@ -63,10 +155,13 @@ pub fn embed_splits(
             }
             sha(&parts)
         };
-        let keys: Vec<String> = encoders
+        let mut keys: Vec<String> = encoders
             .iter()
             .map(|e| key_of(&[&e.model.fingerprint], e))
             .collect();
+        if let Some(c) = corpus {
+            keys[0] = c.key.clone();
+        }
         // a classifier's features depend on its backbone only, not on its head
         let feature_keys: Vec<Option<String>> = encoders
             .iter()
@@ -83,6 +178,12 @@ pub fn embed_splits(
         // fitted elsewhere: its head is applied to them instead of running the backbone again),
         // then those the stale encoders compute
         let mut computed: Vec<(usize, Vec<String>, Mat)> = Vec::new();
+        if let Some(c) = corpus {
+            if stale.first() == Some(&0) {
+                stale.remove(0);
+                computed.push((0, c.ids.clone(), c.mat.clone()));
+            }
+        }
         stale.retain(|&i| {
             let found = feature_keys[i].as_deref().and_then(|fk| {
                 same_features(out, &encoders[i].model.key(), split, fk, samples.len())
@@ -129,7 +230,10 @@ pub fn embed_splits(
         for (i, ids, m) in computed {
             let e = encoders[i];
             let mut meta = model_meta(&e.model, &keys[i]);
-            meta.push(("preprocessing", e.describe()));
+            match corpus.filter(|_| i == 0) {
+                Some(c) => meta.push(("preprocessing", c.describe.clone())),
+                None => meta.push(("preprocessing", e.describe())),
+            }
             meta.push(("dim", e.dim.to_string()));
             meta.push(("images", ids.len().to_string()));
             if let Some(fk) = &feature_keys[i] {
@@ -158,7 +262,10 @@ pub fn embed_splits(
                     None,
                 ),
             };
-            let set: HashSet<String> = ids.iter().cloned().collect();
+            let mut set: HashSet<String> = ids.iter().cloned().collect();
+            if let Some(c) = corpus.filter(|_| i > 0) {
+                set.extend(c.pathless.iter().cloned());
+            }
             kept_ids
                 .entry(split)
                 .and_modify(|k| k.retain(|id| set.contains(id)))

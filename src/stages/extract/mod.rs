@@ -94,13 +94,16 @@ pub struct ExtractArgs {
     pub offline: bool,
     /// Retrieved samples (`vlal retrieve`'s retrieved.parquet): their images are embedded by
     /// every model into `<model>/retrieved.parquet` and they join the manifest as
-    /// split = train, source = retrieved, labeled with the class their caption named.
+    /// split = train, source = retrieved, labeled with the class their caption named. With the
+    /// corpus embeddings of the teacher beside it (`retrieve --embedding-model`), those are the
+    /// teacher's features, and samples without an image join with teacher features only.
     #[arg(long)]
     pub retrieved: Option<PathBuf>,
 }
 
-/// The retrieved samples with an image path, as samples of the `retrieved` file split.
-fn retrieved_samples(path: &Path, data: &Dataset) -> Result<Vec<Sample>> {
+/// The retrieved samples, as samples of the `retrieved` file split: those with an image path,
+/// and those without (their path empty).
+fn retrieved_samples(path: &Path, data: &Dataset) -> Result<(Vec<Sample>, Vec<Sample>)> {
     let f = table::read(path, Table::Retrieved)?;
     let (ids, paths, labels, classes) = (
         f.strings("sample_id")?,
@@ -108,8 +111,7 @@ fn retrieved_samples(path: &Path, data: &Dataset) -> Result<Vec<Sample>> {
         f.i32s("label")?,
         f.strings("class")?,
     );
-    let mut out = Vec::new();
-    let mut no_path = 0;
+    let (mut out, mut no_path) = (Vec::new(), Vec::new());
     for i in 0..f.rows {
         let l = labels[i].unwrap_or(-1);
         let named = usize::try_from(l).ok().and_then(|l| data.classes.get(l));
@@ -122,23 +124,18 @@ fn retrieved_samples(path: &Path, data: &Dataset) -> Result<Vec<Sample>> {
                 classes[i]
             );
         }
+        let s = Sample {
+            id: ids[i].clone(),
+            path: paths[i].as_deref().map(PathBuf::from).unwrap_or_default(),
+            split: "retrieved".into(),
+            label: Some(l),
+        };
         match &paths[i] {
-            Some(p) => out.push(Sample {
-                id: ids[i].clone(),
-                path: PathBuf::from(p),
-                split: "retrieved".into(),
-                label: Some(l),
-            }),
-            None => no_path += 1,
+            Some(_) => out.push(s),
+            None => no_path.push(s),
         }
     }
-    if no_path > 0 {
-        progress::log(format!(
-            "{}: {no_path} retrieved sample(s) have no image path; left out",
-            path.display()
-        ));
-    }
-    Ok(out)
+    Ok((out, no_path))
 }
 
 pub fn run(a: &ExtractArgs) -> Result<()> {
@@ -156,14 +153,17 @@ pub fn run(a: &ExtractArgs) -> Result<()> {
         (None, Some(m)) => dataset::from_manifest(m, a.classes.as_deref())?,
         (None, None) => bail!("pass --images or --manifest"),
     };
+    let mut pathless = Vec::new();
     if let Some(r) = &a.retrieved {
-        let extra = retrieved_samples(r, &data)?;
+        let (extra, no_path) = retrieved_samples(r, &data)?;
         progress::log(format!(
-            "{}: {} retrieved samples",
+            "{}: {} retrieved samples with an image, {} without",
             r.display(),
-            extra.len()
+            extra.len(),
+            no_path.len()
         ));
         data.samples.extend(extra);
+        pathless = no_path;
     }
     let device = crate::train::device(&a.device)?;
     let resolve = |spec: &str, revision: &Option<String>, name: &Option<String>| {
@@ -212,6 +212,38 @@ pub fn run(a: &ExtractArgs) -> Result<()> {
         ));
     }
 
+    // precomputed corpus embeddings of the teacher: its retrieved features, and the retrieved
+    // samples without an image join with teacher features only
+    let corpus = match (&a.retrieved, &teacher) {
+        (Some(r), Some(t)) => {
+            let ids: Vec<String> = pathless.iter().map(|s| s.id.clone()).collect();
+            embed::Corpus::load(r, t, &ids)?
+        }
+        _ => None,
+    };
+    let n_pathless = pathless.len();
+    let joined: Vec<Sample> = pathless
+        .into_iter()
+        .filter(|s| corpus.as_ref().is_some_and(|c| c.pathless.contains(&s.id)))
+        .collect();
+    if let Some(r) = &a.retrieved {
+        if !joined.is_empty() {
+            progress::log(format!(
+                "{}: {} retrieved sample(s) without an image join with the teacher's corpus \
+                 embeddings only",
+                r.display(),
+                joined.len()
+            ));
+        }
+        if n_pathless > joined.len() {
+            progress::log(format!(
+                "{}: {} retrieved sample(s) have no image path (and no corpus embedding of the \
+                 teacher); left out",
+                r.display(),
+                n_pathless - joined.len()
+            ));
+        }
+    }
     let out = &a.out;
     let (hashes, mut rejects) = keys::hash_images(&data.samples);
     if let (Some(r), false) = (rejects.first(), a.skip_bad) {
@@ -229,7 +261,9 @@ pub fn run(a: &ExtractArgs) -> Result<()> {
         a.skip_bad,
         &mut staging,
         &mut rejects,
+        corpus.as_ref(),
     )?;
+    data.samples.extend(joined);
     if let Some(t) = &teacher {
         teacher::write_tables(
             out,

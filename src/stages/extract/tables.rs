@@ -61,7 +61,10 @@ pub fn write(
                     table::opt_utf8(
                         &rows
                             .iter()
-                            .map(|s| Some(s.path.display().to_string()))
+                            .map(|s| {
+                                let empty = s.path.as_os_str().is_empty();
+                                (!empty).then(|| s.path.display().to_string())
+                            })
                             .collect::<Vec<_>>(),
                     ),
                 ),
