@@ -362,14 +362,8 @@ epochs = 10
 
 /// One shard of (key, caption) rows.
 fn write_shard(path: &Path, rows: &[(&str, &str)]) {
-    let keys: Vec<&str> = rows.iter().map(|r| r.0).collect();
-    let captions: Vec<&str> = rows.iter().map(|r| r.1).collect();
-    let batch = RecordBatch::try_from_iter(vec![
-        ("key", Arc::new(StringArray::from(keys)) as ArrayRef),
-        ("caption", Arc::new(StringArray::from(captions)) as ArrayRef),
-    ])
-    .unwrap();
-    write_batch(path, &batch);
+    let rows: Vec<_> = rows.iter().map(|&(k, c)| (k, c, None, None)).collect();
+    write_embedding_shard(path, &rows);
 }
 
 #[test]

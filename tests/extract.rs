@@ -103,6 +103,53 @@ impl Fixture {
     }
 }
 
+/// `vlal run` of a one-seed, one-round pipeline on the cache `cache` of the fixture (the tiny
+/// DINOv2 student, `teacher`), with these strategies and trainers; returns how many results
+/// files it wrote.
+fn run_pipeline(
+    f: &Fixture,
+    cache: &str,
+    teacher: &str,
+    strategies: &str,
+    trainers: &str,
+) -> usize {
+    let cfg = f.root.join("pipe.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"name = "extracted"
+seeds = [0]
+rounds = 1
+initial_per_class = 1
+strategies = {strategies}
+trainers = {trainers}
+runs_dir = "{r}/runs"
+results_dir = "{r}/results"
+[dataset]
+name = "tiny"
+root = "{r}/{cache}"
+student = "tiny-dino@local"
+teacher = "{teacher}"
+[linear]
+epochs = 5
+[dho]
+epochs = 5
+"#,
+            r = f.root.display()
+        ),
+    )
+    .unwrap();
+    succeeded(&common::vlal(
+        Path::new("."),
+        &["run", cfg.to_str().unwrap()],
+        &[],
+    ));
+    mtimes(&f.root.join("results"))
+        .iter()
+        .filter(|(p, _)| p.extension().is_some_and(|e| e == "parquet"))
+        .count()
+}
+
 fn mtimes(dir: &Path) -> Vec<(PathBuf, std::time::SystemTime)> {
     let mut v = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -288,37 +335,14 @@ fn extract_builds_the_cache_skips_unchanged_inputs_and_feeds_a_pipeline() {
     }
 
     // a pipeline runs on the extracted cache (student features, teacher logits for DHO)
-    let cfg = f.root.join("pipe.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"name = "extracted"
-seeds = [0]
-rounds = 1
-initial_per_class = 1
-strategies = ["entropy", "pcoreset"]
-trainers = ["linear", "dho"]
-runs_dir = "{r}/runs"
-results_dir = "{r}/results"
-[dataset]
-name = "tiny"
-root = "{r}/cache"
-student = "{s}"
-teacher = "{t}"
-[linear]
-epochs = 5
-[dho]
-epochs = 5
-"#,
-            r = f.root.display()
-        ),
-    )
-    .unwrap();
-    succeeded(&common::vlal(
-        Path::new("."),
-        &["run", cfg.to_str().unwrap()],
-        &[],
-    ));
+    let rows = run_pipeline(
+        &f,
+        "cache",
+        t,
+        r#"["entropy", "pcoreset"]"#,
+        r#"["linear", "dho"]"#,
+    );
+    assert_eq!(rows, 2 * 2 * 2, "2 trainers × 2 strategies × rounds 0..=1");
     let o = common::vlal(
         Path::new("."),
         &["report", "--results", &f.p("results")],
@@ -330,11 +354,6 @@ epochs = 5
         table.contains("pcoreset") && table.contains("dho"),
         "{table}"
     );
-    let rows: usize = mtimes(&f.root.join("results"))
-        .iter()
-        .filter(|(p, _)| p.extension().is_some_and(|e| e == "parquet"))
-        .count();
-    assert_eq!(rows, 2 * 2 * 2, "2 trainers × 2 strategies × rounds 0..=1");
 }
 
 #[test]
@@ -1191,38 +1210,12 @@ fn open_clip_and_siglip_folders_are_teachers() {
         }
     }
     // a DHO run trains on the SigLIP teacher's logits
-    let cfg = f.root.join("pipe.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"name = "siglip"
-seeds = [0]
-rounds = 1
-initial_per_class = 1
-strategies = ["entropy"]
-trainers = ["dho"]
-runs_dir = "{r}/runs"
-results_dir = "{r}/results"
-[dataset]
-name = "tiny"
-root = "{r}/c-sg"
-student = "tiny-dino@local"
-teacher = "siglip-tiny@local"
-[dho]
-epochs = 5
-"#,
-            r = f.root.display()
-        ),
-    )
-    .unwrap();
-    succeeded(&common::vlal(
-        Path::new("."),
-        &["run", cfg.to_str().unwrap()],
-        &[],
-    ));
-    let rows = mtimes(&f.root.join("results"))
-        .iter()
-        .filter(|(p, _)| p.extension().is_some_and(|e| e == "parquet"))
-        .count();
+    let rows = run_pipeline(
+        &f,
+        "c-sg",
+        "siglip-tiny@local",
+        r#"["entropy"]"#,
+        r#"["dho"]"#,
+    );
     assert_eq!(rows, 2, "rounds 0..=1");
 }

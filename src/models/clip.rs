@@ -274,6 +274,73 @@ pub(crate) fn encoder(
         .collect()
 }
 
+/// The sizes of a text transformer (CLIP's and SigLIP's share its layout and names).
+pub(crate) struct TextDims {
+    pub vocab: usize,
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub positions: usize,
+    pub act: Act,
+    pub eps: f64,
+}
+
+/// A text transformer under `text_model`: token and position embeddings, the blocks and the
+/// final LayerNorm.
+pub(crate) struct TextStack {
+    token_embedding: candle_nn::Embedding,
+    positions: Tensor,
+    layers: Vec<Layer>,
+    final_ln: LayerNorm,
+}
+
+impl TextStack {
+    pub(crate) fn new(tv: VarBuilder, d: &TextDims) -> candle_core::Result<TextStack> {
+        Ok(TextStack {
+            token_embedding: candle_nn::embedding(
+                d.vocab,
+                d.hidden,
+                tv.pp("embeddings.token_embedding"),
+            )?,
+            positions: tv.get_with_hints(
+                (d.positions, d.hidden),
+                "embeddings.position_embedding.weight",
+                RANDN,
+            )?,
+            layers: encoder(
+                tv.clone(),
+                d.layers,
+                d.hidden,
+                d.intermediate,
+                d.heads,
+                d.act,
+                d.eps,
+            )?,
+            final_ln: LayerNorm::load(d.hidden, d.eps, tv.pp("final_layer_norm"))?,
+        })
+    }
+
+    pub(crate) fn token_embeddings(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        self.token_embedding.forward(ids)
+    }
+
+    /// Final-normed hidden states (B, L, H) of token embeddings (B, L, H); `mask` is added to
+    /// the attention scores.
+    pub(crate) fn forward(
+        &self,
+        emb: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let l = emb.dim(1)?;
+        let mut x = emb.broadcast_add(&self.positions.narrow(0, 0, l)?)?;
+        for layer in &self.layers {
+            x = layer.forward(&x, mask)?;
+        }
+        self.final_ln.forward(&x)
+    }
+}
+
 /// Initialiser of tensors created (not loaded) through a `VarMap`: random test checkpoints.
 pub(crate) const RANDN: candle_nn::Init = candle_nn::Init::Randn {
     mean: 0.0,
@@ -292,10 +359,7 @@ pub struct Clip {
     post_ln: LayerNorm,
     visual_projection: Linear,
     // text
-    token_embedding: candle_nn::Embedding,
-    text_positions: Tensor,
-    text_layers: Vec<Layer>,
-    final_ln: LayerNorm,
+    text: TextStack,
     text_projection: Linear,
     device: Device,
 }
@@ -315,15 +379,18 @@ impl Clip {
             v.hidden_act,
             v.layer_norm_eps,
         )?;
-        let tv = vb.pp("text_model");
-        let text_layers = encoder(
-            tv.clone(),
-            t.num_hidden_layers,
-            t.hidden_size,
-            t.intermediate_size,
-            t.num_attention_heads,
-            t.hidden_act,
-            t.layer_norm_eps,
+        let text = TextStack::new(
+            vb.pp("text_model"),
+            &TextDims {
+                vocab: t.vocab_size,
+                hidden: t.hidden_size,
+                intermediate: t.intermediate_size,
+                layers: t.num_hidden_layers,
+                heads: t.num_attention_heads,
+                positions: t.max_position_embeddings,
+                act: t.hidden_act,
+                eps: t.layer_norm_eps,
+            },
         )?;
         Ok(Clip {
             class_embedding: vv.get_with_hints(
@@ -352,18 +419,7 @@ impl Clip {
                 false,
                 vb.pp("visual_projection"),
             )?,
-            token_embedding: candle_nn::embedding(
-                t.vocab_size,
-                t.hidden_size,
-                tv.pp("embeddings.token_embedding"),
-            )?,
-            text_positions: tv.get_with_hints(
-                (t.max_position_embeddings, t.hidden_size),
-                "embeddings.position_embedding.weight",
-                RANDN,
-            )?,
-            text_layers,
-            final_ln: LayerNorm::load(t.hidden_size, t.layer_norm_eps, tv.pp("final_layer_norm"))?,
+            text,
             text_projection: Linear::load(
                 t.hidden_size,
                 config.projection_dim,
@@ -404,7 +460,7 @@ impl Clip {
 
     /// Token embeddings of ids (B, L): the input [`Clip::text_features_from_embeddings`] takes.
     pub fn token_embeddings(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
-        self.token_embedding.forward(ids)
+        self.text.token_embeddings(ids)
     }
 
     /// Projected text embeddings (not normalised) of token ids (B, L), L ≤ max positions.
@@ -439,8 +495,6 @@ impl Clip {
         eos: &[usize],
     ) -> candle_core::Result<Tensor> {
         let (b, l, _) = emb.dims3()?;
-        let pos = self.text_positions.narrow(0, 0, l)?;
-        let mut x = emb.broadcast_add(&pos)?;
         let mask: Vec<f32> = (0..l * l)
             .map(|k| {
                 if k % l > k / l {
@@ -450,11 +504,8 @@ impl Clip {
                 }
             })
             .collect();
-        let mask = Tensor::from_vec(mask, (1, 1, l, l), &self.device)?.to_dtype(x.dtype())?;
-        for layer in &self.text_layers {
-            x = layer.forward(&x, Some(&mask))?;
-        }
-        let x = self.final_ln.forward(&x)?;
+        let mask = Tensor::from_vec(mask, (1, 1, l, l), &self.device)?.to_dtype(emb.dtype())?;
+        let x = self.text.forward(emb, Some(&mask))?;
         let idx: Vec<u32> = (0..b).map(|i| (i * l + eos[i]) as u32).collect();
         let idx = Tensor::from_vec(idx, b, &self.device)?;
         let pooled = x.reshape((b * l, ()))?.index_select(&idx, 0)?;

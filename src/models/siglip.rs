@@ -12,7 +12,7 @@
 //! resized to each image's aspect ratio) run here at their native square grid
 //! (√num_patches patches a side), where the resize is the identity.
 
-use super::clip::{encoder, Act, Layer, RANDN};
+use super::clip::{encoder, Act, Layer, TextDims, TextStack, RANDN};
 use super::layers::{LayerNorm, Linear, PatchEmbed};
 use anyhow::{anyhow, bail, Result};
 use candle_core::{Device, IndexOp, Module, Tensor};
@@ -249,10 +249,7 @@ pub struct Siglip {
     vision_layers: Vec<Layer>,
     post_ln: LayerNorm,
     head: PoolingHead,
-    token_embedding: candle_nn::Embedding,
-    text_positions: Tensor,
-    text_layers: Vec<Layer>,
-    final_ln: LayerNorm,
+    text: TextStack,
     text_head: Linear,
     /// exp(logit_scale): the checkpoint's inverse temperature.
     pub scale: f32,
@@ -306,26 +303,19 @@ impl Siglip {
             )?,
             post_ln: LayerNorm::load(v.hidden_size, v.layer_norm_eps, vv.pp("post_layernorm"))?,
             head: PoolingHead::new(vv.pp("head"), v)?,
-            token_embedding: candle_nn::embedding(
-                t.vocab_size,
-                t.hidden_size,
-                tv.pp("embeddings.token_embedding"),
-            )?,
-            text_positions: tv.get_with_hints(
-                (t.max_position_embeddings, t.hidden_size),
-                "embeddings.position_embedding.weight",
-                RANDN,
-            )?,
-            text_layers: encoder(
+            text: TextStack::new(
                 tv.clone(),
-                t.num_hidden_layers,
-                t.hidden_size,
-                t.intermediate_size,
-                t.num_attention_heads,
-                t.hidden_act,
-                t.layer_norm_eps,
+                &TextDims {
+                    vocab: t.vocab_size,
+                    hidden: t.hidden_size,
+                    intermediate: t.intermediate_size,
+                    layers: t.num_hidden_layers,
+                    heads: t.num_attention_heads,
+                    positions: t.max_position_embeddings,
+                    act: t.hidden_act,
+                    eps: t.layer_norm_eps,
+                },
             )?,
-            final_ln: LayerNorm::load(t.hidden_size, t.layer_norm_eps, tv.pp("final_layer_norm"))?,
             text_head: Linear::load(t.hidden_size, proj, true, tv.pp("head"))?,
             scale: scalar("logit_scale")?.exp(),
             bias: scalar("logit_bias")?,
@@ -363,14 +353,8 @@ impl Siglip {
     /// last position after bidirectional attention, through the head.
     pub fn text_features(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         let (_, l) = ids.dims2()?;
-        let mut x = self
-            .token_embedding
-            .forward(ids)?
-            .broadcast_add(&self.text_positions.narrow(0, 0, l)?)?;
-        for layer in &self.text_layers {
-            x = layer.forward(&x, None)?;
-        }
-        let last = self.final_ln.forward(&x)?.i((.., l - 1, ..))?;
+        let x = self.text.forward(&self.text.token_embeddings(ids)?, None)?;
+        let last = x.i((.., l - 1, ..))?;
         self.text_head.forward(&last)
     }
 }
