@@ -16,9 +16,11 @@ pub struct Preprocess {
     pub crop: u32,
     pub mean: [f32; 3],
     pub std: [f32; 3],
-    /// Resize both sides to `resize` (bilinear, no crop), ignoring the aspect ratio: SigLIP's
-    /// processor (`size = {height, width}`, `resample = BILINEAR`).
+    /// Resize both sides to `resize` (no crop), ignoring the aspect ratio: SigLIP's processor
+    /// (`size = {height, width}`).
     pub squash: bool,
+    /// Bilinear resampling (`resample = 2`, SigLIP 2's) instead of bicubic (`3`, CLIP's).
+    pub bilinear: bool,
 }
 
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
@@ -35,6 +37,7 @@ impl Preprocess {
             mean: CLIP_MEAN,
             std: CLIP_STD,
             squash: false,
+            bilinear: false,
         }
     }
 
@@ -46,6 +49,7 @@ impl Preprocess {
             mean: IMAGENET_MEAN,
             std: IMAGENET_STD,
             squash: false,
+            bilinear: false,
         }
     }
 
@@ -57,6 +61,7 @@ impl Preprocess {
             mean: [0.5; 3],
             std: [0.5; 3],
             squash: true,
+            bilinear: true,
         }
     }
 
@@ -117,6 +122,20 @@ impl Preprocess {
         if p.squash {
             p.crop = p.resize;
         }
+        match v
+            .get("resample")
+            .filter(|r| !r.is_null())
+            .map(|r| r.as_u64())
+        {
+            None => {}
+            Some(Some(2)) => p.bilinear = true,
+            Some(Some(3)) => p.bilinear = false,
+            Some(_) => bail!(
+                "{}: resample {} is not supported (2 bilinear, 3 bicubic)",
+                path.display(),
+                v["resample"]
+            ),
+        }
         if p.crop > p.resize {
             bail!(
                 "{}: crop {} is larger than the resized side {}",
@@ -139,14 +158,15 @@ impl Preprocess {
 
     /// A short description for cache metadata.
     pub fn describe(&self) -> String {
+        let filter = if self.bilinear { "bilinear" } else { "bicubic" };
         if self.squash {
             return format!(
-                "bilinear resize to {0}×{0} → /255 → mean {1:?} std {2:?}",
+                "{filter} resize to {0}×{0} → /255 → mean {1:?} std {2:?}",
                 self.resize, self.mean, self.std
             );
         }
         format!(
-            "bicubic shortest side {} → centre crop {} → /255 → mean {:?} std {:?}",
+            "{filter} shortest side {} → centre crop {} → /255 → mean {:?} std {:?}",
             self.resize, self.crop, self.mean, self.std
         )
     }
@@ -196,7 +216,7 @@ impl Preprocess {
         let (w, h) = img.dimensions();
         let (nw, nh) = self.resized(w, h);
         let (nw, nh) = (nw as u32, nh as u32);
-        let filter = if self.squash {
+        let filter = if self.bilinear {
             FilterType::Triangle
         } else {
             FilterType::CatmullRom
@@ -259,6 +279,7 @@ mod tests {
             mean: [0.0; 3],
             std: [1.0; 3],
             squash: false,
+            bilinear: false,
         };
         // 40×20 → 20×10, crop the middle 10×10: left half 0, right half 1, all channels equal
         let v = pre.apply(&rgb);
@@ -310,6 +331,19 @@ mod tests {
             Preprocess::from_hf(&p, Preprocess::siglip(224)).unwrap(),
             Preprocess::siglip(16)
         );
+        // SigLIP (v1) asks for bicubic; other filters are refused
+        std::fs::write(
+            &p,
+            r#"{"size": {"height": 16, "width": 16}, "resample": 3}"#,
+        )
+        .unwrap();
+        let bicubic = Preprocess::from_hf(&p, Preprocess::siglip(224)).unwrap();
+        assert!(!bicubic.bilinear && bicubic.describe().starts_with("bicubic resize to 16×16"));
+        std::fs::write(&p, r#"{"resample": 0}"#).unwrap();
+        let e = Preprocess::from_hf(&p, Preprocess::siglip(224))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("resample 0 is not supported"), "{e}");
     }
 
     #[test]

@@ -88,8 +88,9 @@ fn clip_tokenizer_matches_openai_reference() {
     );
 }
 
-/// Decoding + resize + crop + normalisation against PIL with torchvision's semantics. The
-/// resamplers differ in rounding (both bicubic, a = −0.5, antialiased), so the bound is on the
+/// Decoding + resize + crop + normalisation against PIL with torchvision's semantics (and
+/// SigLIP's bilinear resize of both sides). The resamplers differ in rounding (bicubic a = −0.5,
+/// or bilinear; antialiased), so the bound is on the
 /// mean error and ≤ 3 u8 steps (one step ≈ 0.015 after normalisation).
 #[test]
 fn preprocessing_matches_pil() {
@@ -100,6 +101,7 @@ fn preprocessing_matches_pil() {
         for (name, pre) in [
             ("clip", Preprocess::clip(224)),
             ("dinov2", Preprocess::dinov2()),
+            ("siglip", Preprocess::siglip(224)),
         ] {
             let v = pre.apply(&rgb);
             let r = io[&format!("pre.{img}.{name}")]

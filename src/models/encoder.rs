@@ -131,6 +131,7 @@ impl ImageEncoder {
                     mean: [0.5; 3],
                     std: [0.5; 3],
                     squash: false,
+                    bilinear: false,
                 };
                 (
                     Net::EfficientNetLite(Box::new(m)),

@@ -106,7 +106,8 @@ def tokenizer_reference(out):
 
 def preprocess_reference(out, io):
     """OpenAI CLIP's transform (torchvision Resize(224, BICUBIC) + CenterCrop on a PIL image,
-    then normalise) and DINOv2's (256 → 224, ImageNet statistics), in PIL, on two generated
+    then normalise), DINOv2's (256 → 224, ImageNet statistics) and SigLIP's (both sides, bilinear)
+    in PIL, on two generated
     images: a smooth RGB 97×61 with noise and a grey 50×80."""
     import numpy as np
     from PIL import Image
@@ -122,6 +123,10 @@ def preprocess_reference(out, io):
              "dinov2": (256, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
     for img in ("rgb", "grey"):
         im = Image.open(os.path.join(out, f"{img}.png")).convert("RGB")
+        # SigLIP's processor: both sides to 224 with PIL's bilinear filter, mean = std = 0.5
+        r = im.resize((224, 224), Image.BILINEAR)
+        a = (np.asarray(r, np.float32) / 255.0 - 0.5) / 0.5
+        io[f"pre.{img}.siglip"] = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
         for name, (size, crop, mean, std) in specs.items():
             w, h = im.size
             short, long = min(w, h), max(w, h)
