@@ -158,6 +158,10 @@ enum Cmd {
         /// Stop every run after this round (a later run resumes from there).
         #[arg(long)]
         max_round: Option<usize>,
+        /// Only part I of N (0-based) of the selected runs: every N-th, in pipeline order (one
+        /// Slurm array task each: `--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT`).
+        #[arg(long)]
+        shard: Option<stages::run::Shard>,
     },
     /// Summarise the results table: accuracy mean ± std over seeds per round.
     Report {
@@ -243,6 +247,7 @@ fn main_inner(cli: Cli) -> Result<()> {
             selective,
             rda,
             max_round,
+            shard,
         } => {
             let mut p = Pipeline::load(&pipeline)?;
             let mut strategies = strategy;
@@ -269,6 +274,7 @@ fn main_inner(cli: Cli) -> Result<()> {
                     strategies,
                     seeds: seed,
                     max_round,
+                    shard,
                 },
             )
         }

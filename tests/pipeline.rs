@@ -1261,3 +1261,95 @@ fn a_run_from_zero_labels_starts_from_the_zero_shot_teacher() {
         "{e}"
     );
 }
+
+/// The "(N rounds)" of `vlal run`'s summary line.
+fn rounds_worked(log: &str) -> usize {
+    let line = log
+        .lines()
+        .find(|l| l.contains("runs finished ("))
+        .unwrap_or_else(|| panic!("no summary line: {log}"));
+    let after = &line[line.find("runs finished (").unwrap() + "runs finished (".len()..];
+    after[..after.find(" rounds)").unwrap()].parse().unwrap()
+}
+
+/// Several processes on one pipeline: `run --shard i/N` splits its runs into N disjoint parts
+/// whose results and picks equal one process's; two `vlal run`s started together on the same
+/// pipeline never work on a run twice (each run under an OS lock on its folder: the second
+/// skips it), and end with the same tables; a bad `--shard` is refused.
+#[test]
+fn sharded_and_concurrent_runs_equal_one_process_and_do_no_work_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synth(tmp.path(), "toy", "400");
+    let dir = |name: &str| {
+        let d = tmp.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let p = pipeline(&d, "p.toml", &data, SWEEP);
+        (d, p)
+    };
+    // 2 trainers × 3 strategies × 2 seeds = 12 runs of rounds 0..=3
+    let (a, pa) = dir("a");
+    assert_eq!(rounds_worked(&ok(&a, &["run", &pa])), 48);
+    let (s, ps) = dir("s");
+    let mut worked = 0;
+    for i in 0..3 {
+        let log = ok(&s, &["run", &ps, "--shard", &format!("{i}/3")]);
+        assert!(
+            log.contains(&format!("shard {i}/3: 4 of the 12 selected runs")),
+            "{log}"
+        );
+        worked += rounds_worked(&log);
+    }
+    assert_eq!(worked, 48, "disjoint shards");
+    assert_eq!(
+        results_rows(&s.join("results")),
+        results_rows(&a.join("results"))
+    );
+    assert_eq!(queries(&s.join("runs")), queries(&a.join("runs")));
+    // a filter narrows the runs first, then the shard splits them
+    let log = ok(&s, &["run", &ps, "--trainer", "dho", "--shard", "1/4"]);
+    assert!(
+        log.contains("shard 1/4: 2 of the 6 selected runs") && log.contains("nothing to do"),
+        "{log}"
+    );
+
+    let (c, pc) = dir("c");
+    let spawn = || {
+        Command::new(BIN)
+            .current_dir(&c)
+            .args(["run", &pc])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (p1, p2) = (spawn(), spawn());
+    let logs: Vec<String> = [p1, p2]
+        .into_iter()
+        .map(|p| {
+            let o = p.wait_with_output().unwrap();
+            let log = String::from_utf8_lossy(&o.stderr).to_string();
+            assert!(o.status.success(), "{log}");
+            log
+        })
+        .collect();
+    let total: usize = logs.iter().map(|l| rounds_worked(l)).sum();
+    assert_eq!(total, 48, "no round worked twice: {logs:?}");
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("another process works on it; skipped")),
+        "the two met: {logs:?}"
+    );
+    assert_eq!(
+        results_rows(&c.join("results")),
+        results_rows(&a.join("results"))
+    );
+    assert_eq!(queries(&c.join("runs")), queries(&a.join("runs")));
+
+    for (bad, says) in [
+        ("3/2", "I must be below N = 2"),
+        ("0/0", "N must be at least 1"),
+        ("1", "expected I/N"),
+    ] {
+        let e = fails(&s, &["run", &ps, "--shard", bad]);
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+}

@@ -3,6 +3,10 @@
 //! the last round, the next round's labels); complete rounds are skipped, so a rerun is a no-op
 //! and a killed run resumes where it stopped. Each step's output is written atomically and is a
 //! pure function of its inputs, so a resumed run ends with the same tables as an unbroken one.
+//!
+//! Several processes may share a pipeline: `--shard i/N` takes every N-th selected run (a Slurm
+//! array task or a Ray task each), and each run is worked on under an OS lock on its folder, so
+//! a second process skips a run another one holds (the lock goes with the process, crash or not).
 
 use super::{eval, label, select, train};
 use crate::cache::{Cache, Need};
@@ -19,6 +23,62 @@ pub struct Filter {
     pub seeds: Vec<u64>,
     /// Stop after this round (default: the pipeline's last); a later run resumes from there.
     pub max_round: Option<usize>,
+    /// Only this part of the selected runs.
+    pub shard: Option<Shard>,
+}
+
+/// Part `index` of `count` (0-based): the selected runs k, in pipeline order, with
+/// k mod count = index — disjoint, together all of them, and the same in every process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Shard> {
+        let bad = || anyhow::anyhow!("expected I/N with 0 ≤ I < N (e.g. 0/4 … 3/4)");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count): (usize, usize) = (
+            i.trim().parse().map_err(|_| bad())?,
+            n.trim().parse().map_err(|_| bad())?,
+        );
+        if count == 0 {
+            bail!("N must be at least 1");
+        }
+        if index >= count {
+            bail!(
+                "I must be below N = {count} (0/{count} … {}/{count})",
+                count - 1
+            );
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+/// Take the run's lock: an exclusive OS lock (flock) on its folder, held while the returned
+/// file is open; `None` when another process holds it.
+fn lock(spec: &RunSpec) -> Result<Option<std::fs::File>> {
+    let dir = spec.run_dir();
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| anyhow::anyhow!("{}: cannot create ({e})", dir.display()))?;
+    let f = std::fs::File::open(&dir)
+        .map_err(|e| anyhow::anyhow!("{}: cannot open ({e})", dir.display()))?;
+    match f.try_lock() {
+        Ok(()) => Ok(Some(f)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => {
+            bail!("{}: cannot lock ({e})", dir.display())
+        }
+    }
 }
 
 impl Filter {
@@ -33,6 +93,29 @@ pub fn run(p: &Pipeline, filter: &Filter) -> Result<()> {
     let specs: Vec<RunSpec> = p.runs().into_iter().filter(|s| filter.keeps(s)).collect();
     if specs.is_empty() {
         bail!("no run of pipeline '{}' matches the filter", p.name);
+    }
+    let selected = specs.len();
+    let specs: Vec<RunSpec> = match filter.shard {
+        None => specs,
+        Some(sh) => specs
+            .into_iter()
+            .enumerate()
+            .filter(|(k, _)| k % sh.count == sh.index)
+            .map(|(_, s)| s)
+            .collect(),
+    };
+    if let Some(sh) = filter.shard {
+        progress::say(
+            None,
+            format!(
+                "shard {sh}: {} of the {selected} selected runs of '{}'",
+                specs.len(),
+                p.name
+            ),
+        );
+        if specs.is_empty() {
+            return Ok(());
+        }
     }
     let stop = filter.max_round.unwrap_or(p.rounds).min(p.rounds);
     super::sweep_pipeline(p);
@@ -67,11 +150,21 @@ pub fn run(p: &Pipeline, filter: &Filter) -> Result<()> {
     let pb = progress::bar((total * (stop + 1)) as u64, "rounds");
     // the stages' own lines (each file written, each round's score) become details (-v)
     let _demoted = progress::demote();
-    let (mut finished, mut worked) = (0, 0);
+    let (mut finished, mut worked, mut locked) = (0, 0, 0);
     for (need, specs) in groups {
         let cache = Cache::load_at_tau(&p.dataset, p.teacher.tau, need)?;
         let budget = check_budget(p, &cache)?;
         for spec in specs {
+            // under the run's lock, and what is complete is looked at only once it is held
+            let Some(_lock) = lock(spec)? else {
+                progress::say(
+                    Some(&pb),
+                    format!("{}: another process works on it; skipped", spec.label()),
+                );
+                pb.inc((stop + 1) as u64);
+                locked += 1;
+                continue;
+            };
             let (rounds, last) = run_one(spec, &cache, budget, &pb, stop)?;
             if let Some(s) = last {
                 progress::say(
@@ -93,9 +186,14 @@ pub fn run(p: &Pipeline, filter: &Filter) -> Result<()> {
     progress::say(
         None,
         format!(
-            "'{}': {finished} runs finished ({worked} rounds), {} already complete; results in {}",
+            "'{}': {finished} runs finished ({worked} rounds), {} already complete{}; results in {}",
             p.name,
             specs.len() - total,
+            if locked > 0 {
+                format!(", {locked} skipped (held by another process)")
+            } else {
+                String::new()
+            },
             p.results_dir.display()
         ),
     );
