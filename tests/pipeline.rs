@@ -1275,7 +1275,8 @@ fn rounds_worked(log: &str) -> usize {
 /// Several processes on one pipeline: `run --shard i/N` splits its runs into N disjoint parts
 /// whose results and picks equal one process's; two `vlal run`s started together on the same
 /// pipeline never work on a run twice (each run under an OS lock on its folder: the second
-/// skips it), and end with the same tables; a bad `--shard` is refused.
+/// skips it), and end with the same tables; `deploy/slurm/run.sbatch` as a job array (under a
+/// stand-in `sbatch`) does the same; a bad `--shard` is refused.
 #[test]
 fn sharded_and_concurrent_runs_equal_one_process_and_do_no_work_twice() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1344,6 +1345,37 @@ fn sharded_and_concurrent_runs_equal_one_process_and_do_no_work_twice() {
     );
     assert_eq!(queries(&c.join("runs")), queries(&a.join("runs")));
 
+    // deploy/slurm/run.sbatch as a job array, under a stand-in sbatch that starts the array's
+    // tasks at once on this machine (no Slurm in CI); the range starts at 1 on purpose
+    let (sl, psl) = dir("slurm");
+    let bin = sl.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::write(bin.join("sbatch"), FAKE_SBATCH).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/slurm/run.sbatch");
+    let o = Command::new("bash")
+        .current_dir(&sl)
+        .args([bin.join("sbatch").to_str().unwrap(), "--array=1-3"])
+        .arg(&script)
+        .arg(&psl)
+        .env("VLAL", BIN)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut worked = 0;
+    for t in 1..=3 {
+        let log = std::fs::read_to_string(sl.join(format!("task-{t}.log"))).unwrap();
+        assert!(
+            log.contains(&format!("shard {}/3: 4 of the 12", t - 1)),
+            "{log}"
+        );
+        worked += rounds_worked(&log);
+    }
+    assert_eq!(worked, 48);
+    assert_eq!(
+        results_rows(&sl.join("results")),
+        results_rows(&a.join("results"))
+    );
+
     for (bad, says) in [
         ("3/2", "I must be below N = 2"),
         ("0/0", "N must be at least 1"),
@@ -1353,3 +1385,19 @@ fn sharded_and_concurrent_runs_equal_one_process_and_do_no_work_twice() {
         assert!(e.contains(says), "{bad}: {e}");
     }
 }
+
+/// A stand-in for Slurm's `sbatch --array=LO-HI SCRIPT ARGS…`: starts every array task of SCRIPT
+/// at once with Slurm's array variables set (output in `task-<id>.log`) and waits for them.
+const FAKE_SBATCH: &str = r#"#!/usr/bin/env bash
+set -euo pipefail
+array=""; args=()
+for a in "$@"; do case $a in --array=*) array=${a#--array=} ;; *) args+=("$a") ;; esac; done
+lo=${array%-*}; hi=${array#*-}
+pids=()
+for i in $(seq "$lo" "$hi"); do
+  SLURM_ARRAY_TASK_ID=$i SLURM_ARRAY_TASK_MIN=$lo SLURM_ARRAY_TASK_MAX=$hi \
+    SLURM_ARRAY_TASK_COUNT=$((hi - lo + 1)) bash "${args[@]}" >"task-$i.log" 2>&1 &
+  pids+=($!)
+done
+for p in "${pids[@]}"; do wait "$p"; done
+"#;
