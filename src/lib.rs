@@ -21,6 +21,7 @@ pub mod progress;
 pub mod rng;
 pub mod rounds;
 pub mod schema;
+pub mod shard;
 pub mod stages;
 pub mod strategy;
 pub mod table;

@@ -161,7 +161,7 @@ enum Cmd {
         /// Only part I of N (0-based) of the selected runs: every N-th, in pipeline order (one
         /// Slurm array task each: `--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT`).
         #[arg(long)]
-        shard: Option<stages::run::Shard>,
+        shard: Option<vlal::shard::Shard>,
     },
     /// Summarise the results table: accuracy mean ± std over seeds per round.
     Report {

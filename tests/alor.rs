@@ -1,6 +1,6 @@
 //! End-to-end test of ALOR on the tiny world: a generated corpus (with unreadable shards) →
 //! `vlal retrieve` (stopped after one shard, then resumed, then compared with an uninterrupted
-//! run) → `extract --retrieved` → a pipeline of TFS and random with and without retrieved data,
+//! run, with a run in parts merged, and with the Slurm array script) → `extract --retrieved` → a pipeline of TFS and random with and without retrieved data,
 //! trained with the linear probe, contrastive tuning, prompt learning and DHO (which distils the
 //! teacher's logits of the retrieved rows too).
 
@@ -230,6 +230,70 @@ fn retrieve_extract_and_a_pipeline_with_and_without_retrieved_data() {
     ok(d, &retrieve);
     assert_eq!(ids_scores(), first_rows);
     assert!(!first.is_empty());
+    // sharded: two parts read apart (the corpus shards split by a hash of their names), then
+    // merged: the same table, counts and skipped shards as one process
+    let matched = table::read(&out, Table::Retrieved).unwrap().meta["matched"].clone();
+    let mut read = 0;
+    for part in ["0/2", "1/2"] {
+        let log = ok(d, &with(&["--shard", part]));
+        assert!(log.contains(&format!("part {part} complete")), "{log}");
+        read += log.matches(" to read (").count();
+    }
+    assert_eq!(read, 2);
+    std::fs::remove_file(&out).unwrap();
+    // bad: a split of another N, a merge with a missing part; nothing written
+    let e = common::fails(d, &with(&["--shard", "0/3"]));
+    assert!(
+        e.contains("retrieve.part-0-of-2.parquet: a part of a retrieve split another way"),
+        "{e}"
+    );
+    let e = common::fails(d, &with(&["--merge", "3"]));
+    assert!(e.contains("split another way than into 3"), "{e}");
+    let p1 = d.join("cache/retrieve.part-1-of-2.parquet");
+    std::fs::rename(&p1, d.join("p1")).unwrap();
+    let e = common::fails(d, &with(&["--merge", "2"]));
+    assert!(
+        e.contains("retrieve.part-1-of-2.parquet: missing (run `vlal retrieve --shard 1/2`"),
+        "{e}"
+    );
+    assert!(!out.exists());
+    std::fs::rename(d.join("p1"), &p1).unwrap();
+    let log = ok(d, &with(&["--merge", "2"]));
+    assert!(log.contains("merging 2 parts"), "{log}");
+    assert_eq!(ids_scores(), first_rows);
+    let merged = table::read(&out, Table::Retrieved).unwrap();
+    assert_eq!(merged.meta["matched"], matched);
+    assert_eq!(merged.meta["skipped_shards"], f.meta["skipped_shards"]);
+    for i in 0..2 {
+        std::fs::remove_file(d.join(format!("cache/retrieve.part-{i}-of-2.parquet"))).unwrap();
+    }
+    // deploy/slurm/retrieve.sbatch: the parts as an array, then the merge (a stand-in sbatch)
+    std::fs::remove_file(&out).unwrap();
+    std::fs::write(d.join("sbatch"), common::FAKE_SBATCH).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/slurm/retrieve.sbatch");
+    let sbatch = |flags: &[&str], extra: &[&str]| {
+        let o = std::process::Command::new("bash")
+            .current_dir(d)
+            .arg("sbatch")
+            .args(flags)
+            .arg(&script)
+            .args(extra)
+            .args(&retrieve[1..])
+            .env("VLAL", common::BIN)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    sbatch(&["--parsable", "--array=0-2"], &[]);
+    for t in 0..3 {
+        let log = std::fs::read_to_string(d.join(format!("task-{t}.log"))).unwrap();
+        assert!(log.contains(&format!("part {t}/3 complete")), "{log}");
+    }
+    sbatch(&["--dependency=afterok:1"], &["--merge", "3"]);
+    assert_eq!(ids_scores(), first_rows);
+    for i in 0..3 {
+        std::fs::remove_file(d.join(format!("cache/retrieve.part-{i}-of-3.parquet"))).unwrap();
+    }
     // a shard that changes after it was read makes the next run start over
     let extra = d.join("corpus/part-zz-extra.parquet");
     std::fs::copy(d.join("corpus/part-00000.parquet"), &extra).unwrap();

@@ -1351,7 +1351,7 @@ fn sharded_and_concurrent_runs_equal_one_process_and_do_no_work_twice() {
     let (sl, psl) = dir("slurm");
     let bin = sl.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
-    std::fs::write(bin.join("sbatch"), FAKE_SBATCH).unwrap();
+    std::fs::write(bin.join("sbatch"), common::FAKE_SBATCH).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/slurm/run.sbatch");
     let o = Command::new("bash")
         .current_dir(&sl)
@@ -1412,19 +1412,3 @@ fn sharded_and_concurrent_runs_equal_one_process_and_do_no_work_twice() {
         assert!(e.contains(says), "{bad}: {e}");
     }
 }
-
-/// A stand-in for Slurm's `sbatch --array=LO-HI SCRIPT ARGS…`: starts every array task of SCRIPT
-/// at once with Slurm's array variables set (output in `task-<id>.log`) and waits for them.
-const FAKE_SBATCH: &str = r#"#!/usr/bin/env bash
-set -euo pipefail
-array=""; args=()
-for a in "$@"; do case $a in --array=*) array=${a#--array=} ;; *) args+=("$a") ;; esac; done
-lo=${array%-*}; hi=${array#*-}
-pids=()
-for i in $(seq "$lo" "$hi"); do
-  SLURM_ARRAY_TASK_ID=$i SLURM_ARRAY_TASK_MIN=$lo SLURM_ARRAY_TASK_MAX=$hi \
-    SLURM_ARRAY_TASK_COUNT=$((hi - lo + 1)) bash "${args[@]}" >"task-$i.log" 2>&1 &
-  pids+=($!)
-done
-for p in "${pids[@]}"; do wait "$p"; done
-"#;

@@ -73,6 +73,14 @@ pub struct RetrieveArgs {
     /// samples' vectors to `retrieved.embeddings.parquet` for `extract --retrieved`.
     #[arg(long)]
     pub embedding_model: Option<String>,
+    /// Read only part I of N of the corpus shards (by a stable hash of each file name) into
+    /// `retrieve.part-I-of-N.parquet`; `--merge N` then combines the N parts.
+    #[arg(long, conflicts_with = "merge")]
+    pub shard: Option<crate::shard::Shard>,
+    /// Combine the N parts of a sharded retrieve into `retrieved.parquet` (equal to what one
+    /// process reading every shard writes); reads no corpus shard.
+    #[arg(long)]
+    pub merge: Option<usize>,
 }
 
 /// One caption that named a class, with its score.
@@ -544,6 +552,33 @@ pub fn out_path(data: &Path) -> PathBuf {
     data.join("retrieved.parquet")
 }
 
+/// The saved state of part I of N of a sharded retrieve.
+pub fn part_path(data: &Path, s: crate::shard::Shard) -> PathBuf {
+    data.join(format!("retrieve.part-{}-of-{}.parquet", s.index, s.count))
+}
+
+/// The part files of a sharded retrieve in `data` that belong to another split than into `n`.
+fn other_parts(data: &Path, n: usize) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(data)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            name.strip_prefix("retrieve.part-")
+                .and_then(|r| r.strip_suffix(".parquet"))
+                .and_then(|r| r.split_once("-of-"))
+                .is_some_and(|(_, count)| count != n.to_string())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 /// How the rows of a table are identified.
 #[derive(Clone, Copy, PartialEq)]
 enum Ids {
@@ -703,14 +738,72 @@ pub fn run(a: &RetrieveArgs) -> Result<()> {
             ("done_shards", serde_json::to_string(done)?),
         ])
     };
-    let spath = state_path(&a.data);
+    if let Some(n) = a.shard.map(|s| s.count).or(a.merge) {
+        if n == 0 {
+            bail!("--merge N: N must be at least 1");
+        }
+        if let Some(p) = other_parts(&a.data, n).first() {
+            bail!(
+                "{}: a part of a retrieve split another way than into {n}; remove it or use its N",
+                p.display()
+            );
+        }
+    }
+    let spath = match a.shard {
+        Some(sh) => part_path(&a.data, sh),
+        None => state_path(&a.data),
+    };
     table::sweep_stale(&a.data, false);
     let mut top = TopK::new(c, a.k);
     let mut done = Done {
         matched: vec![0; c],
         ..Done::default()
     };
-    if spath.exists() {
+    let mut merged_skips: Vec<String> = Vec::new();
+    if let Some(n) = a.merge {
+        // every part, complete, of this text model, phrase list and k
+        for i in 0..n {
+            let sh = crate::shard::Shard { index: i, count: n };
+            let p = part_path(&a.data, sh);
+            if !p.exists() {
+                bail!(
+                    "{}: missing (run `vlal retrieve --shard {sh}` first)",
+                    p.display()
+                );
+            }
+            let f = table::read(&p, Table::Retrieved)?;
+            if f.meta.get("run_key") != Some(&run_key) {
+                bail!(
+                    "{}: from another text model, class list or k than this merge",
+                    p.display()
+                );
+            }
+            if f.meta.get("complete").map(String::as_str) != Some("true") {
+                bail!(
+                    "{}: not complete (rerun `vlal retrieve --shard {sh}`)",
+                    p.display()
+                );
+            }
+            let d: Done = serde_json::from_str(f.meta("done_shards")?)
+                .map_err(|e| anyhow!("{}: bad done_shards ({e})", p.display()))?;
+            done.shards.extend(d.shards);
+            for (m, x) in done.matched.iter_mut().zip(&d.matched) {
+                *m += x;
+            }
+            for x in read_candidates(&f)? {
+                top.push(x);
+            }
+            merged_skips.extend(
+                f.meta
+                    .get("skipped_shards")
+                    .into_iter()
+                    .flat_map(|s| s.lines())
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_string),
+            );
+        }
+        progress::log(format!("merging {n} parts of {}", a.data.display()));
+    } else if spath.exists() {
         let f = table::read(&spath, Table::Retrieved)?;
         if f.meta.get("run_key") == Some(&run_key) {
             done = serde_json::from_str(f.meta("done_shards")?)
@@ -730,7 +823,13 @@ pub fn run(a: &RetrieveArgs) -> Result<()> {
             ));
         }
     }
-    let all = shards(&a.corpus)?;
+    let all: Vec<PathBuf> = match (a.merge, a.shard) {
+        (Some(_), _) | (None, None) => shards(&a.corpus)?,
+        (None, Some(sh)) => shards(&a.corpus)?
+            .into_iter()
+            .filter(|p| sh.holds_name(&p.file_name().unwrap_or_default().to_string_lossy()))
+            .collect(),
+    };
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     // a finished shard that changed or went away since: its candidates and counts are stale
     let now: BTreeMap<String, u64> = all
@@ -743,6 +842,12 @@ pub fn run(a: &RetrieveArgs) -> Result<()> {
         .find(|(n, d)| now.get(*n) != Some(&d.0))
         .map(|(n, _)| n.clone())
     {
+        if a.merge.is_some() {
+            bail!(
+                "{}: shard {name} changed or went away since its part read it; rerun the parts",
+                a.corpus.display()
+            );
+        }
         progress::log(format!(
             "{}: shard {name} changed or went away since it was read; starting over",
             spath.display()
@@ -753,8 +858,28 @@ pub fn run(a: &RetrieveArgs) -> Result<()> {
             ..Done::default()
         };
     }
+    if a.merge.is_some() {
+        merged_skips.sort();
+        let skipped_names: std::collections::HashSet<&str> = merged_skips
+            .iter()
+            .filter_map(|l| l.split_once(": ").map(|(n, _)| n))
+            .collect();
+        if let Some(p) = all.iter().find(|p| {
+            let name = p
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            !done.shards.contains_key(&name) && !skipped_names.contains(name.as_str())
+        }) {
+            bail!(
+                "{}: in no part (the corpus changed since the parts were read); rerun the parts",
+                p.display()
+            );
+        }
+    }
     let todo: Vec<(PathBuf, u64)> = all
         .iter()
+        .filter(|_| a.merge.is_none())
         .filter_map(|p| {
             let name = p.file_name()?.to_string_lossy().into_owned();
             (!done.shards.contains_key(&name)).then(|| (p.clone(), size(p)))
@@ -785,7 +910,7 @@ pub fn run(a: &RetrieveArgs) -> Result<()> {
     let pb = progress::bar(total, "retrieve");
     let t0 = Instant::now();
     let mut rows_read = 0u64;
-    let mut skipped: Vec<String> = Vec::new();
+    let mut skipped: Vec<String> = merged_skips;
     for (p, bytes) in &todo {
         let name = p
             .file_name()
@@ -826,7 +951,31 @@ pub fn run(a: &RetrieveArgs) -> Result<()> {
             skipped.len()
         ));
     }
-    let remaining = all.len() - done.shards.len() - skipped.len();
+    let remaining = all.len().saturating_sub(done.shards.len() + skipped.len());
+    if let Some(sh) = a.shard {
+        if remaining == 0 {
+            // the part's result: its candidates still in the running, its counts and skips
+            let snapshot = top.finish_keep_all();
+            let rows: Vec<&Candidate> = snapshot.iter().flatten().collect();
+            let mut m = meta(&done)?;
+            m.push(("skipped_shards", skipped.join("\n")));
+            m.push(("complete", "true".into()));
+            write_table(&spath, &rows, &names, &m, Ids::ClassKey)?;
+            progress::log(format!(
+                "part {sh} complete ({} shard(s) read, {} skipped): {}; combine the parts with \
+                 `vlal retrieve --merge {}`",
+                done.shards.len(),
+                skipped.len(),
+                spath.display(),
+                sh.count
+            ));
+        } else {
+            progress::log(format!(
+                "part {sh}: {remaining} shard(s) beyond --max-shards not read yet (rerun to resume)"
+            ));
+        }
+        return Ok(());
+    }
     let classes = top.finish();
     let kept: Vec<usize> = classes.iter().map(Vec::len).collect();
     for line in count_lines(&names, &done.matched, &kept) {

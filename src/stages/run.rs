@@ -24,44 +24,7 @@ pub struct Filter {
     /// Stop after this round (default: the pipeline's last); a later run resumes from there.
     pub max_round: Option<usize>,
     /// Only this part of the selected runs.
-    pub shard: Option<Shard>,
-}
-
-/// Part `index` of `count` (0-based): the selected runs k, in pipeline order, with
-/// k mod count = index — disjoint, together all of them, and the same in every process.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Shard {
-    pub index: usize,
-    pub count: usize,
-}
-
-impl std::str::FromStr for Shard {
-    type Err = anyhow::Error;
-
-    fn from_str(s: &str) -> Result<Shard> {
-        let bad = || anyhow::anyhow!("expected I/N with 0 ≤ I < N (e.g. 0/4 … 3/4)");
-        let (i, n) = s.split_once('/').ok_or_else(bad)?;
-        let (index, count): (usize, usize) = (
-            i.trim().parse().map_err(|_| bad())?,
-            n.trim().parse().map_err(|_| bad())?,
-        );
-        if count == 0 {
-            bail!("N must be at least 1");
-        }
-        if index >= count {
-            bail!(
-                "I must be below N = {count} (0/{count} … {}/{count})",
-                count - 1
-            );
-        }
-        Ok(Shard { index, count })
-    }
-}
-
-impl std::fmt::Display for Shard {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        write!(f, "{}/{}", self.index, self.count)
-    }
+    pub shard: Option<crate::shard::Shard>,
 }
 
 /// Take the run's lock: an exclusive OS lock (flock) on its folder, held while the returned
@@ -100,7 +63,7 @@ pub fn run(p: &Pipeline, filter: &Filter) -> Result<()> {
         Some(sh) => specs
             .into_iter()
             .enumerate()
-            .filter(|(k, _)| k % sh.count == sh.index)
+            .filter(|(k, _)| sh.holds(*k))
             .map(|(_, s)| s)
             .collect(),
     };

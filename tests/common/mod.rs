@@ -78,3 +78,24 @@ pub fn synth(dir: &Path, out: &Path, train: &str, calib: &str, test: &str) {
         ],
     );
 }
+
+/// A stand-in for Slurm's `sbatch [--array=LO-HI] SCRIPT ARGS…` (no Slurm in CI): starts every
+/// array task of SCRIPT at once with Slurm's array variables set (output in `task-<id>.log`) and
+/// waits for them; without `--array`, runs SCRIPT once (output in `job.log`). `--parsable` and
+/// `--dependency` are accepted and ignored (the jobs run one after the other anyway).
+pub const FAKE_SBATCH: &str = r#"#!/usr/bin/env bash
+set -euo pipefail
+array=""; args=()
+for a in "$@"; do
+  case $a in --array=*) array=${a#--array=} ;; --parsable|--dependency=*) ;; *) args+=("$a") ;; esac
+done
+if [ -z "$array" ]; then bash "${args[@]}" >job.log 2>&1; exit; fi
+lo=${array%-*}; hi=${array#*-}
+pids=()
+for i in $(seq "$lo" "$hi"); do
+  SLURM_ARRAY_TASK_ID=$i SLURM_ARRAY_TASK_MIN=$lo SLURM_ARRAY_TASK_MAX=$hi \
+    SLURM_ARRAY_TASK_COUNT=$((hi - lo + 1)) bash "${args[@]}" >"task-$i.log" 2>&1 &
+  pids+=($!)
+done
+for p in "${pids[@]}"; do wait "$p"; done
+"#;
