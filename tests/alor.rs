@@ -294,6 +294,36 @@ fn retrieve_extract_and_a_pipeline_with_and_without_retrieved_data() {
     for i in 0..3 {
         std::fs::remove_file(d.join(format!("cache/retrieve.part-{i}-of-3.parquet"))).unwrap();
     }
+    // deploy/ray/shards.py retrieve: the parts as Ray tasks (a local 2-CPU instance), the merge
+    std::fs::remove_file(&out).unwrap();
+    let python = std::env::var("VLAL_PYTHON")
+        .expect("VLAL_PYTHON is unset: run `make test` (it names the venv's python, with ray)");
+    let launcher = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/ray/shards.py");
+    let o = std::process::Command::new(python)
+        .current_dir(d)
+        .arg(&launcher)
+        .args([
+            "retrieve",
+            "--shards",
+            "2",
+            "--num-cpus",
+            "2",
+            "--vlal",
+            common::BIN,
+        ])
+        .args(&retrieve[1..])
+        .env("RAY_AUTH_MODE", "disabled")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success() && log.contains("merging 2 parts"),
+        "{log}"
+    );
+    assert_eq!(ids_scores(), first_rows);
+    for i in 0..2 {
+        std::fs::remove_file(d.join(format!("cache/retrieve.part-{i}-of-2.parquet"))).unwrap();
+    }
     // a shard that changes after it was read makes the next run start over
     let extra = d.join("corpus/part-zz-extra.parquet");
     std::fs::copy(d.join("corpus/part-00000.parquet"), &extra).unwrap();

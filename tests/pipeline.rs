@@ -1276,7 +1276,7 @@ fn rounds_worked(log: &str) -> usize {
 /// whose results and picks equal one process's; two `vlal run`s started together on the same
 /// pipeline never work on a run twice (each run under an OS lock on its folder: the second
 /// skips it), and end with the same tables; `deploy/slurm/run.sbatch` as a job array (under a
-/// stand-in `sbatch`) and `deploy/ray/run_shards.py` on a local Ray instance do the same; a bad
+/// stand-in `sbatch`) and `deploy/ray/shards.py run` on a local Ray instance do the same; a bad
 /// `--shard` is refused.
 #[test]
 fn sharded_and_concurrent_runs_equal_one_process_and_do_no_work_twice() {
@@ -1377,15 +1377,24 @@ fn sharded_and_concurrent_runs_equal_one_process_and_do_no_work_twice() {
         results_rows(&a.join("results"))
     );
 
-    // deploy/ray/run_shards.py: the shards as Ray tasks on a local Ray instance of 2 CPUs
+    // deploy/ray/shards.py: the shards as Ray tasks on a local Ray instance of 2 CPUs
     let (ry, pry) = dir("ray");
     let python = std::env::var("VLAL_PYTHON")
         .expect("VLAL_PYTHON is unset: run `make test` (it names the venv's python, with ray)");
-    let launcher = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/ray/run_shards.py");
+    let launcher = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/ray/shards.py");
     let o = Command::new(python)
         .current_dir(&ry)
         .arg(&launcher)
-        .args([&pry, "--shards", "3", "--num-cpus", "2", "--vlal", BIN])
+        .args([
+            "run",
+            "--shards",
+            "3",
+            "--num-cpus",
+            "2",
+            "--vlal",
+            BIN,
+            &pry,
+        ])
         .env("RAY_AUTH_MODE", "disabled")
         .output()
         .unwrap();
