@@ -269,20 +269,9 @@ fn retrieve_extract_and_a_pipeline_with_and_without_retrieved_data() {
     }
     // deploy/slurm/retrieve.sbatch: the parts as an array, then the merge (a stand-in sbatch)
     std::fs::remove_file(&out).unwrap();
-    std::fs::write(d.join("sbatch"), common::FAKE_SBATCH).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/slurm/retrieve.sbatch");
     let sbatch = |flags: &[&str], extra: &[&str]| {
-        let o = std::process::Command::new("bash")
-            .current_dir(d)
-            .arg("sbatch")
-            .args(flags)
-            .arg(&script)
-            .args(extra)
-            .args(&retrieve[1..])
-            .env("VLAL", common::BIN)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let args: Vec<&str> = extra.iter().chain(&retrieve[1..]).copied().collect();
+        common::sbatch(d, flags, "retrieve.sbatch", &args);
     };
     sbatch(&["--parsable", "--array=0-2"], &[]);
     for t in 0..3 {
@@ -296,25 +285,7 @@ fn retrieve_extract_and_a_pipeline_with_and_without_retrieved_data() {
     }
     // deploy/ray/shards.py retrieve: the parts as Ray tasks (a local 2-CPU instance), the merge
     std::fs::remove_file(&out).unwrap();
-    let python = std::env::var("VLAL_PYTHON")
-        .expect("VLAL_PYTHON is unset: run `make test` (it names the venv's python, with ray)");
-    let launcher = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/ray/shards.py");
-    let o = std::process::Command::new(python)
-        .current_dir(d)
-        .arg(&launcher)
-        .args([
-            "retrieve",
-            "--shards",
-            "2",
-            "--num-cpus",
-            "2",
-            "--vlal",
-            common::BIN,
-        ])
-        .args(&retrieve[1..])
-        .env("RAY_AUTH_MODE", "disabled")
-        .output()
-        .unwrap();
+    let o = common::ray_shards(d, "retrieve", 2, &retrieve[1..]);
     let log = String::from_utf8_lossy(&o.stderr);
     assert!(
         o.status.success() && log.contains("merging 2 parts"),

@@ -172,8 +172,7 @@ fn assert_is_polars_summary(
     pipelines: &[&str],
     summary: &[vlal::stages::report::Group],
 ) {
-    let python = std::env::var("VLAL_PYTHON")
-        .expect("VLAL_PYTHON is unset: run `make test` (it names the venv's python, with polars)");
+    let python = common::venv_python();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/polars_summary.py");
     let o = Command::new(python)
         .arg(script)
@@ -1349,19 +1348,7 @@ fn sharded_and_concurrent_runs_equal_one_process_and_do_no_work_twice() {
     // deploy/slurm/run.sbatch as a job array, under a stand-in sbatch that starts the array's
     // tasks at once on this machine (no Slurm in CI); the range starts at 1 on purpose
     let (sl, psl) = dir("slurm");
-    let bin = sl.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    std::fs::write(bin.join("sbatch"), common::FAKE_SBATCH).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/slurm/run.sbatch");
-    let o = Command::new("bash")
-        .current_dir(&sl)
-        .args([bin.join("sbatch").to_str().unwrap(), "--array=1-3"])
-        .arg(&script)
-        .arg(&psl)
-        .env("VLAL", BIN)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    common::sbatch(&sl, &["--array=1-3"], "run.sbatch", &[&psl]);
     let mut worked = 0;
     for t in 1..=3 {
         let log = std::fs::read_to_string(sl.join(format!("task-{t}.log"))).unwrap();
@@ -1379,25 +1366,7 @@ fn sharded_and_concurrent_runs_equal_one_process_and_do_no_work_twice() {
 
     // deploy/ray/shards.py: the shards as Ray tasks on a local Ray instance of 2 CPUs
     let (ry, pry) = dir("ray");
-    let python = std::env::var("VLAL_PYTHON")
-        .expect("VLAL_PYTHON is unset: run `make test` (it names the venv's python, with ray)");
-    let launcher = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/ray/shards.py");
-    let o = Command::new(python)
-        .current_dir(&ry)
-        .arg(&launcher)
-        .args([
-            "run",
-            "--shards",
-            "3",
-            "--num-cpus",
-            "2",
-            "--vlal",
-            BIN,
-            &pry,
-        ])
-        .env("RAY_AUTH_MODE", "disabled")
-        .output()
-        .unwrap();
+    let o = common::ray_shards(&ry, "run", 3, &[&pry]);
     let log = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(o.status.success(), "{log}");
     let worked: usize = log

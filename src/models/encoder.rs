@@ -81,8 +81,9 @@ impl ImageEncoder {
         let (net, pre, dim) = match kind.as_str() {
             "open_clip" => {
                 let path = model.dir.join(super::open_clip::CONFIG);
-                let pre = super::open_clip::Config::from_file(&path)?.preprocess(&path)?;
-                let m = super::open_clip::load(&model.dir, device)?;
+                let config = super::open_clip::Config::from_file(&path)?;
+                let pre = config.preprocess(&path)?;
+                let m = super::open_clip::load_with(&model.dir, &config, device)?;
                 let dim = m.config.projection_dim;
                 (Net::Clip(Box::new(m)), pre, dim)
             }
@@ -101,13 +102,6 @@ impl ImageEncoder {
                 let size = m.config.image_size() as u32;
                 let dim = m.config.dim();
                 let pre = Preprocess::from_hf(&pp, Preprocess::siglip(size))?;
-                if pre.crop != size {
-                    bail!(
-                        "{}: size {} differs from the model's {size}×{size} input",
-                        pp.display(),
-                        pre.crop
-                    );
-                }
                 (Net::Siglip(Box::new(m)), pre, dim)
             }
             "dinov2" => {
@@ -145,15 +139,18 @@ impl ImageEncoder {
                 cfg.display()
             ),
         };
-        if let Net::Clip(m) = &net {
-            if pre.crop as usize != m.config.vision_config.image_size {
-                bail!(
-                    "{}: crop {} differs from the model's image_size {}",
-                    pp.display(),
-                    pre.crop,
-                    m.config.vision_config.image_size
-                );
-            }
+        // the vision–language towers take one input size
+        let size = match &net {
+            Net::Clip(m) => Some(m.config.vision_config.image_size),
+            Net::Siglip(m) => Some(m.config.image_size()),
+            _ => None,
+        };
+        if let Some(size) = size.filter(|&s| s != pre.crop as usize) {
+            bail!(
+                "{}: crop {} differs from the model's image_size {size}",
+                pp.display(),
+                pre.crop
+            );
         }
         Ok(ImageEncoder {
             model,
@@ -296,14 +293,30 @@ pub fn tokenizer_for(dir: &Path, clip: &Clip) -> Result<ClipTokenizer> {
 /// Unit-norm text embeddings of token rows (each `len` ids, as [`ClipTokenizer::encode`] gives),
 /// `batch` rows per forward pass.
 pub fn text_embeddings(clip: &Clip, len: usize, ids: &[Vec<u32>], batch: usize) -> Result<Mat> {
-    let mut data = Vec::with_capacity(ids.len() * clip.config.projection_dim);
+    let dim = clip.config.projection_dim;
+    token_rows(ids, len, dim, clip.device(), batch, |t| {
+        clip.text_features(t)
+    })
+}
+
+/// Unit-norm `dim`-d embeddings of token rows (each `len` ids) through `forward`, `batch` rows
+/// per pass.
+fn token_rows(
+    ids: &[Vec<u32>],
+    len: usize,
+    dim: usize,
+    device: &Device,
+    batch: usize,
+    forward: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+) -> Result<Mat> {
+    let mut data = Vec::with_capacity(ids.len() * dim);
     for chunk in ids.chunks(batch.max(1)) {
         let flat: Vec<u32> = chunk.iter().flatten().copied().collect();
-        let t = Tensor::from_vec(flat, (chunk.len(), len), clip.device())?;
-        let z = l2_normalize(&clip.text_features(&t)?)?;
+        let t = Tensor::from_vec(flat, (chunk.len(), len), device)?;
+        let z = l2_normalize(&forward(&t)?)?;
         data.extend(z.flatten_all()?.to_vec1::<f32>()?);
     }
-    Mat::new(ids.len(), clip.config.projection_dim, data)
+    Mat::new(ids.len(), dim, data)
 }
 
 /// A teacher's text side: prompts to token rows, token rows to unit-norm embeddings.
@@ -347,14 +360,9 @@ impl TextTower for SiglipText<'_> {
 
     fn embed(&self, ids: &[Vec<u32>], batch: usize) -> Result<Mat> {
         let (m, len) = (self.model, self.tok.context_length);
-        let mut data = Vec::with_capacity(ids.len() * m.config.dim());
-        for chunk in ids.chunks(batch.max(1)) {
-            let flat: Vec<u32> = chunk.iter().flatten().copied().collect();
-            let t = Tensor::from_vec(flat, (chunk.len(), len), m.device())?;
-            let z = l2_normalize(&m.text_features(&t)?)?;
-            data.extend(z.flatten_all()?.to_vec1::<f32>()?);
-        }
-        Mat::new(ids.len(), m.config.dim(), data)
+        token_rows(ids, len, m.config.dim(), m.device(), batch, |t| {
+            m.text_features(t)
+        })
     }
 }
 

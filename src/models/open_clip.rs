@@ -542,8 +542,13 @@ fn rename(
 /// Load an OpenCLIP folder as a [`Clip`]; a tensor the architecture does not use, or one it
 /// lacks, is an error naming the weight file.
 pub fn load(dir: &Path, device: &Device) -> Result<Clip> {
+    load_with(dir, &Config::from_file(&dir.join(CONFIG))?, device)
+}
+
+/// [`load`] with the folder's config already read.
+pub fn load_with(dir: &Path, config: &Config, device: &Device) -> Result<Clip> {
     let cfg_path = dir.join(CONFIG);
-    let cfg = Config::from_file(&cfg_path)?.to_clip();
+    let cfg = config.to_clip();
     let weights = weights_file(dir)?;
     let tensors = read_tensors(&weights)?;
     let (renamed, left) =

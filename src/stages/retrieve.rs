@@ -235,10 +235,7 @@ fn read_shard(
         .with_batch_size(65536)
         .build()
         .map_err(|e| anyhow!("{e}"))?;
-    let shard = path
-        .file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let shard = file_name(path);
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -364,6 +361,7 @@ fn write_embeddings(
     path: &Path,
     rows: &[&Candidate],
     corpus: &Path,
+    shards: &[PathBuf],
     model: &str,
     run_key: &str,
 ) -> Result<()> {
@@ -379,14 +377,12 @@ fn write_embeddings(
     for (r, c) in rows.iter().enumerate() {
         by_shard.entry(&c.shard).or_default().insert(&c.key, r);
     }
-    let dir = if corpus.is_dir() {
-        corpus.to_path_buf()
-    } else {
-        corpus.parent().unwrap_or(Path::new(".")).to_path_buf()
-    };
+    let shard_path: HashMap<String, &PathBuf> = shards.iter().map(|p| (file_name(p), p)).collect();
     let mut vecs: Vec<Option<Vec<f32>>> = vec![None; rows.len()];
     for (shard, keys) in &by_shard {
-        let p = dir.join(shard);
+        let p = shard_path
+            .get(*shard)
+            .ok_or_else(|| anyhow!("{}: no shard {shard} any more", corpus.display()))?;
         let file =
             std::fs::File::open(&p).with_context(|| format!("{}: cannot open", p.display()))?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(file)
@@ -428,7 +424,7 @@ fn write_embeddings(
         if v.len() != dim || dim == 0 {
             bail!(
                 "{}: key '{}': a {}-d embedding, the others are {dim}-d",
-                dir.join(&c.shard).display(),
+                shard_path[&c.shard].display(),
                 c.key,
                 v.len()
             );
@@ -437,7 +433,7 @@ fn write_embeddings(
         if !n.is_finite() || n == 0.0 {
             bail!(
                 "{}: key '{}': the embedding is zero or not finite",
-                dir.join(&c.shard).display(),
+                shard_path[&c.shard].display(),
                 c.key
             );
         }
@@ -552,6 +548,13 @@ pub fn out_path(data: &Path) -> PathBuf {
     data.join("retrieved.parquet")
 }
 
+/// A path's file name (a corpus shard's name, as the state and the candidates record it).
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 /// The saved state of part I of N of a sharded retrieve.
 pub fn part_path(data: &Path, s: crate::shard::Shard) -> PathBuf {
     data.join(format!("retrieve.part-{}-of-{}.parquet", s.index, s.count))
@@ -565,11 +568,8 @@ fn other_parts(data: &Path, n: usize) -> Vec<PathBuf> {
         .flatten()
         .map(|e| e.path())
         .filter(|p| {
-            let name = p
-                .file_name()
-                .map(|f| f.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            name.strip_prefix("retrieve.part-")
+            file_name(p)
+                .strip_prefix("retrieve.part-")
                 .and_then(|r| r.strip_suffix(".parquet"))
                 .and_then(|r| r.split_once("-of-"))
                 .is_some_and(|(_, count)| count != n.to_string())
@@ -827,7 +827,7 @@ pub fn run(a: &RetrieveArgs) -> Result<()> {
         (Some(_), _) | (None, None) => shards(&a.corpus)?,
         (None, Some(sh)) => shards(&a.corpus)?
             .into_iter()
-            .filter(|p| sh.holds_name(&p.file_name().unwrap_or_default().to_string_lossy()))
+            .filter(|p| sh.holds_name(&file_name(p)))
             .collect(),
     };
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
@@ -865,10 +865,7 @@ pub fn run(a: &RetrieveArgs) -> Result<()> {
             .filter_map(|l| l.split_once(": ").map(|(n, _)| n))
             .collect();
         if let Some(p) = all.iter().find(|p| {
-            let name = p
-                .file_name()
-                .map(|f| f.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let name = file_name(p);
             !done.shards.contains_key(&name) && !skipped_names.contains(name.as_str())
         }) {
             bail!(
@@ -1002,7 +999,7 @@ pub fn run(a: &RetrieveArgs) -> Result<()> {
     // the corpus embeddings first: a retrieved table is never newer than its embeddings
     let epath = crate::cache::corpus_embeddings_path(&out);
     match &a.embedding_model {
-        Some(em) => write_embeddings(&epath, &rows, &a.corpus, em, &run_key)?,
+        Some(em) => write_embeddings(&epath, &rows, &a.corpus, &all, em, &run_key)?,
         None if epath.exists() => {
             std::fs::remove_file(&epath)
                 .with_context(|| format!("{}: cannot remove", epath.display()))?;

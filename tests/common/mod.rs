@@ -83,7 +83,7 @@ pub fn synth(dir: &Path, out: &Path, train: &str, calib: &str, test: &str) {
 /// array task of SCRIPT at once with Slurm's array variables set (output in `task-<id>.log`) and
 /// waits for them; without `--array`, runs SCRIPT once (output in `job.log`). `--parsable` and
 /// `--dependency` are accepted and ignored (the jobs run one after the other anyway).
-pub const FAKE_SBATCH: &str = r#"#!/usr/bin/env bash
+const FAKE_SBATCH: &str = r#"#!/usr/bin/env bash
 set -euo pipefail
 array=""; args=()
 for a in "$@"; do
@@ -99,3 +99,51 @@ for i in $(seq "$lo" "$hi"); do
 done
 for p in "${pids[@]}"; do wait "$p"; done
 "#;
+
+/// The project venv's Python (`make test` sets VLAL_PYTHON; it has polars and ray).
+pub fn venv_python() -> String {
+    std::env::var("VLAL_PYTHON")
+        .expect("VLAL_PYTHON is unset: run `make test` (it names the venv's python)")
+}
+
+/// `deploy/ray/shards.py STAGE --shards N` in `dir` on a local Ray instance of 2 CPUs, running
+/// this build's binary with the stage's `args`.
+pub fn ray_shards(dir: &Path, stage: &str, n: usize, args: &[&str]) -> Output {
+    let launcher = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/ray/shards.py");
+    Command::new(venv_python())
+        .current_dir(dir)
+        .arg(launcher)
+        .args([
+            stage,
+            "--shards",
+            &n.to_string(),
+            "--num-cpus",
+            "2",
+            "--vlal",
+            BIN,
+        ])
+        .args(args)
+        .env("RAY_AUTH_MODE", "disabled")
+        .output()
+        .unwrap()
+}
+
+/// `sbatch FLAGS deploy/slurm/SCRIPT ARGS` in `dir` under [`FAKE_SBATCH`], running this build's
+/// binary; asserts that it succeeded (the tasks' logs are `dir/task-<id>.log`, `dir/job.log`).
+pub fn sbatch(dir: &Path, flags: &[&str], script: &str, args: &[&str]) {
+    let fake = dir.join(".sbatch");
+    std::fs::write(&fake, FAKE_SBATCH).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy/slurm")
+        .join(script);
+    let o = Command::new("bash")
+        .current_dir(dir)
+        .arg(&fake)
+        .args(flags)
+        .arg(script)
+        .args(args)
+        .env("VLAL", BIN)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
