@@ -18,7 +18,7 @@ DATA     ?= data/synth
 RUN_ARGS := --pipeline $(PIPELINE) --trainer $(TRAINER) --strategy $(STRATEGY) --seed $(SEED)
 PATHS_MK := .make/$(notdir $(basename $(PIPELINE)))-$(TRAINER)-$(STRATEGY)-$(SEED)-$(ROUND).mk
 
-.PHONY: deps alor bench-retrieve demo demo-full demo-models demo-ceiling all build test parity parity-reference extract bench-extract cbsq-tiny bench-coop bench-kmeans init train select label eval round sweep report bench-round bench-ccma clean-runs
+.PHONY: deps alor bench-retrieve bench-scale-round demo demo-full demo-models demo-ceiling all build test parity parity-reference extract bench-extract cbsq-tiny bench-coop bench-kmeans init train select label eval round sweep report bench-round bench-ccma clean-runs
 all: build
 
 # Every install step (Debian packages when missing, the venv from requirements.txt): .ci/deps.
@@ -46,7 +46,7 @@ parity: parity-reference
 
 # The run's file names (RUN_DIR, LABELS, PREDICTIONS, QUERIES, NEXT_LABELS, RESULTS) come from
 # `vlal paths`; make rebuilds this include and restarts when it is missing or stale.
-ifeq ($(filter deps build test clean-runs extract bench-extract cbsq-tiny bench-coop bench-kmeans demo demo-full demo-models demo-ceiling alor bench-retrieve,$(MAKECMDGOALS)),)
+ifeq ($(filter deps build test clean-runs extract bench-extract bench-scale-round cbsq-tiny bench-coop bench-kmeans demo demo-full demo-models demo-ceiling alor bench-retrieve,$(MAKECMDGOALS)),)
 -include $(PATHS_MK)
 endif
 $(PATHS_MK): $(PIPELINE) $(VLAL)
@@ -111,6 +111,13 @@ bench-round: $(VLAL)
 	  --dim 768 --teacher-dim 512 --latent 64 --train 50000 --calib 0 --test 10000
 	$(VLAL) run pipelines/bench-50k.toml
 	$(VLAL) report --pipeline bench-50k
+
+# ImageNet-scale rounds on one machine: one round (train linear + select B = 1000 + eval + label)
+# per strategy at 100k and 1.28M generated samples × 1000 classes (768-d student, 512-d
+# teacher), seconds and peak RSS per process (see README "ImageNet-scale rounds").
+SCALE_POOLS ?= 100000,1280000
+bench-scale-round: $(VLAL)
+	$(PY) bench/scale_round.py --bin $(VLAL) --pools $(SCALE_POOLS)
 
 # CCMA select time at 50k × 100 classes next to numpy + faiss (the venv's).
 bench-ccma: $(VLAL)

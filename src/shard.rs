@@ -57,6 +57,34 @@ impl Shard {
     }
 }
 
+/// `{stem}.part-I-of-N.parquet`: the file part I of N of a sharded stage writes.
+pub fn part_file(stem: &str, s: Shard) -> String {
+    format!("{stem}.part-{}-of-{}.parquet", s.index, s.count)
+}
+
+/// The part files `{stem}.part-I-of-M.parquet` in `dir` of a split into M ≠ `n` parts (sorted).
+pub fn other_parts(dir: &std::path::Path, stem: &str, n: usize) -> Vec<std::path::PathBuf> {
+    let prefix = format!("{stem}.part-");
+    let mut v: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|f| f.to_str())
+                .and_then(|f| f.strip_prefix(prefix.as_str()))
+                .and_then(|r| r.strip_suffix(".parquet"))
+                .and_then(|r| r.split_once("-of-"))
+                .is_some_and(|(i, count)| {
+                    i.parse::<usize>().is_ok() && count.parse::<usize>().is_ok_and(|c| c != n)
+                })
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,5 +108,24 @@ mod tests {
             let e = bad.parse::<Shard>().unwrap_err().to_string();
             assert!(e.contains(says), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn part_files_of_another_count_are_found() {
+        let d = tempfile::tempdir().unwrap();
+        let s = |i, n| Shard { index: i, count: n };
+        for f in [
+            part_file("train", s(0, 2)),
+            part_file("train", s(1, 3)),
+            part_file("test", s(0, 3)),
+        ] {
+            std::fs::write(d.path().join(f), b"").unwrap();
+        }
+        std::fs::write(d.path().join("train.part-x-of-3.parquet"), b"").unwrap();
+        assert_eq!(part_file("train", s(1, 3)), "train.part-1-of-3.parquet");
+        let found = other_parts(d.path(), "train", 2);
+        assert_eq!(found, vec![d.path().join("train.part-1-of-3.parquet")]);
+        assert!(other_parts(d.path(), "train", 3).len() == 1);
+        assert!(other_parts(d.path(), "none", 2).is_empty());
     }
 }

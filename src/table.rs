@@ -431,8 +431,38 @@ pub fn mark_process_start() {
     STARTED.get_or_init(std::time::SystemTime::now);
 }
 
-/// A temporary file beside `dest`, named `.{file name}.{pid}.{random}.tmp`, removed when dropped
-/// unpersisted; a killed process's is removed by the next [`sweep_stale`] of its folder.
+/// This process's owner token in temporary names: `{pid}_{host}`, host the first 8 hex digits of
+/// a sha256 of the host name, so that a sweep on one machine of a shared folder (NFS, Lustre)
+/// never judges another machine's processes by its own process table.
+fn owner_token() -> String {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN
+        .get_or_init(|| format!("{}_{}", std::process::id(), host_tag()))
+        .clone()
+}
+
+/// The first 8 hex digits of sha256(host name).
+fn host_tag() -> String {
+    use sha2::{Digest, Sha256};
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it or
+    // truncates (then the name is the buffer's prefix, the same on every call).
+    let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len() - 1) };
+    let name: &[u8] = if r == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        &buf[..end]
+    } else {
+        b""
+    };
+    Sha256::digest(name)[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A temporary file beside `dest`, named `.{file name}.{pid}_{host}.{random}.tmp`, removed when
+/// dropped unpersisted; a killed process's is removed by the next [`sweep_stale`] of its folder
+/// on the same machine.
 pub fn temp_file_for(dest: &Path) -> Result<tempfile::NamedTempFile> {
     let dir = dest
         .parent()
@@ -440,32 +470,44 @@ pub fn temp_file_for(dest: &Path) -> Result<tempfile::NamedTempFile> {
         .unwrap_or(Path::new("."));
     let name = dest.file_name().and_then(|f| f.to_str()).unwrap_or("file");
     tempfile::Builder::new()
-        .prefix(&format!(".{name}.{}.", std::process::id()))
+        .prefix(&format!(".{name}.{}.", owner_token()))
         .suffix(".tmp")
         .tempfile_in(dir)
         .with_context(|| format!("{}: cannot create a temporary file", dir.display()))
 }
 
-/// A staging folder in `parent`, named `.{tag}-staging-{pid}-{random}`.
+/// A staging folder in `parent`, named `.{tag}-staging-{pid}_{host}-{random}`.
 pub fn staging_dir_in(parent: &Path, tag: &str) -> Result<tempfile::TempDir> {
     tempfile::Builder::new()
-        .prefix(&format!(".{tag}-staging-{}-", std::process::id()))
+        .prefix(&format!(".{tag}-staging-{}-", owner_token()))
         .tempdir_in(parent)
         .with_context(|| format!("{}: cannot create a staging folder", parent.display()))
 }
 
-/// The process id in a temporary name of [`temp_file_for`] or [`staging_dir_in`].
-fn temp_owner(name: &str) -> Option<u32> {
+/// The owner of a temporary name of [`temp_file_for`] or [`staging_dir_in`]: its process id and,
+/// when the name carries one, its host tag (names of older versions have none).
+fn temp_owner(name: &str) -> Option<(u32, Option<&str>)> {
     let rest = name.strip_prefix('.')?;
-    if let Some(stem) = rest.strip_suffix(".tmp") {
-        // {file name}.{pid}.{random}
+    let token = if let Some(stem) = rest.strip_suffix(".tmp") {
+        // {file name}.{owner}.{random}
         let mut parts = stem.rsplitn(3, '.');
-        let (_random, pid, _name) = (parts.next()?, parts.next()?, parts.next()?);
-        return pid.parse().ok();
+        let (_random, owner, _name) = (parts.next()?, parts.next()?, parts.next()?);
+        owner
+    } else {
+        // {tag}-staging-{owner}-{random}
+        let (_, tail) = rest.split_once("-staging-")?;
+        tail.split('-').next()?
+    };
+    match token.split_once('_') {
+        Some((pid, host)) => Some((pid.parse().ok()?, Some(host))),
+        None => Some((token.parse().ok()?, None)),
     }
-    // {tag}-staging-{pid}-{random}
-    let (_, tail) = rest.split_once("-staging-")?;
-    tail.split('-').next()?.parse().ok()
+}
+
+/// A temporary name's owner is gone: a process of this machine (or of an unnamed one) that has
+/// exited. Another machine's names are never judged here.
+fn owner_gone(pid: u32, host: Option<&str>) -> bool {
+    host.is_none_or(|h| h == host_tag()) && !alive(pid)
 }
 
 fn alive(pid: u32) -> bool {
@@ -493,7 +535,7 @@ pub fn sweep_stale(dir: &Path, recursive: bool) -> usize {
             let Ok(md) = std::fs::symlink_metadata(&path) else {
                 continue;
             };
-            let stale = temp_owner(&name).is_some_and(|pid| !alive(pid))
+            let stale = temp_owner(&name).is_some_and(|(pid, host)| owner_gone(pid, host))
                 && md.modified().is_ok_and(|t| t < started);
             if stale {
                 let gone = if md.is_dir() {
@@ -730,12 +772,14 @@ mod tests {
             age(&d.join(rel));
         };
         touch(&format!("sub/.round-001.parquet.{dead}.AbC123.tmp"));
-        let staging = d.join(format!(".extract-staging-{dead}-Xy12"));
+        let staging = d.join(format!(".extract-staging-{dead}_{}-Xy12", host_tag()));
         std::fs::create_dir_all(staging.join("a")).unwrap();
         age(&staging);
         let keep = [
             format!("sub/.round-002.parquet.{me}.AbC123.tmp"), // this process: alive
-            "sub/.round-003.parquet.AbC123.tmp".to_string(),   // no pid: not ours to judge
+            // a dead pid, but of another machine sharing the folder: not ours to judge
+            format!("sub/.round-005.parquet.{dead}_00000000.AbC123.tmp"),
+            "sub/.round-003.parquet.AbC123.tmp".to_string(), // no pid: not ours to judge
             "sub/round-004.parquet".to_string(),
             format!("sub/x.{dead}.AbC123.tmp"), // not hidden: not a temporary name
         ];
@@ -752,10 +796,17 @@ mod tests {
         }
         assert_eq!(
             temp_owner(&format!(".a.b.parquet.{dead}.zz.tmp")),
-            Some(dead)
+            Some((dead, None))
         );
-        assert_eq!(temp_owner(&format!(".run-staging-{dead}-q")), Some(dead));
+        assert_eq!(
+            temp_owner(&format!(".run-staging-{dead}_ab12cd34-q")),
+            Some((dead, Some("ab12cd34")))
+        );
         assert_eq!(temp_owner(".a.parquet.zz.tmp"), None);
+        // this process's own names parse back to it
+        let t = temp_file_for(&d.join("x.parquet")).unwrap();
+        let name = t.path().file_name().unwrap().to_str().unwrap().to_string();
+        assert_eq!(temp_owner(&name), Some((me, Some(host_tag().as_str()))));
     }
 
     #[test]

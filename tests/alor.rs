@@ -267,11 +267,11 @@ fn retrieve_extract_and_a_pipeline_with_and_without_retrieved_data() {
     for i in 0..2 {
         std::fs::remove_file(d.join(format!("cache/retrieve.part-{i}-of-2.parquet"))).unwrap();
     }
-    // deploy/slurm/retrieve.sbatch: the parts as an array, then the merge (a stand-in sbatch)
+    // deploy/slurm/shards.sbatch retrieve: the parts as an array, then the merge (a stand-in sbatch)
     std::fs::remove_file(&out).unwrap();
     let sbatch = |flags: &[&str], extra: &[&str]| {
         let args: Vec<&str> = extra.iter().chain(&retrieve[1..]).copied().collect();
-        common::sbatch(d, flags, "retrieve.sbatch", &args);
+        common::sbatch(d, flags, "retrieve", &args);
     };
     sbatch(&["--parsable", "--array=0-2"], &[]);
     for t in 0..3 {

@@ -80,26 +80,28 @@ impl Fixture {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Output {
-        let (images, classes) = (self.p(images), self.p(classes));
-        let (teacher, student, out) = (self.p("tiny-clip"), self.p("tiny-dino"), self.p(out));
-        let mut args = vec![
-            "extract",
-            "--images",
-            &images,
-            "--classes",
-            &classes,
-            "--out",
-            &out,
-            "--student",
-            &student,
-            "--batch-size",
-            "8",
-        ];
-        if !extra.contains(&"--teacher") {
-            args.extend(["--teacher", &teacher]);
+        let mut args = self.args(images, classes, out);
+        if extra.contains(&"--teacher") {
+            args.truncate(args.len() - 2);
         }
-        args.extend_from_slice(extra);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         common::vlal(Path::new("."), &args, env)
+    }
+    /// The arguments of [`Fixture::extract_from`] without extras (the teacher last).
+    fn args(&self, images: &str, classes: &str, out: &str) -> Vec<String> {
+        let mut v: Vec<String> = ["extract", "--images", &self.p(images), "--classes"]
+            .map(String::from)
+            .to_vec();
+        v.extend([
+            self.p(classes),
+            "--out".into(),
+            self.p(out),
+            "--student".into(),
+        ]);
+        v.extend([self.p("tiny-dino"), "--batch-size".into(), "8".into()]);
+        v.extend(["--teacher".into(), self.p("tiny-clip")]);
+        v
     }
 }
 
@@ -1218,4 +1220,120 @@ fn open_clip_and_siglip_folders_are_teachers() {
         r#"["dho"]"#,
     );
     assert_eq!(rows, 2, "rounds 0..=1");
+}
+
+/// The files of a cache that are part files of a sharded extract.
+fn part_files(dir: &Path) -> Vec<PathBuf> {
+    tables(dir)
+        .into_keys()
+        .filter(|p| p.to_string_lossy().contains(".part-"))
+        .collect()
+}
+
+#[test]
+fn a_sharded_extract_merges_into_the_one_process_cache() {
+    let f = Fixture::new();
+    // one unreadable image (rejected under --skip-bad) so that parts carry rejects too
+    let copy = f.root.join("imgs");
+    for (e, _) in mtimes(&f.root.join("images")) {
+        let to = copy.join(e.strip_prefix(f.root.join("images")).unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&e, &to).unwrap();
+    }
+    std::fs::write(copy.join("dog/zz-broken.png"), b"not an image").unwrap();
+    let skip = ["--skip-bad"];
+    succeeded(&f.extract_from("imgs", "classes.txt", "one", &skip));
+    let one = tables(&f.root.join("one"));
+    assert!(
+        one.keys().any(|p| p.ends_with("rejects.parquet")),
+        "{:?}",
+        one.keys()
+    );
+
+    // three parts, each writing its part files only; a part run again does nothing
+    let part = |out: &str, s: &str| {
+        f.extract_from("imgs", "classes.txt", out, &["--skip-bad", "--shard", s])
+    };
+    for s in ["0/3", "1/3", "2/3"] {
+        let err = succeeded(&part("sharded", s));
+        assert!(
+            err.contains(&format!("part {s}: ")) && err.contains("--merge 3"),
+            "{err}"
+        );
+    }
+    let parts = part_files(&f.root.join("sharded"));
+    assert_eq!(
+        tables(&f.root.join("sharded")).len(),
+        parts.len(),
+        "{parts:?}"
+    );
+    // train, calib and test of both models, as far as each split has a batch for the part
+    assert!(parts.len() >= 12, "{parts:?}");
+    let err = succeeded(&part("sharded", "1/3"));
+    assert!(err.contains("up to date"), "{err}");
+
+    // bad input: one clear line, nothing written
+    for (bad, says) in [("3/2", "below N = 2"), ("0/0", "at least 1")] {
+        let o = part("sharded", bad);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(says), "{bad}: {err}");
+    }
+    let o = part("sharded", "0/2");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success()
+            && err.contains(".part-")
+            && err.contains("split another way than into 2"),
+        "{err}"
+    );
+    let merge = |out: &str, n: &str| {
+        f.extract_from("imgs", "classes.txt", out, &["--skip-bad", "--merge", n])
+    };
+    let missing = f.root.join("sharded").join(&parts[0]);
+    let kept = std::fs::read(&missing).unwrap();
+    std::fs::remove_file(&missing).unwrap();
+    let o = merge("sharded", "3");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success()
+            && err.contains(&missing.display().to_string())
+            && err.contains("missing"),
+        "{err}"
+    );
+    assert_eq!(part_files(&f.root.join("sharded")).len(), parts.len() - 1);
+    assert!(!f.root.join("sharded/manifest.parquet").exists());
+    std::fs::write(&missing, kept).unwrap();
+
+    // the merge: the one-process cache, byte for byte, and the parts gone
+    let err = succeeded(&merge("sharded", "3"));
+    assert!(err.contains("from 3 parts"), "{err}");
+    assert_eq!(tables(&f.root.join("sharded")), one);
+
+    // the same through the Ray launcher (a local 2-CPU instance) and a Slurm array (a stand-in
+    // sbatch), each with its merge
+    let args = f.args("imgs", "classes.txt", "ray");
+    let mut args: Vec<&str> = args[1..].iter().map(String::as_str).collect();
+    args.push("--skip-bad");
+    let o = common::ray_shards(&f.root, "extract", 2, &args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(tables(&f.root.join("ray")), one);
+    let out = f.p("slurm");
+    let ray_out = f.p("ray");
+    let args: Vec<&str> = args
+        .iter()
+        .map(|a| if *a == ray_out { out.as_str() } else { a })
+        .collect();
+    common::sbatch(&f.root, &["--parsable", "--array=0-1"], "extract", &args);
+    let halves = part_files(&f.root.join("slurm"));
+    assert!(
+        !halves.is_empty()
+            && halves
+                .iter()
+                .all(|p| p.to_string_lossy().contains("-of-2.")),
+        "{halves:?}"
+    );
+    let mut merge_args = vec!["--merge", "2"];
+    merge_args.extend(&args);
+    common::sbatch(&f.root, &["--dependency=afterok:1"], "extract", &merge_args);
+    assert_eq!(tables(&f.root.join("slurm")), one);
 }

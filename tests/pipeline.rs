@@ -1274,7 +1274,7 @@ fn rounds_worked(log: &str) -> usize {
 /// Several processes on one pipeline: `run --shard i/N` splits its runs into N disjoint parts
 /// whose results and picks equal one process's; two `vlal run`s started together on the same
 /// pipeline never work on a run twice (each run under an OS lock on its folder: the second
-/// skips it), and end with the same tables; `deploy/slurm/run.sbatch` as a job array (under a
+/// skips it), and end with the same tables; `deploy/slurm/shards.sbatch run` as a job array (under a
 /// stand-in `sbatch`) and `deploy/ray/shards.py run` on a local Ray instance do the same; a bad
 /// `--shard` is refused.
 #[test]
@@ -1345,10 +1345,10 @@ fn sharded_and_concurrent_runs_equal_one_process_and_do_no_work_twice() {
     );
     assert_eq!(queries(&c.join("runs")), queries(&a.join("runs")));
 
-    // deploy/slurm/run.sbatch as a job array, under a stand-in sbatch that starts the array's
+    // deploy/slurm/shards.sbatch run as a job array, under a stand-in sbatch that starts the array's
     // tasks at once on this machine (no Slurm in CI); the range starts at 1 on purpose
     let (sl, psl) = dir("slurm");
-    common::sbatch(&sl, &["--array=1-3"], "run.sbatch", &[&psl]);
+    common::sbatch(&sl, &["--array=1-3"], "run", &[&psl]);
     let mut worked = 0;
     for t in 1..=3 {
         let log = std::fs::read_to_string(sl.join(format!("task-{t}.log"))).unwrap();

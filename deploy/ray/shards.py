@@ -5,6 +5,9 @@ stage's merge, if it has one, once they all succeeded.
 
   # the runs of a pipeline (no merge: every (run, round) is its own results file)
   .venv/bin/python deploy/ray/shards.py run --shards 8 pipelines/ccma.toml
+  # an extract in parts (whole batches), then `vlal extract --merge 8` writes the cache
+  .venv/bin/python deploy/ray/shards.py extract --shards 8 --images data/in1k-images \\
+      --out data/in1k --teacher openai/clip-vit-base-patch32 --student facebook/dinov2-small
   # a retrieve in parts, then `vlal retrieve --merge 8`
   .venv/bin/python deploy/ray/shards.py retrieve --shards 8 --data data/pets \\
       --corpus /data/laion --text-model openai/clip-vit-base-patch32
@@ -20,7 +23,7 @@ import sys
 
 import ray
 
-MERGES = {"run": False, "retrieve": True}
+MERGES = {"run": False, "extract": True, "retrieve": True}
 
 
 def main():

@@ -557,26 +557,7 @@ fn file_name(p: &Path) -> String {
 
 /// The saved state of part I of N of a sharded retrieve.
 pub fn part_path(data: &Path, s: crate::shard::Shard) -> PathBuf {
-    data.join(format!("retrieve.part-{}-of-{}.parquet", s.index, s.count))
-}
-
-/// The part files of a sharded retrieve in `data` that belong to another split than into `n`.
-fn other_parts(data: &Path, n: usize) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(data)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            file_name(p)
-                .strip_prefix("retrieve.part-")
-                .and_then(|r| r.strip_suffix(".parquet"))
-                .and_then(|r| r.split_once("-of-"))
-                .is_some_and(|(_, count)| count != n.to_string())
-        })
-        .collect();
-    v.sort();
-    v
+    data.join(crate::shard::part_file("retrieve", s))
 }
 
 /// How the rows of a table are identified.
@@ -742,7 +723,7 @@ pub fn run(a: &RetrieveArgs) -> Result<()> {
         if n == 0 {
             bail!("--merge N: N must be at least 1");
         }
-        if let Some(p) = other_parts(&a.data, n).first() {
+        if let Some(p) = crate::shard::other_parts(&a.data, "retrieve", n).first() {
             bail!(
                 "{}: a part of a retrieve split another way than into {n}; remove it or use its N",
                 p.display()

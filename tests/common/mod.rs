@@ -128,19 +128,19 @@ pub fn ray_shards(dir: &Path, stage: &str, n: usize, args: &[&str]) -> Output {
         .unwrap()
 }
 
-/// `sbatch FLAGS deploy/slurm/SCRIPT ARGS` in `dir` under [`FAKE_SBATCH`], running this build's
-/// binary; asserts that it succeeded (the tasks' logs are `dir/task-<id>.log`, `dir/job.log`).
-pub fn sbatch(dir: &Path, flags: &[&str], script: &str, args: &[&str]) {
+/// `sbatch FLAGS deploy/slurm/shards.sbatch STAGE ARGS` in `dir` under [`FAKE_SBATCH`], running
+/// this build's binary; asserts that it succeeded (the tasks' logs are `dir/task-<id>.log`,
+/// `dir/job.log`).
+pub fn sbatch(dir: &Path, flags: &[&str], stage: &str, args: &[&str]) {
     let fake = dir.join(".sbatch");
     std::fs::write(&fake, FAKE_SBATCH).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("deploy/slurm")
-        .join(script);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/slurm/shards.sbatch");
     let o = Command::new("bash")
         .current_dir(dir)
         .arg(&fake)
         .args(flags)
         .arg(script)
+        .arg(stage)
         .args(args)
         .env("VLAL", BIN)
         .output()

@@ -10,13 +10,14 @@ use crate::mat::Mat;
 use crate::models::encoder::ImageEncoder;
 use crate::preprocess::load_rgb;
 use crate::schema::Table;
+use crate::shard::Shard;
 use crate::{progress, table};
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The embedding files extract writes per model: the task splits, then the retrieved samples.
 pub const FILE_SPLITS: [&str; 4] = ["train", "calib", "test", "retrieved"];
@@ -108,6 +109,24 @@ impl Corpus {
     }
 }
 
+/// What this extract does with the image towers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Work {
+    /// Embed every image and stage the cache's tables.
+    Whole,
+    /// Embed part I of N of every split — whole batches, batch k of a split (in the one-process
+    /// order) in part k mod N — into part files; nothing else is written.
+    Part(Shard),
+    /// Read the N part files instead of running the image towers, then stage the cache's tables
+    /// as a one-process extract does.
+    Merge(usize),
+}
+
+/// The part file of `model`'s embeddings of `split` that part `s` writes.
+pub fn part_path(out: &Path, model: &str, split: &str, s: Shard) -> PathBuf {
+    out.join(model).join(crate::shard::part_file(split, s))
+}
+
 /// Per split: the teacher's ids, its vectors when computed in this run, and its content key.
 pub type TeacherSplits = HashMap<&'static str, (Vec<String>, Option<Mat>, String)>;
 
@@ -128,6 +147,7 @@ pub fn embed_splits(
     staging: &mut Staging,
     rejects: &mut Vec<Reject>,
     corpus: Option<&Corpus>,
+    work: Work,
 ) -> Result<(HashMap<&'static str, HashSet<String>>, TeacherSplits)> {
     let mut kept_ids: HashMap<&'static str, HashSet<String>> = HashMap::new();
     // per split: the teacher's ids, its vectors when computed in this run, and its content key
@@ -201,26 +221,67 @@ pub fn embed_splits(
                 None => true,
             }
         });
+        if let Work::Part(part) = work {
+            // a part writes its part files and nothing else; the merge does the rest
+            for e in encoders {
+                let folder = out.join(e.model.key());
+                if let Some(p) = crate::shard::other_parts(&folder, split, part.count).first() {
+                    bail!(
+                        "{}: a part of an extract split another way than into {}; remove it or use its N",
+                        p.display(),
+                        part.count
+                    );
+                }
+            }
+            stale.retain(|&i| !part_done(out, encoders[i], split, part, &keys[i], batch_size));
+            let run: Vec<&ImageEncoder> = stale.iter().map(|&i| encoders[i]).collect();
+            let held: Vec<Sample> = samples
+                .chunks(batch_size)
+                .enumerate()
+                .filter(|(b, _)| part.holds(*b))
+                .flat_map(|(_, c)| c.iter().cloned())
+                .collect();
+            if run.is_empty() {
+                continue;
+            }
+            // a part that holds no batch of a small split writes an empty part, for the merge
+            let (kept, mats, bad) = if held.is_empty() {
+                let empty = |e: &&ImageEncoder| Mat::new(0, e.dim, Vec::new());
+                (
+                    Vec::new(),
+                    run.iter().map(empty).collect::<Result<_>>()?,
+                    Vec::new(),
+                )
+            } else {
+                timed_embed(split, &held, &run, device, batch_size, skip_bad)?
+            };
+            let ids: Vec<String> = kept.iter().map(|&k| held[k].id.clone()).collect();
+            let bad_rows: Vec<(&str, &str)> = bad
+                .iter()
+                .map(|r| (r.sample.id.as_str(), r.error.as_str()))
+                .collect();
+            let part_meta = vec![
+                ("shard", part.to_string()),
+                ("batch_size", batch_size.to_string()),
+                ("rejects", serde_json::to_string(&bad_rows)?),
+            ];
+            for (&i, m) in stale.iter().zip(mats) {
+                let e = encoders[i];
+                let path = part_path(out, &e.model.key(), split, part);
+                let meta = (e.describe(), part_meta.clone());
+                write_embeddings(staging, &path, e, &keys[i], &ids, &m, meta)?;
+            }
+            continue;
+        }
         if !stale.is_empty() {
             let run: Vec<&ImageEncoder> = stale.iter().map(|&i| encoders[i]).collect();
-            let t0 = std::time::Instant::now();
-            let (kept, mats, bad) =
-                embed_split(split, &samples, &run, device, batch_size, skip_bad)?;
-            let secs = t0.elapsed().as_secs_f64();
-            progress::log(format!(
-                "{split}: {} images through {} in {secs:.1} s ({:.1} images/s){}",
-                samples.len(),
-                run.iter()
-                    .map(|e| e.model.key())
-                    .collect::<Vec<_>>()
-                    .join(" + "),
-                samples.len() as f64 / secs.max(1e-9),
-                if bad.is_empty() {
-                    String::new()
-                } else {
-                    format!(", {} rejected", bad.len())
+            let (kept, mats, bad) = match work {
+                Work::Merge(n) => {
+                    let keys: Vec<&str> = stale.iter().map(|&i| keys[i].as_str()).collect();
+                    merge_parts(out, split, &samples, &run, &keys, n, staging)?
                 }
-            ));
+                _ => timed_embed(split, &samples, &run, device, batch_size, skip_bad)?,
+            };
             rejects.extend(bad);
             let ids: Vec<String> = kept.iter().map(|&i| samples[i].id.clone()).collect();
             for (&i, m) in stale.iter().zip(mats) {
@@ -229,25 +290,16 @@ pub fn embed_splits(
         }
         for (i, ids, m) in computed {
             let e = encoders[i];
-            let mut meta = model_meta(&e.model, &keys[i]);
-            match corpus.filter(|_| i == 0) {
-                Some(c) => meta.push(("preprocessing", c.describe.clone())),
-                None => meta.push(("preprocessing", e.describe())),
-            }
-            meta.push(("dim", e.dim.to_string()));
-            meta.push(("images", ids.len().to_string()));
-            if let Some(fk) = &feature_keys[i] {
-                meta.push(("features_key", fk.clone()));
-            }
-            staging.write(
-                &embeddings_path(out, &e.model.key(), split),
-                Table::Embeddings,
-                vec![
-                    ("sample_id", table::utf8(&ids)),
-                    ("vector", table::fixed_list(&m)?),
-                ],
-                &meta,
-            )?;
+            let describe = match corpus.filter(|_| i == 0) {
+                Some(c) => c.describe.clone(),
+                None => e.describe(),
+            };
+            let extra: Vec<(&str, String)> = feature_keys[i]
+                .iter()
+                .map(|fk| ("features_key", fk.clone()))
+                .collect();
+            let path = embeddings_path(out, &e.model.key(), split);
+            write_embeddings(staging, &path, e, &keys[i], &ids, &m, (describe, extra))?;
             fresh.insert(i, (ids, m));
         }
         for (i, e) in encoders.iter().enumerate() {
@@ -276,6 +328,179 @@ pub fn embed_splits(
         }
     }
     Ok((kept_ids, teacher_emb))
+}
+
+/// Stage `e`'s embeddings table at `path` (a split's, or a part's): the model's metadata, its
+/// content `key`, `meta.0` as the preprocessing, the dimension and row count, then `meta.1`.
+fn write_embeddings(
+    staging: &mut Staging,
+    path: &Path,
+    e: &ImageEncoder,
+    key: &str,
+    ids: &[String],
+    m: &Mat,
+    meta: (String, Vec<(&str, String)>),
+) -> Result<()> {
+    let mut all = model_meta(&e.model, key);
+    all.push(("preprocessing", meta.0));
+    all.push(("dim", e.dim.to_string()));
+    all.push(("images", ids.len().to_string()));
+    all.extend(meta.1);
+    staging.write(
+        path,
+        Table::Embeddings,
+        vec![
+            ("sample_id", table::utf8(ids)),
+            ("vector", table::fixed_list(m)?),
+        ],
+        &all,
+    )
+}
+
+/// Whether part `s` of `e`'s `split` is written already for these images (`key`) and batches.
+fn part_done(out: &Path, e: &ImageEncoder, split: &str, s: Shard, key: &str, batch: usize) -> bool {
+    let p = part_path(out, &e.model.key(), split, s);
+    table::read_meta(&p).is_ok_and(|m| {
+        m.get("content_key").map(String::as_str) == Some(key)
+            && m.get("batch_size") == Some(&batch.to_string())
+    })
+}
+
+/// [`embed_split`], logged with its speed.
+fn timed_embed(
+    split: &str,
+    samples: &[Sample],
+    run: &[&ImageEncoder],
+    device: &Device,
+    batch_size: usize,
+    skip_bad: bool,
+) -> Result<(Vec<usize>, Vec<Mat>, Vec<Reject>)> {
+    let t0 = std::time::Instant::now();
+    let (kept, mats, bad) = embed_split(split, samples, run, device, batch_size, skip_bad)?;
+    let secs = t0.elapsed().as_secs_f64();
+    progress::log(format!(
+        "{split}: {} images through {} in {secs:.1} s ({:.1} images/s){}",
+        samples.len(),
+        run.iter()
+            .map(|e| e.model.key())
+            .collect::<Vec<_>>()
+            .join(" + "),
+        samples.len() as f64 / secs.max(1e-9),
+        if bad.is_empty() {
+            String::new()
+        } else {
+            format!(", {} rejected", bad.len())
+        }
+    ));
+    Ok((kept, mats, bad))
+}
+
+/// The N part files of each encoder's `split`, put back in the one-process order: what
+/// [`embed_split`] returns for `samples` (kept indices, one matrix per encoder, rejects). Every
+/// part must exist, hold these images (`keys`, one per encoder) and agree on the batch size; the
+/// consumed files are removed once the cache is committed.
+fn merge_parts(
+    out: &Path,
+    split: &str,
+    samples: &[Sample],
+    encoders: &[&ImageEncoder],
+    keys: &[&str],
+    n: usize,
+    staging: &mut Staging,
+) -> Result<(Vec<usize>, Vec<Mat>, Vec<Reject>)> {
+    let mut result: Option<(Vec<usize>, Vec<Reject>)> = None;
+    let mut mats = Vec::new();
+    for (e, key) in encoders.iter().zip(keys) {
+        let folder = out.join(e.model.key());
+        if let Some(p) = crate::shard::other_parts(&folder, split, n).first() {
+            bail!(
+                "{}: a part of an extract split another way than into {n}; remove it or merge with its N",
+                p.display()
+            );
+        }
+        let mut parts = Vec::new();
+        for index in 0..n {
+            let s = Shard { index, count: n };
+            let p = part_path(out, &e.model.key(), split, s);
+            if !p.exists() {
+                bail!(
+                    "{}: missing; run `vlal extract … --shard {s}` first",
+                    p.display()
+                );
+            }
+            let f = table::read(&p, Table::Embeddings)?;
+            if f.meta("content_key")? != *key {
+                bail!(
+                    "{}: a part of an extract of other images or another model; run `vlal extract … --shard {s}` again",
+                    p.display()
+                );
+            }
+            let batch: usize = f
+                .meta("batch_size")?
+                .parse()
+                .map_err(|_| anyhow!("{}: batch_size is not a number", p.display()))?;
+            let bad: Vec<(String, String)> = serde_json::from_str(f.meta("rejects")?)
+                .map_err(|err| anyhow!("{}: unreadable rejects ({err})", p.display()))?;
+            parts.push((p, f.strings("sample_id")?, f.mat("vector")?, batch, bad));
+        }
+        let batch = parts[0].3;
+        if let Some(p) = parts.iter().find(|p| p.3 != batch) {
+            bail!(
+                "{}: batch size {}, part 0's is {batch}; extract every part with one --batch-size",
+                p.0.display(),
+                p.3
+            );
+        }
+        // walk the batches in order, each from its part, its rows in their order
+        let mut next = vec![0usize; n];
+        let errors: Vec<HashMap<&str, &str>> = parts
+            .iter()
+            .map(|p| p.4.iter().map(|(i, e)| (i.as_str(), e.as_str())).collect())
+            .collect();
+        let (mut kept, mut bad, mut data) = (Vec::new(), Vec::new(), Vec::new());
+        for (b, chunk) in samples.chunks(batch).enumerate() {
+            let k = b % n;
+            let (p, ids, m, _, _) = &parts[k];
+            for (j, s) in chunk.iter().enumerate() {
+                if ids.get(next[k]) == Some(&s.id) {
+                    data.extend_from_slice(m.row(next[k]));
+                    next[k] += 1;
+                    kept.push(b * batch + j);
+                } else if let Some(err) = errors[k].get(s.id.as_str()) {
+                    bad.push(Reject {
+                        sample: s.clone(),
+                        error: err.to_string(),
+                    });
+                } else {
+                    bail!("{}: sample '{}' is missing", p.display(), s.id);
+                }
+            }
+        }
+        for ((p, ids, ..), &used) in parts.iter().zip(&next) {
+            if ids.len() != used {
+                bail!(
+                    "{}: rows of no sample of this split, or out of order",
+                    p.display()
+                );
+            }
+        }
+        mats.push(Mat::new(kept.len(), e.dim, data)?);
+        match &result {
+            Some((k, _)) if *k != kept => bail!(
+                "{split}: the parts of {} kept other images than those of {}",
+                e.model.key(),
+                encoders[0].model.key()
+            ),
+            Some(_) => {}
+            None => result = Some((kept, bad)),
+        }
+        for p in parts {
+            staging.consumed(p.0);
+        }
+    }
+    let (kept, bad) = result.expect("at least one encoder");
+    progress::log(format!("{split}: {} embeddings from {n} parts", kept.len()));
+    Ok((kept, mats, bad))
 }
 
 /// A decoded and preprocessed batch: for each encoder the pixels of the kept samples.

@@ -99,6 +99,17 @@ pub struct ExtractArgs {
     /// teacher's features, and samples without an image join with teacher features only.
     #[arg(long)]
     pub retrieved: Option<PathBuf>,
+    /// Embed only part I of N (0-based) of every split's images into
+    /// `<model>/<split>.part-I-of-N.parquet`, nothing else: whole batches, batch k of a split in
+    /// the one-process order going to part k mod N, so that `--merge N` writes the cache of a
+    /// one-process extract, byte for byte. Every part and the merge take the same arguments.
+    #[arg(long, conflicts_with = "merge")]
+    pub shard: Option<crate::shard::Shard>,
+    /// Write the cache from the N parts of a sharded extract (the same arguments and
+    /// --batch-size), as a one-process extract writes it; runs no image tower, and removes the
+    /// parts once the cache is written.
+    #[arg(long)]
+    pub merge: Option<usize>,
 }
 
 /// The retrieved samples, as samples of the `retrieved` file split: those with an image path,
@@ -146,6 +157,12 @@ pub fn run(a: &ExtractArgs) -> Result<()> {
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
+    let work = match (a.shard, a.merge) {
+        (_, Some(0)) => bail!("--merge N: N must be at least 1"),
+        (_, Some(n)) => embed::Work::Merge(n),
+        (Some(s), None) => embed::Work::Part(s),
+        (None, None) => embed::Work::Whole,
+    };
     let mut data: Dataset = match (&a.images, &a.manifest) {
         (Some(dir), _) => {
             dataset::from_folder(dir, a.classes.as_deref(), a.test_fraction, a.calib_fraction)?
@@ -262,7 +279,22 @@ pub fn run(a: &ExtractArgs) -> Result<()> {
         &mut staging,
         &mut rejects,
         corpus.as_ref(),
+        work,
     )?;
+    if let embed::Work::Part(s) = work {
+        let n = staging.commit()?;
+        progress::log(format!(
+            "{}: part {s}: {}; when every part is done: vlal extract … --merge {}",
+            out.display(),
+            if n == 0 {
+                "up to date, nothing extracted".to_string()
+            } else {
+                format!("{n} part files written")
+            },
+            s.count
+        ));
+        return Ok(());
+    }
     data.samples.extend(joined);
     if let Some(t) = &teacher {
         teacher::write_tables(

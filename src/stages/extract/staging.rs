@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 pub struct Staging {
     dir: Option<tempfile::TempDir>,
     files: Vec<PathBuf>,
+    /// Files this extract replaces (a sharded extract's parts), removed after the commit.
+    consumed: Vec<PathBuf>,
     out: PathBuf,
     created_out: bool,
 }
@@ -26,6 +28,7 @@ impl Staging {
         Ok(Staging {
             dir: Some(table::staging_dir_in(out, "extract")?),
             files: Vec::new(),
+            consumed: Vec::new(),
             out: out.to_path_buf(),
             created_out,
         })
@@ -73,7 +76,12 @@ impl Staging {
         )
     }
 
-    /// Move every staged file into place.
+    /// Remove `path` once everything is committed (it is merged into a staged file).
+    pub fn consumed(&mut self, path: PathBuf) {
+        self.consumed.push(path);
+    }
+
+    /// Move every staged file into place, then remove the consumed files.
     pub fn commit(mut self) -> Result<usize> {
         self.created_out = false;
         for rel in &self.files {
@@ -85,6 +93,11 @@ impl Staging {
             std::fs::rename(self.dir().join(rel), &to)
                 .with_context(|| format!("{}: cannot move into place", to.display()))?;
             progress::log(format!("wrote {}", to.display()));
+        }
+        for p in &self.consumed {
+            if std::fs::remove_file(p).is_ok() {
+                progress::log(format!("removed {} (merged)", p.display()));
+            }
         }
         Ok(self.files.len())
     }
