@@ -10,7 +10,7 @@ use crate::schema::Table;
 use crate::table;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 /// A dataset's cache, as a pipeline names it.
@@ -188,31 +188,13 @@ pub fn read_classes(root: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// Rows of a vector table reordered to `ids`; every id must be present.
-pub fn aligned(path: &Path, frame: &table::Frame, column: &str, ids: &[String]) -> Result<Mat> {
-    let file_ids = frame.strings("sample_id")?;
-    let m = frame.mat(column)?;
-    let pos: HashMap<&str, usize> = file_ids
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.as_str(), i))
-        .collect();
-    let mut out = Mat::zeros(ids.len(), m.cols);
-    for (i, id) in ids.iter().enumerate() {
-        let Some(&j) = pos.get(id.as_str()) else {
-            bail!("{}: no row for sample '{id}'", path.display());
-        };
-        out.row_mut(i).copy_from_slice(m.row(j));
-    }
-    Ok(out)
-}
-
-fn model_id(frame: &table::Frame) -> Result<String> {
-    Ok(format!(
-        "{}@{}",
-        frame.meta("model_id")?,
-        frame.meta("revision")?
-    ))
+/// The `id@revision` of the model that wrote a table (its file metadata).
+fn model_id(path: &Path, meta: &BTreeMap<String, String>) -> Result<String> {
+    let key = |k: &str| {
+        meta.get(k)
+            .ok_or_else(|| anyhow::anyhow!("{}: missing file metadata key '{k}'", path.display()))
+    };
+    Ok(format!("{}@{}", key("model_id")?, key("revision")?))
 }
 
 impl Cache {
@@ -281,11 +263,12 @@ impl Cache {
                 );
             }
             let path = embeddings_path(root, feature_folder, split);
-            let frame = table::read(&path, Table::Embeddings)?;
             // a retrieved sample without an image has teacher features only
             let (ids, labels) = if split == "retrieved" {
                 let have: std::collections::HashSet<String> =
-                    frame.strings("sample_id")?.into_iter().collect();
+                    table::read_utf8_column(&path, "sample_id")?
+                        .into_iter()
+                        .collect();
                 let (mut kept_ids, mut kept_labels) = (Vec::new(), Vec::new());
                 for (id, l) in ids.into_iter().zip(labels) {
                     if have.contains(&id) {
@@ -299,11 +282,11 @@ impl Cache {
             } else {
                 (ids, labels)
             };
+            let (features, meta) = table::read_aligned(&path, Table::Embeddings, "vector", &ids)?;
             feature_model = FeatureModel {
-                key: model_id(&frame)?,
-                fingerprint: frame.meta("fingerprint").ok().map(str::to_string),
+                key: model_id(&path, &meta)?,
+                fingerprint: meta.get("fingerprint").cloned(),
             };
-            let features = aligned(&path, &frame, "vector", &ids)?;
             if let Some(Some(train)) = parts.first() {
                 let train: &Part = train;
                 if features.cols != train.features.cols {
@@ -334,12 +317,10 @@ impl Cache {
         let train = parts.pop().flatten().expect("train part");
         let read_logits = |split: &str, ids: &[String]| -> Result<(Mat, f32, String)> {
             let path = logits_path(root, &cfg.teacher, split);
-            let frame = table::read(&path, Table::TeacherLogits)?;
-            let tau: f32 = frame
-                .meta("tau")?
+            let (logits, meta) = table::read_aligned(&path, Table::TeacherLogits, "logits", ids)?;
+            let tau: f32 = meta["tau"]
                 .parse()
                 .map_err(|_| anyhow::anyhow!("{}: metadata tau is not a number", path.display()))?;
-            let logits = aligned(&path, &frame, "logits", ids)?;
             if logits.cols != classes.len() {
                 bail!(
                     "{}: logits have {} classes, classes.parquet has {}",
@@ -348,7 +329,7 @@ impl Cache {
                     classes.len()
                 );
             }
-            Ok((logits, tau, model_id(&frame)?))
+            Ok((logits, tau, model_id(&path, &meta)?))
         };
         let (teacher_logits, tau, teacher_model) = if need.logits || need.clap {
             let (l, tau, model) = read_logits("train", &train.ids)?;
@@ -377,12 +358,7 @@ impl Cache {
             Some(train.features.clone())
         } else if need.clap || need.image || need.prototypes {
             let path = embeddings_path(root, &cfg.teacher, "train");
-            Some(aligned(
-                &path,
-                &table::read(&path, Table::Embeddings)?,
-                "vector",
-                &train.ids,
-            )?)
+            Some(table::read_aligned(&path, Table::Embeddings, "vector", &train.ids)?.0)
         } else {
             None
         };

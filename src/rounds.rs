@@ -108,30 +108,53 @@ pub fn require(path: &Path, made_by: &str) -> Result<()> {
     Ok(())
 }
 
-/// A round's predictions table, read once.
+/// A round's predictions table: its metadata at once, its probabilities streamed when asked for
+/// (the pool's can be 5 GB: 1.28M × 1000 classes).
 pub struct Predictions {
     pub path: std::path::PathBuf,
-    pub frame: table::Frame,
+    pub meta: std::collections::BTreeMap<String, String>,
 }
 
 impl Predictions {
     pub fn read(path: &Path) -> Result<Predictions> {
         require(path, "vlal train")?;
-        let frame = table::read(path, Table::Predictions)?;
         Ok(Predictions {
             path: path.to_path_buf(),
-            frame,
+            meta: table::read_meta(path)?,
+        })
+    }
+
+    /// A file metadata key (one error line naming the file when it is missing).
+    pub fn meta(&self, key: &str) -> Result<&str> {
+        self.meta.get(key).map(String::as_str).ok_or_else(|| {
+            anyhow::anyhow!("{}: missing file metadata key '{key}'", self.path.display())
         })
     }
 
     /// Student probabilities of the rows `ids` (train, calib or test), in that order.
     pub fn probs(&self, cache: &Cache, ids: &[String]) -> Result<Mat> {
-        let out = crate::cache::aligned(&self.path, &self.frame, "probs", ids)?;
-        if out.cols != cache.n_classes() {
+        Ok(self.probs_of(cache, &[ids])?.pop().expect("one list"))
+    }
+
+    /// The probabilities of the train pool and, when `with_calib` and the cache has a calib
+    /// split, of the calib rows: one pass over the file.
+    pub fn train_and_calib(&self, cache: &Cache, with_calib: bool) -> Result<(Mat, Option<Mat>)> {
+        let mut lists: Vec<&[String]> = vec![&cache.train.ids];
+        if let (Some(c), true) = (&cache.calib, with_calib) {
+            lists.push(&c.ids);
+        }
+        let mut out = self.probs_of(cache, &lists)?.into_iter();
+        Ok((out.next().expect("train"), out.next()))
+    }
+
+    /// [`Predictions::probs`] of several lists of rows, in one pass over the file.
+    pub fn probs_of(&self, cache: &Cache, ids: &[&[String]]) -> Result<Vec<Mat>> {
+        let (out, _) = table::read_rows(&self.path, Table::Predictions, "probs", ids)?;
+        if let Some(m) = out.iter().find(|m| m.cols != cache.n_classes()) {
             bail!(
                 "{}: probs have {} classes, the dataset has {}",
                 self.path.display(),
-                out.cols,
+                m.cols,
                 cache.n_classes()
             );
         }

@@ -117,6 +117,19 @@ impl Table {
         columns: Vec<(String, ArrayRef)>,
         metadata: &BTreeMap<String, String>,
     ) -> Result<Vec<(String, ArrayRef)>> {
+        self.check_from(file, columns, metadata, 0)
+    }
+
+    /// [`Table::check`] on a part of a file whose first row is the file's row `first_row` (a
+    /// batch of a streamed read; errors give the row in the file). A unique column is checked
+    /// within the part only: the caller checks across parts.
+    pub fn check_from(
+        self,
+        file: &str,
+        columns: Vec<(String, ArrayRef)>,
+        metadata: &BTreeMap<String, String>,
+        first_row: usize,
+    ) -> Result<Vec<(String, ArrayRef)>> {
         let def = self.def();
         let mut out = Vec::with_capacity(columns.len());
         for c in &def.columns {
@@ -154,7 +167,7 @@ impl Table {
                 check_unique(file, &c.name, &arr)?;
             }
             if c.finite {
-                check_finite(file, &c.name, &arr, &columns)?;
+                check_finite(file, &c.name, &arr, &columns, first_row)?;
             }
             out.push((c.name.clone(), arr));
         }
@@ -259,12 +272,9 @@ fn check_unique(file: &str, name: &str, arr: &ArrayRef) -> Result<()> {
     Ok(())
 }
 
-fn check_finite(
-    file: &str,
-    name: &str,
-    arr: &ArrayRef,
-    columns: &[(String, ArrayRef)],
-) -> Result<()> {
+/// The values of a column checked as `fixed_size_list<float32>`, row after row, and its
+/// dimension.
+pub fn f32_rows(arr: &ArrayRef) -> (&[f32], usize) {
     let list = arr
         .as_any()
         .downcast_ref::<FixedSizeListArray>()
@@ -275,7 +285,19 @@ fn check_finite(
         .downcast_ref::<Float32Array>()
         .expect("checked float32");
     let dim = list.value_length() as usize;
-    if let Some(pos) = values.values().iter().position(|v| !v.is_finite()) {
+    let start = list.offset() * dim;
+    (&values.values()[start..start + list.len() * dim], dim)
+}
+
+fn check_finite(
+    file: &str,
+    name: &str,
+    arr: &ArrayRef,
+    columns: &[(String, ArrayRef)],
+    first_row: usize,
+) -> Result<()> {
+    let (values, dim) = f32_rows(arr);
+    if let Some(pos) = values.iter().position(|v| !v.is_finite()) {
         let row = pos / dim.max(1);
         let id = columns
             .iter()
@@ -288,8 +310,9 @@ fn check_finite(
             .map(|s| format!(" (sample_id '{s}')"))
             .unwrap_or_default();
         bail!(
-            "{file}: column '{name}' has a non-finite value ({}) in row {row}{id}",
-            values.value(pos)
+            "{file}: column '{name}' has a non-finite value ({}) in row {}{id}",
+            values[pos],
+            first_row + row
         );
     }
     Ok(())

@@ -198,6 +198,96 @@ pub fn read(path: &Path, table: Table) -> Result<Frame> {
     Ok(frame)
 }
 
+/// Rows per batch of a streamed read ([`read_rows`]): 8192 rows of a 1000-d vector are 32 MB.
+const STREAM_BATCH: usize = 8192;
+
+/// The rows of a table's vector column (`fixed_size_list<float32>`) for each list of sample ids,
+/// in that list's order, and the file's metadata. The file is read batch by batch, each batch
+/// checked as `table` says (row numbers in errors count from the file's start), so memory is
+/// the result plus one batch whatever the file's size: a 1.28M × 1000 predictions table is
+/// 5 GB, and reading it whole took three copies of that. Every id asked for must be in the file,
+/// and its `sample_id`s must be unique.
+pub fn read_rows(
+    path: &Path,
+    table: Table,
+    column: &str,
+    ids: &[&[String]],
+) -> Result<(Vec<Mat>, BTreeMap<String, String>)> {
+    use arrow::array::RecordBatchReader;
+    use std::collections::{HashMap, HashSet};
+    let (name, builder) = open(path)?;
+    let meta = key_values(builder.metadata().file_metadata());
+    let reader = builder
+        .with_batch_size(STREAM_BATCH)
+        .build()
+        .map_err(|e| anyhow!("{name}: {e}"))?;
+    let schema = reader.schema();
+    // the types and the metadata, also for a file without rows
+    let named = |b: &RecordBatch| -> Vec<(String, ArrayRef)> {
+        schema
+            .fields()
+            .iter()
+            .zip(b.columns())
+            .map(|(f, a)| (f.name().clone(), a.clone()))
+            .collect()
+    };
+    table.check(&name, named(&RecordBatch::new_empty(schema.clone())), &meta)?;
+    let dim = match schema.field_with_name(column).map(|f| f.data_type()) {
+        Ok(DataType::FixedSizeList(_, d)) => *d as usize,
+        _ => bail!("{name}: column '{column}' is not a fixed-size list"),
+    };
+    let wanted: Vec<HashMap<&str, usize>> = ids
+        .iter()
+        .map(|l| l.iter().enumerate().map(|(i, s)| (s.as_str(), i)).collect())
+        .collect();
+    let mut out: Vec<Mat> = ids.iter().map(|l| Mat::zeros(l.len(), dim)).collect();
+    let mut found: Vec<Vec<bool>> = ids.iter().map(|l| vec![false; l.len()]).collect();
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut first_row = 0;
+    for batch in reader {
+        let batch = batch.map_err(|e| anyhow!("{name}: corrupt Parquet data ({e})"))?;
+        let cols = table.check_from(&name, named(&batch), &meta, first_row)?;
+        let col = |n: &str| &cols.iter().find(|(c, _)| c == n).expect("checked").1;
+        let sids = col("sample_id")
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("checked utf8");
+        let (values, _) = crate::schema::f32_rows(col(column));
+        for (r, sid) in sids.iter().enumerate() {
+            let sid = sid.expect("checked not null");
+            if !seen.insert(sid.to_string()) {
+                bail!("{name}: duplicate sample_id '{sid}'");
+            }
+            for (k, w) in wanted.iter().enumerate() {
+                if let Some(&i) = w.get(sid) {
+                    out[k]
+                        .row_mut(i)
+                        .copy_from_slice(&values[r * dim..(r + 1) * dim]);
+                    found[k][i] = true;
+                }
+            }
+        }
+        first_row += batch.num_rows();
+    }
+    for (k, f) in found.iter().enumerate() {
+        if let Some(i) = f.iter().position(|&x| !x) {
+            bail!("{name}: no row for sample '{}'", ids[k][i]);
+        }
+    }
+    Ok((out, meta))
+}
+
+/// [`read_rows`] for one list of ids.
+pub fn read_aligned(
+    path: &Path,
+    table: Table,
+    column: &str,
+    ids: &[String],
+) -> Result<(Mat, BTreeMap<String, String>)> {
+    let (mut m, meta) = read_rows(path, table, column, &[ids])?;
+    Ok((m.pop().expect("one list"), meta))
+}
+
 /// Every column of a file, without checking the table (a user's manifest or answers).
 pub fn read_any(path: &Path) -> Result<Frame> {
     let (name, builder) = open(path)?;
@@ -337,6 +427,7 @@ fn write_as(
         .collect();
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_max_row_group_row_count(Some(rows_per_group(&batch)))
         .set_key_value_metadata(Some(kv))
         .build();
     let mut writer = ArrowWriter::try_new(tmp.as_file().try_clone()?, schema, Some(props))?;
@@ -364,6 +455,28 @@ fn write_as(
         crate::progress::log(format!("wrote {name} ({} rows)", batch.num_rows()));
     }
     Ok(true)
+}
+
+/// Row groups of at most ~128 MiB of Arrow data: the writer holds a whole row group in memory
+/// (its byte limit cuts only between batches, and a table is written as one batch)
+/// until it is flushed (Parquet's default, 1M rows, is 4 GB of 1000-d vectors). A table smaller
+/// than that is one row group, as before. The size of a row is estimated from the column types
+/// alone (text as 32 bytes), so the same table is cut the same way however it was built.
+fn rows_per_group(batch: &RecordBatch) -> usize {
+    const GROUP_BYTES: usize = 128 << 20;
+    const DEFAULT_ROWS: usize = 1024 * 1024;
+    let row_bytes: usize = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::FixedSizeList(item, d) => {
+                item.data_type().primitive_width().unwrap_or(8) * *d as usize
+            }
+            t => t.primitive_width().unwrap_or(32),
+        })
+        .sum();
+    (GROUP_BYTES / row_bytes.max(1)).clamp(1024, DEFAULT_ROWS)
 }
 
 // ---- temporary files and folders, and the leftovers of killed processes ---------------------
@@ -614,8 +727,13 @@ pub fn opt_f64s(v: &[Option<f64>]) -> ArrayRef {
 
 /// A matrix as a fixed-size-list<float32> column.
 pub fn fixed_list(m: &Mat) -> Result<ArrayRef> {
+    fixed_list_owned(m.clone())
+}
+
+/// [`fixed_list`] taking the matrix: its values become the column without a copy.
+pub fn fixed_list_owned(m: Mat) -> Result<ArrayRef> {
     let field = Arc::new(Field::new("item", DataType::Float32, false));
-    let values = Arc::new(Float32Array::from(m.data.clone()));
+    let values = Arc::new(Float32Array::from(m.data));
     Ok(Arc::new(FixedSizeListArray::try_new(
         field,
         m.cols as i32,
@@ -704,6 +822,134 @@ mod tests {
         // no temporary file is left behind
         let left: Vec<_> = std::fs::read_dir(dir.path().join("sub")).unwrap().collect();
         assert_eq!(left.len(), 1);
+    }
+
+    /// An embeddings file written as is (no checks), in one row group per `group` rows.
+    fn raw_file(p: &Path, ids: &[String], m: &Mat, group: usize) {
+        let cols = emb_cols(&ids.iter().map(String::as_str).collect::<Vec<_>>(), m);
+        let schema = Arc::new(
+            Table::Embeddings
+                .arrow_schema(&[("vector", m.cols)], &BTreeMap::new())
+                .unwrap(),
+        );
+        let batch =
+            RecordBatch::try_new(schema.clone(), cols.into_iter().map(|c| c.1).collect()).unwrap();
+        let kv = emb_meta()
+            .into_iter()
+            .map(|(k, v)| KeyValue::new(k.to_string(), v))
+            .collect();
+        let props = WriterProperties::builder()
+            .set_key_value_metadata(Some(kv))
+            .set_max_row_group_row_count(Some(group))
+            .build();
+        let mut w = ArrowWriter::try_new(File::create(p).unwrap(), schema, Some(props)).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+    }
+
+    #[test]
+    fn streamed_rows_equal_the_whole_read_across_batches_and_row_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("e.parquet");
+        let n = 2 * STREAM_BATCH + 100;
+        let ids: Vec<String> = (0..n).map(|i| format!("s{i}")).collect();
+        let m = Mat::new(n, 3, (0..3 * n).map(|v| v as f32).collect()).unwrap();
+        raw_file(&p, &ids, &m, 5000);
+        // two lists, out of file order, one row in both
+        let a: Vec<String> = [n - 1, 0, STREAM_BATCH, 7]
+            .iter()
+            .map(|&i| ids[i].clone())
+            .collect();
+        let b: Vec<String> = [STREAM_BATCH + 1, 7]
+            .iter()
+            .map(|&i| ids[i].clone())
+            .collect();
+        let (out, meta) = read_rows(&p, Table::Embeddings, "vector", &[&a, &b]).unwrap();
+        assert_eq!(out[0], m.select_rows(&[n - 1, 0, STREAM_BATCH, 7]));
+        assert_eq!(out[1], m.select_rows(&[STREAM_BATCH + 1, 7]));
+        assert_eq!(meta["model_id"], "x");
+        let (all, _) = read_aligned(&p, Table::Embeddings, "vector", &ids).unwrap();
+        assert_eq!(
+            all,
+            read(&p, Table::Embeddings).unwrap().mat("vector").unwrap()
+        );
+        let missing = vec!["s0".to_string(), "nope".to_string()];
+        let e = read_aligned(&p, Table::Embeddings, "vector", &missing).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("{}: no row for sample 'nope'", p.display())
+        );
+    }
+
+    #[test]
+    fn streamed_reads_check_the_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("e.parquet");
+        let n = STREAM_BATCH + 10;
+        let mut ids: Vec<String> = (0..n).map(|i| format!("s{i}")).collect();
+        let mut m = Mat::zeros(n, 2);
+        // a non-finite value in the second batch: the row is the file's
+        m.row_mut(STREAM_BATCH + 3)[1] = f32::INFINITY;
+        raw_file(&p, &ids, &m, n);
+        let want = vec!["s0".to_string()];
+        let e = read_aligned(&p, Table::Embeddings, "vector", &want).unwrap_err();
+        assert!(
+            e.to_string().ends_with(&format!(
+                "non-finite value (inf) in row {} (sample_id 's{}')",
+                STREAM_BATCH + 3,
+                STREAM_BATCH + 3
+            )),
+            "{e}"
+        );
+        // a sample id twice, in two batches
+        m.row_mut(STREAM_BATCH + 3)[1] = 0.0;
+        ids[n - 1] = "s1".to_string();
+        raw_file(&p, &ids, &m, n);
+        let e = read_aligned(&p, Table::Embeddings, "vector", &want).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("{}: duplicate sample_id 's1'", p.display())
+        );
+    }
+
+    #[test]
+    fn large_tables_are_cut_into_row_groups_of_bounded_size() {
+        use parquet::file::reader::FileReader;
+        let groups = |p: &Path| {
+            parquet::file::reader::SerializedFileReader::new(File::open(p).unwrap())
+                .unwrap()
+                .metadata()
+                .num_row_groups()
+        };
+        // 1000-d f32 + a sample id: ≈ 4 KB a row, ≈ 33k rows a group
+        let schema = Table::Predictions
+            .arrow_schema(&[("probs", 1000)], &BTreeMap::new())
+            .unwrap();
+        let rows = rows_per_group(&RecordBatch::new_empty(Arc::new(schema)));
+        assert_eq!(rows, (128 << 20) / (4 + 32 + 32 + 4000));
+        let dir = tempfile::tempdir().unwrap();
+        let small = dir.path().join("s.parquet");
+        let n = 3000;
+        let ids: Vec<String> = (0..n).map(|i| format!("s{i}")).collect();
+        let m = Mat::new(n, 2, (0..2 * n).map(|v| v as f32).collect()).unwrap();
+        let idr: Vec<&str> = ids.iter().map(String::as_str).collect();
+        write(
+            &small,
+            Table::Embeddings,
+            emb_cols(&idr, &m),
+            &emb_meta(),
+            Mode::Replace,
+        )
+        .unwrap();
+        assert_eq!(groups(&small), 1);
+        // a 40000-d vector (160 KB a row) would make groups of 838 rows: at least 1024
+        let wide = Table::Embeddings
+            .arrow_schema(&[("vector", 40_000)], &BTreeMap::new())
+            .unwrap();
+        assert_eq!(
+            rows_per_group(&RecordBatch::new_empty(Arc::new(wide))),
+            1024
+        );
     }
 
     #[test]

@@ -1390,3 +1390,63 @@ fn sharded_and_concurrent_runs_equal_one_process_and_do_no_work_twice() {
         assert!(e.contains(says), "{bad}: {e}");
     }
 }
+
+/// `bench/scale_round.py` (`make bench-scale-round`) on two small pools: one process per
+/// strategy, a row per (pool, strategy) with its times and peak RSS, then the growth table. A
+/// check that the benchmark still runs, not a measurement.
+#[test]
+fn the_scale_round_benchmark_runs_on_small_pools() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("bench");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/scale_round.py");
+    let o = Command::new(common::venv_python())
+        .arg(script)
+        .args([
+            "--bin",
+            BIN,
+            "--pools",
+            "300,600",
+            "--classes",
+            "5",
+            "--budget",
+            "5",
+        ])
+        .args([
+            "--calib",
+            "50",
+            "--test",
+            "100",
+            "--strategies",
+            "entropy,badge",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        o.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(out.join("scale_round.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 4, "{stdout}");
+    for r in &rows {
+        assert_eq!(r["rc"], 0, "{r}");
+        for k in ["process_s", "train_s", "select_s", "other_s", "peak_gib"] {
+            assert!(r[k].as_f64().is_some_and(|v| v > 0.0), "{k}: {r}");
+        }
+    }
+    assert!(stdout.contains("| 600 | badge | 5 |"), "{stdout}");
+    assert!(
+        stdout.contains("# growth from 300 to 600") && stdout.contains("| entropy | 5 | "),
+        "{stdout}"
+    );
+    // each run's folder (its predictions) is removed once measured; its results stay
+    assert!(!out.join("runs/scale-600-badge-b5").exists());
+    assert!(out.join("results/pipeline=scale-600-badge-b5").exists());
+}

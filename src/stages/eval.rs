@@ -48,9 +48,8 @@ pub fn run_round(spec: &RunSpec, cache: &Cache, r: &Round) -> Result<Option<Scor
     }
     let out = spec.results_path(round);
     let preds = Predictions::read(&spec.predictions_path(round))?;
-    let f = &preds.frame;
-    let train_s: f64 = f.meta("train_s")?.parse().unwrap_or(f64::NAN);
-    let pred = crate::cache::aligned(&preds.path, f, "probs", &cache.test.ids)?.argmax_rows();
+    let train_s: f64 = preds.meta("train_s")?.parse().unwrap_or(f64::NAN);
+    let pred = preds.probs(cache, &cache.test.ids)?.argmax_rows();
     let truth: Vec<usize> = cache
         .test
         .labels
@@ -152,12 +151,8 @@ fn diagnostics(spec: &RunSpec, cache: &Cache, r: &Round, preds: &Predictions) ->
     let (Some(pt), calib_t) = cache.teacher_probs() else {
         anyhow::bail!("select.diagnostics needs the teacher's logits in the cache");
     };
-    let ps = preds.probs(cache, &cache.train.ids)?;
+    let (ps, calib_s) = preds.train_and_calib(cache, true)?;
     let pool = pool_rows(cache, &r.labeled);
-    let calib_s = match &cache.calib {
-        Some(c) => Some(preds.probs(cache, &c.ids)?),
-        None => None,
-    };
     let calib_y = cache
         .calib
         .as_ref()

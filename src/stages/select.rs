@@ -26,8 +26,10 @@ pub fn run_round(
 ) -> Result<()> {
     let (round, lpath) = (r.round, &r.path);
     let (labeled, labels) = (&r.labeled, &r.labels);
+    let strat = spec.build_strategy()?;
+    let needs = strat.needs();
     let preds = Predictions::read(&spec.predictions_path(round))?;
-    let probs = preds.probs(cache, &cache.train.ids)?;
+    let (probs, calib_student) = preds.train_and_calib(cache, needs.logits)?;
     let pool = pool_rows(cache, &labeled);
     if pool.is_empty() {
         bail!(
@@ -42,7 +44,6 @@ pub fn run_round(
             pool.len()
         );
     }
-    let strat = spec.build_strategy()?;
     let loaded = match (strat.needs_head(), head) {
         (true, None) => {
             let hp = spec.head_path(round);
@@ -55,15 +56,10 @@ pub fn run_round(
         _ => None,
     };
     let head = head.filter(|_| strat.needs_head()).or(loaded.as_ref());
-    let needs = strat.needs();
     let (teacher_probs, calib_teacher) = if needs.logits {
         cache.teacher_probs()
     } else {
         (None, None)
-    };
-    let calib_student = match (&cache.calib, needs.logits) {
-        (Some(c), true) => Some(preds.probs(cache, &c.ids)?),
-        _ => None,
     };
     let calib_labels = cache
         .calib

@@ -212,10 +212,17 @@ pub fn run(a: &SynthArgs) -> Result<()> {
             )?;
         }
         let mut logits = Mat::zeros(teacher.rows, c);
-        for i in 0..teacher.rows {
-            for j in 0..c {
-                logits.row_mut(i)[j] = crate::geometry::dot(teacher.row(i), protos.row(j)) / a.tau;
-            }
+        {
+            use rayon::prelude::*;
+            logits
+                .data
+                .par_chunks_mut(c)
+                .enumerate()
+                .for_each(|(i, row)| {
+                    for (j, v) in row.iter_mut().enumerate() {
+                        *v = crate::geometry::dot(teacher.row(i), protos.row(j)) / a.tau;
+                    }
+                });
         }
         if *split == "test" {
             let off = ids.iter().position(|s| s == &sids[0]).expect("present");
@@ -232,7 +239,7 @@ pub fn run(a: &SynthArgs) -> Result<()> {
             Table::TeacherLogits,
             vec![
                 ("sample_id", table::utf8(sids)),
-                ("logits", table::fixed_list(&logits)?),
+                ("logits", table::fixed_list_owned(logits)?),
             ],
             &lm,
         )?;

@@ -57,7 +57,7 @@ impl Strategy for AlfaMix {
     }
     fn select(&self, ctx: &SelectContext, budget: usize, rng: &mut VRng) -> Result<Vec<Pick>> {
         let head = ctx.head("alfa-mix")?;
-        let emb = head.embed(&ctx.features.select_rows(ctx.pool))?;
+        let emb = head.embed_of(ctx.features, ctx.pool)?;
         let lab = head.embed(&ctx.features.select_rows(ctx.labeled))?;
         let pred: Vec<usize> = head.predict_embedded(&emb)?.argmax_rows();
         let y: Vec<u32> = pred.iter().map(|&c| c as u32).collect();

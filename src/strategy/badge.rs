@@ -157,9 +157,9 @@ impl Strategy for Badge {
         let Some(head) = ctx.head else {
             bail!("badge needs the round's trained head")
         };
-        let x = ctx.features.select_rows(ctx.pool);
         if self.0.variant.released() {
             // one block from the head's final (for the dual head: mixed) prediction
+            let x = ctx.features.select_rows(ctx.pool);
             let h = head.embed(&x)?;
             let p = head.predict(&x)?;
             let mut a = p.clone();
@@ -169,7 +169,7 @@ impl Strategy for Badge {
             }
             return Ok(picks(kcenter_cosine(&a, &h, budget)));
         }
-        let (h, a) = head.grad_factors(&x)?;
+        let (h, a) = head.grad_factors_of(ctx.features, ctx.pool)?;
         Ok(picks(kmeanspp(&a, &h, budget, rng)))
     }
 }

@@ -127,5 +127,5 @@ pub fn pool_bald(
 
 /// The embedded student features of the pool rows.
 pub fn pool_embedding(head: &Head, features: &Mat, pool: &[usize]) -> Result<Mat> {
-    head.embed(&features.select_rows(pool))
+    head.embed_of(features, pool)
 }

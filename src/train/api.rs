@@ -150,6 +150,25 @@ impl Head {
         self.0.grad_factors(x)
     }
 
+    /// [`Head::grad_factors`] of the rows `rows` of `x`, in blocks: the rows' features are never
+    /// copied whole (at 1.28M × 768 a copy is 3.9 GB). A block is a whole number of prediction
+    /// chunks, so the values are those of one call on the copied rows.
+    pub fn grad_factors_of(&self, x: &Mat, rows: &[usize]) -> Result<(Mat, Mat)> {
+        let mut out = by_blocks(x, rows, |b| {
+            let (h, a) = self.0.grad_factors(b)?;
+            Ok(vec![h, a])
+        })?;
+        let a = out.pop().expect("two factors");
+        Ok((out.pop().expect("two factors"), a))
+    }
+
+    /// [`Head::embed`] of the rows `rows` of `x`, in blocks (as [`Head::grad_factors_of`]).
+    pub fn embed_of(&self, x: &Mat, rows: &[usize]) -> Result<Mat> {
+        Ok(by_blocks(x, rows, |b| Ok(vec![self.0.embed(b)?]))?
+            .pop()
+            .expect("one output"))
+    }
+
     /// Save the head's tensors as safetensors with its kind in the metadata (temporary file,
     /// then rename).
     pub fn save(&self, path: &Path) -> Result<()> {
@@ -254,6 +273,51 @@ pub(crate) fn targets(labels: &[u32], dev: &Device) -> Result<Tensor> {
     Ok(Tensor::from_slice(labels, labels.len(), dev)?)
 }
 
+/// Rows a head's forward pass takes at once ([`predict_chunked`]).
+const PREDICT_CHUNK: usize = 8192;
+
+/// `f` on the rows `rows` of `x`, copied a block at a time (8 prediction chunks), its outputs
+/// stacked: row-wise maps whose values do not depend on how the rows were cut into blocks.
+fn by_blocks(x: &Mat, rows: &[usize], f: impl Fn(&Mat) -> Result<Vec<Mat>>) -> Result<Vec<Mat>> {
+    if rows.is_empty() {
+        return f(&x.select_rows(rows));
+    }
+    let mut outs: Vec<Mat> = Vec::new();
+    for_blocks(x, rows, |k, block| {
+        let part = f(block)?;
+        if k == 0 {
+            outs = part
+                .iter()
+                .map(|m| Mat {
+                    rows: 0,
+                    cols: m.cols,
+                    data: Vec::with_capacity(rows.len() * m.cols),
+                })
+                .collect();
+        }
+        for (o, m) in outs.iter_mut().zip(part) {
+            o.data.extend_from_slice(&m.data);
+            o.rows += m.rows;
+        }
+        Ok(())
+    })?;
+    Ok(outs)
+}
+
+/// `f(k, block)` on the k-th block of the rows `rows` of `x` (copied, 8 prediction chunks at a
+/// time), in order: a head's row-wise maps on many rows without copying them all at once, with
+/// the values of one call on all of them.
+pub fn for_blocks(
+    x: &Mat,
+    rows: &[usize],
+    mut f: impl FnMut(usize, &Mat) -> Result<()>,
+) -> Result<()> {
+    for (k, block) in rows.chunks(8 * PREDICT_CHUNK).enumerate() {
+        f(k, &x.select_rows(block))?;
+    }
+    Ok(())
+}
+
 /// Apply `f` (rows → probabilities) to `x` in chunks, collecting a matrix.
 pub(crate) fn predict_chunked(
     x: &Mat,
@@ -263,7 +327,7 @@ pub(crate) fn predict_chunked(
     let mut data = Vec::with_capacity(x.rows * 8);
     let mut cols = 0;
     let idx: Vec<usize> = (0..x.rows).collect();
-    for chunk in idx.chunks(8192) {
+    for chunk in idx.chunks(PREDICT_CHUNK) {
         let p = f(&rows(x, chunk, dev)?)?.to_dtype(DType::F32)?;
         cols = p.dim(1)?;
         data.extend(p.flatten_all()?.to_vec1::<f32>()?);

@@ -7,7 +7,7 @@
 pub mod api;
 pub mod params;
 
-pub use api::{device, Head, Model, Saved, TeacherSignal, TrainData, Trainer};
+pub use api::{device, for_blocks, Head, Model, Saved, TeacherSignal, TrainData, Trainer};
 // the features' model is recorded by the cache that holds them
 pub use crate::cache::FeatureModel;
 
@@ -194,6 +194,31 @@ mod tests {
                 let s: f32 = a.row(i)[..3].iter().sum();
                 assert!(s.abs() < 1e-5);
             }
+            // in blocks over rows (more than one block, out of order): the same values as one
+            // call on the copied rows
+            let big = Mat::new(
+                80_000,
+                5,
+                (0..400_000u64)
+                    .map(|v| ((v * 7919) % 1000) as f32 / 500.0 - 1.0)
+                    .collect(),
+            )
+            .unwrap();
+            let rows: Vec<usize> = (0..big.rows).rev().filter(|i| i % 7 != 0).collect();
+            let x = big.select_rows(&rows);
+            assert_eq!(
+                back.grad_factors_of(&big, &rows).unwrap(),
+                back.grad_factors(&x).unwrap()
+            );
+            assert_eq!(back.embed_of(&big, &rows).unwrap(), back.embed(&x).unwrap());
+            assert_eq!(back.embed_of(&big, &[]).unwrap().rows, 0);
+            let mut blocks = Vec::new();
+            for_blocks(&big, &rows, |_, b| {
+                blocks.extend(back.predict(b)?.data);
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(blocks, back.predict(&x).unwrap().data);
         }
     }
 }
