@@ -190,10 +190,7 @@ pub fn read_classes(root: &Path) -> Result<Vec<String>> {
 
 /// The `id@revision` of the model that wrote a table (its file metadata).
 fn model_id(path: &Path, meta: &BTreeMap<String, String>) -> Result<String> {
-    let key = |k: &str| {
-        meta.get(k)
-            .ok_or_else(|| anyhow::anyhow!("{}: missing file metadata key '{k}'", path.display()))
-    };
+    let key = |k: &str| table::meta_value(&path.display().to_string(), meta, k);
     Ok(format!("{}@{}", key("model_id")?, key("revision")?))
 }
 

@@ -126,9 +126,7 @@ impl Predictions {
 
     /// A file metadata key (one error line naming the file when it is missing).
     pub fn meta(&self, key: &str) -> Result<&str> {
-        self.meta.get(key).map(String::as_str).ok_or_else(|| {
-            anyhow::anyhow!("{}: missing file metadata key '{key}'", self.path.display())
-        })
+        table::meta_value(&self.path.display().to_string(), &self.meta, key)
     }
 
     /// Student probabilities of the rows `ids` (train, calib or test), in that order.

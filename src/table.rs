@@ -149,11 +149,20 @@ impl Frame {
     }
 
     pub fn meta(&self, key: &str) -> Result<&str> {
-        self.meta
-            .get(key)
-            .map(String::as_str)
-            .ok_or_else(|| anyhow!("{}: missing file metadata key '{key}'", self.path))
+        meta_value(&self.path, &self.meta, key)
     }
+}
+
+/// A key of a file's metadata (as [`read_meta`] returns it); one error line naming the file
+/// when it is missing.
+pub fn meta_value<'a>(
+    file: &str,
+    meta: &'a BTreeMap<String, String>,
+    key: &str,
+) -> Result<&'a str> {
+    meta.get(key)
+        .map(String::as_str)
+        .ok_or_else(|| anyhow!("{file}: missing file metadata key '{key}'"))
 }
 
 /// A file opened for reading, with the name its errors carry.
