@@ -466,11 +466,12 @@ fn write_as(
     Ok(true)
 }
 
-/// Row groups of at most ~128 MiB of Arrow data: the writer holds a whole row group in memory
-/// (its byte limit cuts only between batches, and a table is written as one batch)
-/// until it is flushed (Parquet's default, 1M rows, is 4 GB of 1000-d vectors). A table smaller
-/// than that is one row group, as before. The size of a row is estimated from the column types
-/// alone (text as 32 bytes), so the same table is cut the same way however it was built.
+/// Rows per Parquet row group, for groups of at most ~128 MiB: the writer holds a whole group in
+/// memory until it flushes it, and Parquet's default of 1M rows is 4 GB of 1000-d vectors (the
+/// writer's own byte limit cuts only between batches, and a table is written as one batch). A
+/// table smaller than that is one row group, as before. A row's size is estimated from the
+/// column types alone (text as 32 bytes), so the same table is cut the same way however it was
+/// built.
 fn rows_per_group(batch: &RecordBatch) -> usize {
     const GROUP_BYTES: usize = 128 << 20;
     const DEFAULT_ROWS: usize = 1024 * 1024;
