@@ -112,6 +112,23 @@ impl Need {
 pub fn manifest_path(root: &Path) -> PathBuf {
     root.join("manifest.parquet")
 }
+/// The manifest's image path of each of `ids` (None: a sample without an image; an id not in
+/// the manifest is an error naming it).
+pub fn image_paths(root: &Path, ids: &[String]) -> Result<Vec<Option<PathBuf>>> {
+    let path = manifest_path(root);
+    let f = table::read(&path, Table::Manifest)?;
+    let all: HashMap<String, Option<String>> = f
+        .strings("sample_id")?
+        .into_iter()
+        .zip(f.opt_strings("path")?)
+        .collect();
+    ids.iter()
+        .map(|id| match all.get(id) {
+            Some(p) => Ok(p.as_ref().map(PathBuf::from)),
+            None => bail!("{}: no sample '{id}'", path.display()),
+        })
+        .collect()
+}
 pub fn classes_path(root: &Path) -> PathBuf {
     root.join("classes.parquet")
 }
@@ -248,13 +265,16 @@ impl Cache {
             }
             // Train labels may be unknown (a real pool, labeled with `label --from-file`);
             // test labels are what eval scores against, calib labels what conformal sets use.
+            // a test split without any label is allowed (a pool with no ground truth: eval
+            // then records no accuracy); a partly labeled one is a mistake
+            let unlabeled_test = split == "test" && labels.iter().all(|l| l.is_none());
             if let Some(i) = labels
                 .iter()
                 .position(|l| l.is_none())
-                .filter(|_| split != "train")
+                .filter(|_| split != "train" && !unlabeled_test)
             {
                 bail!(
-                    "{}: {split} sample '{}' has no label (eval and calibration need one)",
+                    "{}: {split} sample '{}' has no label (a calib split needs every label; a test split all of them, or none for a pool without ground truth)",
                     manifest_path(root).display(),
                     ids[i]
                 );

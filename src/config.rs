@@ -58,6 +58,23 @@ pub struct Pipeline {
     /// Parameters of the acquisition strategies (`[select.ccma]`, `[select.mc]`, …).
     #[serde(default)]
     pub select: SelectCfg,
+    /// The strategy of a round with no label yet (a zero-label pool's round 0: `typiclust`,
+    /// `probcover`, `cb`, `class-balanced`); default: the run's own strategy.
+    #[serde(default)]
+    pub cold_start: Option<String>,
+    /// Who answers the queries: `simulated` (the ground truth) or `person` (`vlal run` stops after
+    /// each select until `vlal annotate` or an answers file has the round's answers).
+    #[serde(default = "default_oracle")]
+    pub oracle: String,
+    /// The stopping rules' thresholds and the rule that ends a run (`[stopping]`).
+    #[serde(default)]
+    pub stopping: crate::stopping::StoppingCfg,
+    /// Root of the Hive-partitioned stopping table.
+    #[serde(default = "default_stopping")]
+    pub stopping_dir: PathBuf,
+    /// The file this pipeline was read from (for the commands a stage suggests).
+    #[serde(skip)]
+    pub file: PathBuf,
 }
 
 /// A pipeline file as a TOML table, with `extends = "other.toml"` (a path relative to the file)
@@ -118,6 +135,12 @@ fn default_results() -> PathBuf {
 fn default_diagnostics() -> PathBuf {
     "diagnostics".into()
 }
+fn default_oracle() -> String {
+    "simulated".into()
+}
+fn default_stopping() -> PathBuf {
+    "stopping".into()
+}
 fn default_device() -> String {
     "cpu".into()
 }
@@ -145,6 +168,8 @@ impl Pipeline {
             )
         })?;
         p.validate().with_context(|| path.display().to_string())?;
+        let mut p = p;
+        p.file = path.to_path_buf();
         Ok(p)
     }
 
@@ -173,6 +198,16 @@ impl Pipeline {
         if self.budget == Some(0) {
             bail!("budget must be at least 1");
         }
+        if let Some(c) = &self.cold_start {
+            let (spec, rda) = parse_strategy(c).context("cold_start")?;
+            if spec.selective || rda {
+                bail!("cold_start: '{c}': a round without labels has nothing for +sq or +rda");
+            }
+        }
+        if !["simulated", "person"].contains(&self.oracle.as_str()) {
+            bail!("oracle must be simulated or person (got '{}')", self.oracle);
+        }
+        self.stopping.validate()?;
         Ok(())
     }
 
@@ -237,6 +272,12 @@ struct Hashed<'a> {
     strategy: &'a str,
     #[serde(skip_serializing_if = "serde_json::Value::is_null")]
     strategy_params: serde_json::Value,
+    /// Set only when the pipeline names one (earlier runs keep their ids).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cold_start: Option<&'a str>,
+    /// Set only for a person's answers: they are not the simulated oracle's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    oracle: Option<&'a str>,
 }
 
 impl RunSpec {
@@ -302,6 +343,8 @@ impl RunSpec {
             trainer_params,
             strategy: &strategy,
             strategy_params,
+            cold_start: p.cold_start.as_deref(),
+            oracle: (p.oracle != "simulated").then_some(p.oracle.as_str()),
         };
         let bytes = serde_json::to_vec(&h).expect("serialisable");
         let d = Sha256::digest(&bytes);
@@ -351,6 +394,30 @@ impl RunSpec {
 
     pub fn diagnostics_path(&self, round: usize) -> PathBuf {
         self.partition(&self.pipeline.diagnostics_dir, round)
+    }
+
+    pub fn stopping_path(&self, round: usize) -> PathBuf {
+        self.partition(&self.pipeline.stopping_dir, round)
+    }
+
+    /// A person's answers to round `round`'s queries (`vlal annotate` writes it; CSV with
+    /// sample_id, label, skipped).
+    pub fn answers_path(&self, round: usize) -> PathBuf {
+        self.run_dir()
+            .join("answers")
+            .join(format!("round-{round:03}.csv"))
+    }
+
+    /// The strategy that picks round `round`'s queries: the pipeline's `cold_start` while no
+    /// label exists, else the run's own.
+    pub fn strategy_for(&self, n_labeled: usize) -> Result<Box<dyn Strategy>> {
+        match (&self.pipeline.cold_start, n_labeled) {
+            (Some(c), 0) => {
+                let (spec, _) = parse_strategy(c)?;
+                spec.build(&self.pipeline.strategy_build())
+            }
+            _ => self.build_strategy(),
+        }
     }
 
     fn partition(&self, root: &Path, round: usize) -> PathBuf {

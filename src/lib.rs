@@ -23,6 +23,7 @@ pub mod rounds;
 pub mod schema;
 pub mod shard;
 pub mod stages;
+pub mod stopping;
 pub mod strategy;
 pub mod table;
 pub mod teacher;

@@ -47,6 +47,11 @@ struct RunArgs {
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ExportFormat {
+    LabelStudio,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum OnOff {
     On,
     Off,
@@ -133,6 +138,33 @@ enum Cmd {
         #[arg(long)]
         from_file: Option<PathBuf>,
     },
+    /// Label a round's queries in the browser: a local web page (127.0.0.1) that saves each
+    /// answer at once; `vlal label --from-file` or `vlal run` (oracle = "person") takes them.
+    Annotate {
+        #[command(flatten)]
+        run: RunArgs,
+        #[arg(long)]
+        round: usize,
+        #[command(flatten)]
+        serve: stages::annotate::AnnotateArgs,
+    },
+    /// Write a round's queries for another labeling tool (Label Studio tasks JSON).
+    Export {
+        #[command(flatten)]
+        run: RunArgs,
+        #[arg(long)]
+        round: usize,
+        #[arg(long, value_enum, default_value = "label-studio")]
+        format: ExportFormat,
+        /// The tasks file (default: <run>/export/round-NNN.label-studio.json); the labeling
+        /// config goes beside it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Put before each image's path (its leading / dropped): Label Studio's local files by
+        /// default (LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=/), or the URL the images are served at.
+        #[arg(long, default_value = "/data/local-files/?d=")]
+        image_prefix: String,
+    },
     /// Score a round on the test split and append its results row.
     Eval {
         #[command(flatten)]
@@ -162,6 +194,10 @@ enum Cmd {
         /// Slurm array task each: `--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT`).
         #[arg(long)]
         shard: Option<vlal::shard::Shard>,
+        /// Who answers the queries (overrides the pipeline's `oracle`): `person` stops each run
+        /// after its select until the round's answers exist (`vlal annotate`).
+        #[arg(long, value_parser = ["simulated", "person"])]
+        oracle: Option<String>,
     },
     /// Summarise the results table: accuracy mean ± std over seeds per round.
     Report {
@@ -177,6 +213,13 @@ enum Cmd {
         /// What follows ±: the std over seeds, or the 95% CI half-width of the mean.
         #[arg(long, value_enum, default_value = "std")]
         stat: stages::report::Spread,
+        /// Instead: at which round each stopping rule would have stopped each run, and the
+        /// accuracy given up (reads the stopping table beside the results folder).
+        #[arg(long)]
+        stopping: bool,
+        /// The stopping table's folder (default: `stopping` beside the results folder).
+        #[arg(long)]
+        stopping_dir: Option<PathBuf>,
     },
     /// Print a run's state folder and the path of a round's files (for Makefiles).
     Paths {
@@ -190,6 +233,14 @@ enum Cmd {
 fn load(spec: &RunSpec) -> Result<Cache> {
     let p = &spec.pipeline;
     Cache::load_at_tau(&p.dataset, p.teacher.tau, stages::need_of(spec)?)
+}
+
+/// [`load`] with the teacher's logits when the cache has them (its suggestions to a person).
+fn load_for_person(spec: &RunSpec) -> Result<Cache> {
+    let p = &spec.pipeline;
+    let mut need = stages::need_of(spec)?;
+    need.logits |= vlal::cache::logits_path(&p.dataset.root, &p.dataset.teacher, "train").exists();
+    Cache::load_at_tau(&p.dataset, p.teacher.tau, need)
 }
 
 fn main_inner(cli: Cli) -> Result<()> {
@@ -234,6 +285,27 @@ fn main_inner(cli: Cli) -> Result<()> {
                 (false, None, _) => bail!("--round is required unless --init"),
             }
         }
+        Cmd::Annotate { run, round, serve } => {
+            let spec = run.spec()?;
+            stages::annotate::run(&spec, &load_for_person(&spec)?, round, &serve)
+        }
+        Cmd::Export {
+            run,
+            round,
+            format: ExportFormat::LabelStudio,
+            out,
+            image_prefix,
+        } => {
+            let spec = run.spec()?;
+            let out = out.unwrap_or_else(|| stages::export::default_out(&spec, round));
+            stages::export::label_studio(
+                &spec,
+                &load_for_person(&spec)?,
+                round,
+                &out,
+                &image_prefix,
+            )
+        }
         Cmd::Eval { run, round } => {
             let spec = run.spec()?;
             stages::sweep_run(&spec);
@@ -248,8 +320,12 @@ fn main_inner(cli: Cli) -> Result<()> {
             rda,
             max_round,
             shard,
+            oracle,
         } => {
             let mut p = Pipeline::load(&pipeline)?;
+            if let Some(o) = oracle {
+                p.oracle = o;
+            }
             let mut strategies = strategy;
             if selective || rda.is_some() {
                 let apply = |v: &mut Vec<String>| -> Result<()> {
@@ -283,8 +359,23 @@ fn main_inner(cli: Cli) -> Result<()> {
             pipeline,
             plot,
             stat,
+            stopping,
+            stopping_dir,
         } => {
             let pipelines: Vec<&str> = pipeline.iter().map(String::as_str).collect();
+            if stopping {
+                let dir = stopping_dir.unwrap_or_else(|| {
+                    results
+                        .parent()
+                        .unwrap_or(std::path::Path::new(""))
+                        .join("stopping")
+                });
+                print!(
+                    "{}",
+                    stages::report::stopping_text(&results, &dir, &pipelines)?
+                );
+                return Ok(());
+            }
             // every results file is read once, for the curves and the AULC
             let rows = stages::report::scan(&results, &pipelines)?;
             let groups = stages::report::summarise(&rows);

@@ -5,7 +5,7 @@ use crate::cache::Cache;
 use crate::mat::Mat;
 use crate::schema::Table;
 use crate::table;
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
 
 /// One row of a `labels` table.
@@ -160,6 +160,80 @@ impl Predictions {
     }
 }
 
+/// A query put to a person: what `vlal annotate` shows and `vlal export` writes.
+pub struct Query {
+    pub sample_id: String,
+    pub rank: i32,
+    /// The strategy's acquisition score.
+    pub score: f64,
+    /// The image (None: the sample has none in the manifest).
+    pub path: Option<PathBuf>,
+    /// The student's (this round's predictions) and the teacher's top classes with their
+    /// probabilities, most likely first.
+    pub student: Vec<(usize, f32)>,
+    pub teacher: Option<Vec<(usize, f32)>>,
+}
+
+/// The `k` most probable classes of a row, most probable first (lower class on ties).
+pub fn top_k(p: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let mut idx: Vec<usize> = (0..p.len()).collect();
+    idx.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
+    idx.into_iter().take(k).map(|c| (c, p[c])).collect()
+}
+
+/// Round `round`'s queries for a person, in query order: those selective querying did not
+/// pseudo-label, each with its image and the student's and (when the cache has them) the
+/// teacher's `k` top classes.
+pub fn person_queries(
+    spec: &crate::config::RunSpec,
+    cache: &Cache,
+    round: usize,
+    k: usize,
+) -> Result<Vec<Query>> {
+    let qpath = spec.queries_path(round);
+    require(&qpath, "vlal select")?;
+    let q = table::read(&qpath, Table::Queries)?;
+    let (ids, ranks, scores, pseudo) = (
+        q.strings("sample_id")?,
+        q.i32s("rank")?,
+        q.f64s("score")?,
+        q.i32s("pseudo_label")?,
+    );
+    let keep: Vec<usize> = (0..q.rows).filter(|&i| pseudo[i].is_none()).collect();
+    let ids: Vec<String> = keep.iter().map(|&i| ids[i].clone()).collect();
+    let student = Predictions::read(&spec.predictions_path(round))?.probs(cache, &ids)?;
+    let teacher = match &cache.teacher_logits {
+        Some(t) => {
+            let rows = ids
+                .iter()
+                .map(|id| {
+                    cache.train.index.get(id).copied().ok_or_else(|| {
+                        anyhow!(
+                            "{}: sample '{id}' is not in the train pool",
+                            qpath.display()
+                        )
+                    })
+                })
+                .collect::<Result<Vec<usize>>>()?;
+            Some(crate::mat::softmax_rows(&t.select_rows(&rows), 1.0))
+        }
+        None => None,
+    };
+    let paths = crate::cache::image_paths(&spec.pipeline.dataset.root, &ids)?;
+    Ok(keep
+        .iter()
+        .enumerate()
+        .map(|(j, &i)| Query {
+            sample_id: ids[j].clone(),
+            rank: ranks[i].unwrap_or(j as i32),
+            score: scores[i].unwrap_or(f64::NAN),
+            path: paths[j].clone(),
+            student: top_k(student.row(j), k),
+            teacher: teacher.as_ref().map(|t| top_k(t.row(j), k)),
+        })
+        .collect())
+}
+
 /// One round's labels, read and resolved to train rows once: `vlal run` hands it from stage to
 /// stage (train, select, eval, label) instead of each reading the labels file again.
 pub struct Round {
@@ -185,4 +259,127 @@ impl Round {
             labels,
         })
     }
+}
+
+/// (sample_id, label-as-text) pairs from a CSV or Parquet file, or a Label Studio JSON export;
+/// `None` for a sample the person skipped (CSV/Parquet column `skipped` true, or a Label Studio
+/// task whose annotation was cancelled).
+pub fn read_answers(file: &Path) -> Result<Vec<(String, Option<String>)>> {
+    let name = file.display().to_string();
+    let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if ext == "json" {
+        return label_studio_answers(file);
+    }
+    let skipped = |v: Option<&str>| {
+        v.is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1" | "yes"))
+    };
+    if ext == "parquet" {
+        let t = table::read_any(file)?;
+        let (ids, labels) = (t.texts("sample_id")?, t.texts("label")?);
+        let skips = if t.has("skipped") {
+            t.texts("skipped")?
+        } else {
+            vec![None; t.rows]
+        };
+        ids.into_iter()
+            .zip(labels)
+            .zip(skips)
+            .enumerate()
+            .map(|(i, ((id, label), skip))| match (id, label) {
+                (Some(id), _) if skipped(skip.as_deref()) => Ok((id, None)),
+                (Some(id), Some(label)) => Ok((id, Some(label))),
+                _ => bail!("{name}: row {}: empty sample_id or label", i + 1),
+            })
+            .collect()
+    } else {
+        let mut rdr =
+            csv::Reader::from_path(file).with_context(|| format!("{name}: cannot open"))?;
+        let headers = rdr.headers().map_err(|e| anyhow!("{name}: {e}"))?.clone();
+        let find = |c: &str| headers.iter().position(|h| h.trim() == c);
+        let pos = |c: &str| find(c).ok_or_else(|| anyhow!("{name}: missing column '{c}'"));
+        let (pi, pl, ps) = (pos("sample_id")?, pos("label")?, find("skipped"));
+        let mut out = Vec::new();
+        for (i, rec) in rdr.records().enumerate() {
+            let rec = rec.map_err(|e| anyhow!("{name}: row {}: {e}", i + 1))?;
+            let id = rec.get(pi).unwrap_or("").trim().to_string();
+            if skipped(ps.and_then(|p| rec.get(p))) {
+                out.push((id, None));
+            } else {
+                out.push((id, Some(rec.get(pl).unwrap_or("").to_string())));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Write a round's answers (`sample_id,label,skipped`; label = class name, empty when skipped)
+/// atomically: a temporary file in the same folder, then a rename.
+pub fn write_answers(path: &Path, rows: &[(String, Option<String>)]) -> Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(["sample_id", "label", "skipped"])?;
+    for (id, label) in rows {
+        let skipped = if label.is_some() { "false" } else { "true" };
+        w.write_record([id.as_str(), label.as_deref().unwrap_or(""), skipped])?;
+    }
+    let bytes = w
+        .into_inner()
+        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    table::write_file_atomic(path, &bytes)
+}
+
+/// The answers in a Label Studio JSON export (a list of tasks; see `vlal export --format
+/// label-studio`): each task's `data.sample_id` and the class of its last annotation that was
+/// not cancelled (a `choices` result with one choice); a task whose annotations were all
+/// cancelled is a skip, one without annotations has no answer.
+pub fn label_studio_answers(file: &Path) -> Result<Vec<(String, Option<String>)>> {
+    let name = file.display().to_string();
+    let text = std::fs::read_to_string(file).with_context(|| format!("{name}: cannot read"))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| anyhow!("{name}: not JSON ({e})"))?;
+    let Some(tasks) = v.as_array() else {
+        bail!("{name}: a Label Studio JSON export is a list of tasks");
+    };
+    let mut out = Vec::new();
+    for (i, t) in tasks.iter().enumerate() {
+        let task = i + 1;
+        let Some(id) = t.pointer("/data/sample_id").and_then(|v| v.as_str()) else {
+            bail!("{name}: task {task}: no data.sample_id (import the tasks `vlal export --format label-studio` wrote)");
+        };
+        let anns = t
+            .get("annotations")
+            .and_then(|a| a.as_array())
+            .cloned()
+            .unwrap_or_default();
+        if anns.is_empty() {
+            continue;
+        }
+        let kept = anns.iter().rev().find(|a| {
+            !a.get("was_cancelled")
+                .and_then(|c| c.as_bool())
+                .unwrap_or(false)
+        });
+        let Some(ann) = kept else {
+            out.push((id.to_string(), None));
+            continue;
+        };
+        let choices: Vec<&str> = ann
+            .get("result")
+            .and_then(|r| r.as_array())
+            .into_iter()
+            .flatten()
+            .filter(|r| r.get("type").and_then(|t| t.as_str()) == Some("choices"))
+            .filter_map(|r| r.pointer("/value/choices").and_then(|c| c.as_array()))
+            .flatten()
+            .filter_map(|c| c.as_str())
+            .collect();
+        match choices.as_slice() {
+            [one] => out.push((id.to_string(), Some(one.to_string()))),
+            [] => bail!("{name}: task {task} ('{id}'): its annotation has no choice"),
+            more => bail!(
+                "{name}: task {task} ('{id}'): {} choices; one class per image",
+                more.len()
+            ),
+        }
+    }
+    Ok(out)
 }

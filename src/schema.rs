@@ -22,6 +22,7 @@ pub enum Table {
     Queries,
     Results,
     Diagnostics,
+    Stopping,
     Rejects,
     Retrieved,
 }
@@ -53,7 +54,7 @@ pub struct ColumnDef {
 }
 
 impl Table {
-    pub const ALL: [Table; 12] = [
+    pub const ALL: [Table; 13] = [
         Table::Manifest,
         Table::Classes,
         Table::Embeddings,
@@ -64,6 +65,7 @@ impl Table {
         Table::Queries,
         Table::Results,
         Table::Diagnostics,
+        Table::Stopping,
         Table::Rejects,
         Table::Retrieved,
     ];
@@ -80,6 +82,7 @@ impl Table {
             Table::Queries => include_str!("../schemas/queries.json"),
             Table::Results => include_str!("../schemas/results.json"),
             Table::Diagnostics => include_str!("../schemas/diagnostics.json"),
+            Table::Stopping => include_str!("../schemas/stopping.json"),
             Table::Rejects => include_str!("../schemas/rejects.json"),
             Table::Retrieved => include_str!("../schemas/retrieved.json"),
         }

@@ -90,6 +90,13 @@ impl Frame {
         Ok(self.typed::<Float64Array>(name)?.iter().collect())
     }
 
+    pub fn bools(&self, name: &str) -> Result<Vec<Option<bool>>> {
+        Ok(self
+            .typed::<arrow::array::BooleanArray>(name)?
+            .iter()
+            .collect())
+    }
+
     /// A fixed-size-list<float32> column as a matrix, one row per table row.
     pub fn mat(&self, name: &str) -> Result<Mat> {
         let list = self.typed::<FixedSizeListArray>(name)?;
@@ -599,6 +606,22 @@ pub fn temp_file_for(dest: &Path) -> Result<tempfile::NamedTempFile> {
         .with_context(|| format!("{}: cannot create a temporary file", dir.display()))
 }
 
+/// Write a small file whole (a person's answers, a Label Studio export): a temporary file in
+/// the same folder (made if missing), synced, then renamed over `path`.
+pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(d).with_context(|| format!("{}: cannot create", d.display()))?;
+    }
+    let mut tmp = temp_file_for(path)?;
+    tmp.write_all(bytes)
+        .and_then(|_| tmp.as_file().sync_all())
+        .with_context(|| format!("{}: cannot write", path.display()))?;
+    tmp.persist(path)
+        .map_err(|e| anyhow!("{}: cannot write ({})", path.display(), e.error))?;
+    Ok(())
+}
+
 /// A staging folder in `parent`, named `.{tag}-staging-{pid}_{host}-{random}`.
 pub fn staging_dir_in(parent: &Path, tag: &str) -> Result<tempfile::TempDir> {
     tempfile::Builder::new()
@@ -735,6 +758,10 @@ pub fn opt_f64s(v: &[Option<f64>]) -> ArrayRef {
     Arc::new(Float64Array::from(v.to_vec()))
 }
 
+pub fn bools(v: &[bool]) -> ArrayRef {
+    Arc::new(arrow::array::BooleanArray::from(v.to_vec()))
+}
+
 /// A matrix as a fixed-size-list<float32> column.
 pub fn fixed_list(m: &Mat) -> Result<ArrayRef> {
     fixed_list_owned(m.clone())
@@ -752,15 +779,16 @@ pub fn fixed_list_owned(m: Mat) -> Result<ArrayRef> {
     )?))
 }
 
-pub fn list_f64(rows: &[Vec<f64>]) -> ArrayRef {
+/// A list<float64> column (None: a null list).
+pub fn opt_list_f64(rows: &[Option<Vec<f64>>]) -> ArrayRef {
     Arc::new(arrow::array::ListArray::from_iter_primitive::<
         arrow::datatypes::Float64Type,
         _,
         _,
-    >(
-        rows.iter()
-            .map(|r| Some(r.iter().map(|v| Some(*v)).collect::<Vec<_>>())),
-    ))
+    >(rows.iter().map(|r| {
+        r.as_ref()
+            .map(|r| r.iter().map(|v| Some(*v)).collect::<Vec<_>>())
+    })))
 }
 
 pub fn list_utf8(rows: &[Vec<String>]) -> ArrayRef {

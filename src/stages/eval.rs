@@ -11,7 +11,8 @@ use anyhow::Result;
 /// A round's score, as recorded in its results row.
 #[derive(Clone, Copy, Debug)]
 pub struct Scored {
-    pub accuracy: f64,
+    /// None without a labeled test split.
+    pub accuracy: Option<f64>,
     pub n_labeled: usize,
 }
 
@@ -49,14 +50,21 @@ pub fn run_round(spec: &RunSpec, cache: &Cache, r: &Round) -> Result<Option<Scor
     let out = spec.results_path(round);
     let preds = Predictions::read(&spec.predictions_path(round))?;
     let train_s: f64 = preds.meta("train_s")?.parse().unwrap_or(f64::NAN);
-    let pred = preds.probs(cache, &cache.test.ids)?.argmax_rows();
-    let truth: Vec<usize> = cache
+    // a pool without ground truth has an unlabeled test split: no accuracy then
+    let truth: Option<Vec<usize>> = cache
         .test
         .labels
         .iter()
-        .map(|l| l.expect("checked on load") as usize)
+        .map(|l| l.map(|l| l as usize))
         .collect();
-    let s = metrics::score(&pred, &truth, cache.n_classes());
+    let s = match &truth {
+        Some(truth) => {
+            let pred = preds.probs(cache, &cache.test.ids)?.argmax_rows();
+            Some(metrics::score(&pred, truth, cache.n_classes()))
+        }
+        None => None,
+    };
+    let accuracy = s.as_ref().map(|s| s.accuracy);
 
     let labels = &r.rows;
     let budget_spent: f64 = labels.iter().map(|r| r.cost).sum();
@@ -87,6 +95,7 @@ pub fn run_round(spec: &RunSpec, cache: &Cache, r: &Round) -> Result<Option<Scor
     if p.select.diagnostics {
         diagnostics(spec, cache, r, &preds)?;
     }
+    stopping(spec, cache, r, &preds)?;
     table::write(
         &out,
         Table::Results,
@@ -94,9 +103,15 @@ pub fn run_round(spec: &RunSpec, cache: &Cache, r: &Round) -> Result<Option<Scor
             id_columns(spec, cache, round, labels.len()),
             vec![
                 ("budget_spent", table::f64s(&[budget_spent])),
-                ("accuracy", table::f64s(&[s.accuracy])),
-                ("macro_f1", table::f64s(&[s.macro_f1])),
-                ("per_class_acc", table::list_f64(&[s.per_class_acc])),
+                ("accuracy", table::opt_f64s(&[accuracy])),
+                (
+                    "macro_f1",
+                    table::opt_f64s(&[s.as_ref().map(|s| s.macro_f1)]),
+                ),
+                (
+                    "per_class_acc",
+                    table::opt_list_f64(&[s.as_ref().map(|s| s.per_class_acc.clone())]),
+                ),
                 ("train_s", table::f64s(&[train_s])),
                 ("select_s", table::opt_f64s(&[select_s])),
                 (
@@ -117,7 +132,9 @@ pub fn run_round(spec: &RunSpec, cache: &Cache, r: &Round) -> Result<Option<Scor
                 ),
                 (
                     "aulc",
-                    table::opt_f64s(&[run_aulc(spec, round, labels.len(), s.accuracy)]),
+                    table::opt_f64s(&[
+                        accuracy.and_then(|a| run_aulc(spec, round, labels.len(), a))
+                    ]),
                 ),
                 ("n_pseudo", table::i64s(&[pseudo.len() as i64])),
                 ("pseudo_accuracy", table::opt_f64s(&[pseudo_accuracy])),
@@ -128,15 +145,22 @@ pub fn run_round(spec: &RunSpec, cache: &Cache, r: &Round) -> Result<Option<Scor
         &[],
         table::Mode::NoClobber,
     )?;
-    progress::log(format!(
-        "{}: round {round}: accuracy {:.4}, macro-F1 {:.4}, {} labels",
-        spec.label(),
-        s.accuracy,
-        s.macro_f1,
-        labels.len()
-    ));
+    match &s {
+        Some(s) => progress::log(format!(
+            "{}: round {round}: accuracy {:.4}, macro-F1 {:.4}, {} labels",
+            spec.label(),
+            s.accuracy,
+            s.macro_f1,
+            labels.len()
+        )),
+        None => progress::log(format!(
+            "{}: round {round}: {} labels (no labeled test split: no accuracy)",
+            spec.label(),
+            labels.len()
+        )),
+    }
     Ok(Some(Scored {
-        accuracy: s.accuracy,
+        accuracy,
         n_labeled: labels.len(),
     }))
 }
@@ -205,6 +229,71 @@ fn diagnostics(spec: &RunSpec, cache: &Cache, r: &Round, preds: &Predictions) ->
         ]
         .concat(),
         &[],
+        table::Mode::NoClobber,
+    )?;
+    Ok(())
+}
+
+/// The round's stopping row (`src/stopping.rs`): each rule's measurement against the previous
+/// round's predictions and the teacher's, and whether it fires; the earlier rounds' rows are the
+/// windows' history. Written before the results row, so a round with results has one.
+fn stopping(spec: &RunSpec, cache: &Cache, r: &Round, preds: &Predictions) -> Result<()> {
+    use crate::stopping::{self as st, Values};
+    let round = r.round;
+    let out = spec.stopping_path(round);
+    if out.exists() {
+        return Ok(());
+    }
+    let cfg = &spec.pipeline.stopping;
+    let (now, _) = preds.train_and_calib(cache, false)?;
+    let pool = pool_rows(cache, &r.labeled);
+    let cur = now.argmax_rows();
+    let prev_path = spec.predictions_path(round.wrapping_sub(1));
+    let prev = if round > 0 && prev_path.exists() {
+        let (p, _) = Predictions::read(&prev_path)?.train_and_calib(cache, false)?;
+        Some(p.argmax_rows())
+    } else {
+        None
+    };
+    let c = cache.n_classes();
+    let mean_h = st::mean_entropy(&now, &pool);
+    let teacher = cache.teacher_probs().0;
+    let dis = teacher.as_ref().map(|t| st::disagreement(&now, t, &pool));
+    let v = Values {
+        kappa: prev.as_ref().map(|p| st::kappa(p, &cur, c)),
+        delta_f: prev.as_ref().map(|p| st::delta_f(p, &cur, c)),
+        changed: prev.as_ref().map(|p| st::changed(p, &cur, &pool)),
+        overall_uncertainty: if c > 1 { mean_h / (c as f64).ln() } else { 0.0 },
+        avg_uncertainty: mean_h,
+        disagreement: dis.map(|d| d.0),
+        js: dis.map(|d| d.1),
+    };
+    let history: Vec<Values> = (0..round)
+        .filter_map(|k| Values::read(&spec.stopping_path(k)).ok())
+        .collect();
+    let fired = st::fires(cfg, &history, &v);
+    let f = |v: f64| table::f64s(&[v]);
+    let of = |v: Option<f64>| table::opt_f64s(&[v]);
+    let mut cols = id_columns(spec, cache, round, r.rows.len());
+    cols.extend([
+        ("kappa", of(v.kappa)),
+        ("delta_f", of(v.delta_f)),
+        ("classification_change", of(v.changed)),
+        ("overall_uncertainty", f(v.overall_uncertainty)),
+        ("avg_uncertainty", f(v.avg_uncertainty)),
+        ("top1_disagreement", of(v.disagreement)),
+        ("mean_js", of(v.js)),
+    ]);
+    for (rule, on) in st::RULES.iter().zip(fired) {
+        cols.push((st::column(rule), table::bools(&[on])));
+    }
+    cols.extend(provenance_columns(spec, cache));
+    let thresholds = serde_json::to_string(cfg).expect("serialisable");
+    table::write(
+        &out,
+        Table::Stopping,
+        cols,
+        &[("thresholds", thresholds)],
         table::Mode::NoClobber,
     )?;
     Ok(())

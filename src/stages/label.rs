@@ -9,7 +9,7 @@ use crate::config::{Pipeline, RunSpec};
 use crate::rounds::{read_labels, require, write_labels, LabelRow, Round};
 use crate::schema::Table;
 use crate::{progress, rng, table};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
@@ -39,6 +39,11 @@ pub fn init(spec: &RunSpec, cache: &Cache) -> Result<()> {
         return Ok(());
     }
     let k = spec.pipeline.initial_per_class;
+    if k == 0 {
+        // a pool without labels (no ground truth needed): round 0 starts cold
+        write_labels(&path, &[])?;
+        return Ok(());
+    }
     seed_count(&spec.pipeline, cache)?;
     let by_class = members_by_class(&spec.pipeline, cache)?;
     let mut r = rng::stream(spec.seed, "init", 0);
@@ -77,6 +82,26 @@ fn query_rows(spec: &RunSpec, round: usize) -> Result<Vec<(String, Option<i32>)>
         .into_iter()
         .zip(t.i32s("pseudo_label")?)
         .collect())
+}
+
+/// How many of round `round`'s queries for a person (those not pseudo-labelled) the run's
+/// answers file answers or skips, of how many.
+pub fn answered(spec: &RunSpec, round: usize) -> Result<(usize, usize)> {
+    let asked: HashSet<String> = query_rows(spec, round)?
+        .into_iter()
+        .filter(|(_, p)| p.is_none())
+        .map(|(id, _)| id)
+        .collect();
+    let path = spec.answers_path(round);
+    let done = if path.exists() {
+        crate::rounds::read_answers(&path)?
+            .iter()
+            .filter(|(id, _)| asked.contains(id))
+            .count()
+    } else {
+        0
+    };
+    Ok((done, asked.len()))
 }
 
 /// The label row of a pick that selective querying pseudo-labelled (cost 0).
@@ -143,7 +168,7 @@ fn oracle_from(
 /// With `round = None`, the file holds the seed labels of round 0 instead.
 pub fn from_file(spec: &RunSpec, cache: &Cache, round: Option<usize>, file: &Path) -> Result<()> {
     let name = file.display().to_string();
-    let answers = read_answers(file)?;
+    let answers = crate::rounds::read_answers(file)?;
     let (out, kind, new_round) = match round {
         Some(r) => (spec.labels_path(r + 1), "oracle", r as i32 + 1),
         None => (spec.labels_path(0), "seed", 0),
@@ -182,6 +207,18 @@ pub fn from_file(spec: &RunSpec, cache: &Cache, round: Option<usize>, file: &Pat
         .collect();
     let c = cache.n_classes();
     let mut seen = HashSet::new();
+    if !answers.is_empty()
+        && answers
+            .iter()
+            .all(|(id, _)| !cache.train.index.contains_key(id))
+    {
+        bail!(
+            "{name}: none of its {} sample ids is in the train pool of dataset '{}' (answers of another project?)",
+            answers.len(),
+            cache.dataset
+        );
+    }
+    let mut skipped = 0;
     for (line, (id, label)) in answers.iter().enumerate() {
         let row = line + 1;
         if !cache.train.index.contains_key(id) {
@@ -195,6 +232,10 @@ pub fn from_file(spec: &RunSpec, cache: &Cache, round: Option<usize>, file: &Pat
         if known.contains(id) || !seen.insert(id.clone()) {
             bail!("{name}: row {row}: sample '{id}' is already labeled");
         }
+        let Some(label) = label else {
+            skipped += 1;
+            continue;
+        };
         let class = match label.trim().parse::<i64>() {
             Ok(v) if v >= 0 && (v as usize) < c => v as usize,
             Ok(v) => bail!("{name}: row {row}: label {v} is outside 0..{c}"),
@@ -210,6 +251,11 @@ pub fn from_file(spec: &RunSpec, cache: &Cache, round: Option<usize>, file: &Pat
             cost: 1.0,
         });
     }
+    if skipped > 0 {
+        progress::log(format!(
+            "{name}: {skipped} sample(s) skipped (not sure); they stay in the pool"
+        ));
+    }
     if let Some(a) = &asked {
         let missing = a.iter().filter(|id| !seen.contains(*id)).count();
         if missing > 0 {
@@ -222,42 +268,4 @@ pub fn from_file(spec: &RunSpec, cache: &Cache, round: Option<usize>, file: &Pat
     rows.extend(pseudo);
     write_labels(&out, &rows)?;
     Ok(())
-}
-
-/// (sample_id, label-as-text) pairs from a CSV or Parquet file.
-fn read_answers(file: &Path) -> Result<Vec<(String, String)>> {
-    let name = file.display().to_string();
-    let is_parquet = file.extension().and_then(|e| e.to_str()) == Some("parquet");
-    if is_parquet {
-        let t = table::read_any(file)?;
-        let (ids, labels) = (t.texts("sample_id")?, t.texts("label")?);
-        ids.into_iter()
-            .zip(labels)
-            .enumerate()
-            .map(|(i, pair)| match pair {
-                (Some(id), Some(label)) => Ok((id, label)),
-                _ => bail!("{name}: row {}: empty sample_id or label", i + 1),
-            })
-            .collect()
-    } else {
-        let mut rdr =
-            csv::Reader::from_path(file).with_context(|| format!("{name}: cannot open"))?;
-        let headers = rdr.headers().map_err(|e| anyhow!("{name}: {e}"))?.clone();
-        let pos = |c: &str| {
-            headers
-                .iter()
-                .position(|h| h.trim() == c)
-                .ok_or_else(|| anyhow!("{name}: missing column '{c}'"))
-        };
-        let (pi, pl) = (pos("sample_id")?, pos("label")?);
-        let mut out = Vec::new();
-        for (i, rec) in rdr.records().enumerate() {
-            let rec = rec.map_err(|e| anyhow!("{name}: row {}: {e}", i + 1))?;
-            out.push((
-                rec.get(pi).unwrap_or("").trim().to_string(),
-                rec.get(pl).unwrap_or("").to_string(),
-            ));
-        }
-        Ok(out)
-    }
 }

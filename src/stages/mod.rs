@@ -4,8 +4,10 @@
 //! identity: the cache tables it reads, its seed-label count, and the sweep of what killed
 //! processes left in its folders.
 
+pub mod annotate;
 pub mod corpus;
 pub mod eval;
+pub mod export;
 pub mod extract;
 pub mod fit_teacher;
 pub mod import_idx;
@@ -49,7 +51,18 @@ pub fn need_of(spec: &crate::config::RunSpec) -> Result<crate::cache::Need> {
         .build_trainer()?
         .needs()
         .union(spec.build_strategy()?.needs());
+    if let Some(c) = &spec.pipeline.cold_start {
+        n = n.union(
+            crate::config::parse_strategy(c)?
+                .0
+                .build(&spec.pipeline.strategy_build())?
+                .needs(),
+        );
+    }
     n.logits |= spec.pipeline.select.diagnostics;
+    // the teacher–student disagreement rule, when it ends runs, needs the teacher's logits
+    let stopping = &spec.pipeline.stopping;
+    n.logits |= stopping.teacher || stopping.stop_when.as_deref() == Some("disagreement");
     n.retrieved = spec.rda;
     Ok(n)
 }

@@ -224,7 +224,11 @@ pub fn render(groups: &[Group], spread: Spread) -> Result<String> {
             Spread::Ci95 if n > 1 => t975(n - 1) * g.acc_std / (n as f64).sqrt(),
             Spread::Ci95 => 0.0,
         };
-        let cell = format!("{:.4} ± {half:.4} (n={n})", g.acc_mean);
+        let cell = if g.acc_mean.is_nan() {
+            format!("no test labels (n={n})")
+        } else {
+            format!("{:.4} ± {half:.4} (n={n})", g.acc_mean)
+        };
         let row = blocks
             .entry(key.clone())
             .or_default()
@@ -263,6 +267,130 @@ pub fn render(groups: &[Group], spread: Spread) -> Result<String> {
             out += "\n";
         }
         out += "\n";
+    }
+    Ok(out)
+}
+
+/// `vlal report --stopping`: for each run and stopping rule (`src/stopping.rs`), the first round
+/// at which the rule fires, the labels and test accuracy at that round, and what stopping there
+/// gives up against the run's last recorded round: accuracy lost and labels saved. One line per
+/// (run, rule), in run order; `never` where a rule did not fire, `n/a` without test labels.
+pub fn stopping_text(
+    results_dir: &Path,
+    stopping_dir: &Path,
+    pipelines: &[&str],
+) -> Result<String> {
+    let rows = scan(results_dir, pipelines)?;
+    // (run, round) → (labels, accuracy)
+    let mut scored: BTreeMap<(String, i64), (Option<f64>, Option<f64>)> = BTreeMap::new();
+    for r in &rows {
+        if let Some(run) = &r.run {
+            scored.insert((run.clone(), r.round), (r.n_labeled, r.accuracy));
+        }
+    }
+    let files = parquet_files(stopping_dir);
+    if files.is_empty() {
+        bail!(
+            "{}: no stopping files (*.parquet) found (runs write them from this version on)",
+            stopping_dir.display()
+        );
+    }
+    type RunKey = (String, String, String, String, String);
+    // run → round → the rules that fire
+    let mut runs: BTreeMap<RunKey, BTreeMap<i64, Vec<bool>>> = BTreeMap::new();
+    // the runs whose teacher–student disagreement was measured (the teacher's logits loaded)
+    let mut with_teacher: BTreeSet<String> = BTreeSet::new();
+    for f in &files {
+        let t = table::read(f, crate::schema::Table::Stopping)?;
+        let text = |n: &str| t.strings(n);
+        let (run, pipeline, trainer, strategy) = (
+            text("run_id")?,
+            text("pipeline")?,
+            text("trainer")?,
+            text("strategy")?,
+        );
+        let (seed, round) = (t.i64s("seed")?, t.i32s("round")?);
+        let measured = t.f64s("top1_disagreement")?;
+        let verdicts = crate::stopping::RULES
+            .iter()
+            .map(|rule| t.bools(crate::stopping::column(rule)))
+            .collect::<Result<Vec<_>>>()?;
+        for i in 0..t.rows {
+            if !pipelines.is_empty() && !pipelines.contains(&pipeline[i].as_str()) {
+                continue;
+            }
+            let key = (
+                pipeline[i].clone(),
+                trainer[i].clone(),
+                strategy[i].clone(),
+                seed[i].unwrap_or(0).to_string(),
+                run[i].clone(),
+            );
+            if measured[i].is_some() {
+                with_teacher.insert(run[i].clone());
+            }
+            let fired = verdicts.iter().map(|v| v[i].unwrap_or(false)).collect();
+            runs.entry(key)
+                .or_default()
+                .insert(round[i].unwrap_or(0) as i64, fired);
+        }
+    }
+    let fmt = |v: Option<f64>, digits: usize| match v {
+        Some(v) => format!("{v:.digits$}"),
+        None => "n/a".into(),
+    };
+    let mut out = String::from(
+        "stopping rules: the first round each rule fires; given up = accuracy of the run's last round − accuracy there; saved = labels not bought
+",
+    );
+    out += &format!(
+        "{:<14} {:<8} {:<16} {:>4} {:<22} {:>5} {:>7} {:>9} {:>9} {:>6}
+",
+        "pipeline",
+        "trainer",
+        "strategy",
+        "seed",
+        "rule",
+        "round",
+        "labels",
+        "accuracy",
+        "given_up",
+        "saved"
+    );
+    for ((pipeline, trainer, strategy, seed, run), rounds) in &runs {
+        let last = scored
+            .range((run.clone(), i64::MIN)..=(run.clone(), i64::MAX))
+            .next_back()
+            .map(|(_, v)| *v);
+        let (last_n, last_acc) = last.unwrap_or((None, None));
+        for (k, rule) in crate::stopping::RULES.iter().enumerate() {
+            let first = rounds.iter().find(|(_, f)| f[k]).map(|(r, _)| *r);
+            let unmeasured = *rule == "disagreement" && !with_teacher.contains(run);
+            let line = match first {
+                None if unmeasured => {
+                    "  n/a (no teacher logits loaded: [stopping] teacher = true)".into()
+                }
+                None => format!("{:>5} {:>7} {:>9} {:>9} {:>6}", "never", "", "", "", ""),
+                Some(r) => {
+                    let (n, acc) = scored
+                        .get(&(run.clone(), r))
+                        .copied()
+                        .unwrap_or((None, None));
+                    let lost = acc.zip(last_acc).map(|(a, l)| l - a);
+                    let saved = n.zip(last_n).map(|(a, l)| l - a);
+                    format!(
+                        "{r:>5} {:>7} {:>9} {:>9} {:>6}",
+                        fmt(n, 0),
+                        fmt(acc, 4),
+                        fmt(lost, 4),
+                        fmt(saved, 0)
+                    )
+                }
+            };
+            out += &format!(
+                "{pipeline:<14} {trainer:<8} {strategy:<16} {seed:>4} {rule:<22} {line}\n"
+            );
+        }
     }
     Ok(out)
 }

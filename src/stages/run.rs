@@ -113,7 +113,7 @@ pub fn run(p: &Pipeline, filter: &Filter) -> Result<()> {
     let pb = progress::bar((total * (stop + 1)) as u64, "rounds");
     // the stages' own lines (each file written, each round's score) become details (-v)
     let _demoted = progress::demote();
-    let (mut finished, mut worked, mut locked) = (0, 0, 0);
+    let (mut finished, mut worked, mut locked, mut waiting) = (0, 0, 0, 0);
     for (need, specs) in groups {
         let cache = Cache::load_at_tau(&p.dataset, p.teacher.tau, need)?;
         let budget = check_budget(p, &cache)?;
@@ -128,15 +128,37 @@ pub fn run(p: &Pipeline, filter: &Filter) -> Result<()> {
                 locked += 1;
                 continue;
             };
-            let (rounds, last) = run_one(spec, &cache, budget, &pb, stop)?;
-            if let Some(s) = last {
+            let o = run_one(spec, &cache, budget, &pb, stop)?;
+            let rounds = o.worked;
+            if let Some((r, done, asked)) = o.waiting {
                 progress::say(
                     Some(&pb),
                     format!(
-                        "{}: round {stop}{}: accuracy {:.4} with {} labels ({rounds} rounds run now)",
+                        "{}: round {r}: waiting for a person ({done} of {asked} queries answered): {}, then run this again",
+                        spec.label(),
+                        annotate_command(spec, r)
+                    ),
+                );
+                waiting += 1;
+            } else if let Some(r) = o.stopped {
+                progress::say(
+                    Some(&pb),
+                    format!(
+                        "{}: stopped after round {r}: the stopping rule {} fired",
+                        spec.label(),
+                        p.stopping.stop_when.as_deref().unwrap_or("?")
+                    ),
+                );
+                finished += 1;
+            } else if let Some(s) = o.score {
+                progress::say(
+                    Some(&pb),
+                    format!(
+                        "{}: round {stop}{}: {} with {} labels ({rounds} rounds run now)",
                         spec.label(),
                         if stop == p.rounds { " (done)" } else { "" },
-                        s.accuracy,
+                        s.accuracy
+                            .map_or("no test labels".into(), |a| format!("accuracy {a:.4}")),
                         s.n_labeled
                     ),
                 );
@@ -149,11 +171,16 @@ pub fn run(p: &Pipeline, filter: &Filter) -> Result<()> {
     progress::say(
         None,
         format!(
-            "'{}': {finished} runs finished ({worked} rounds), {} already complete{}; results in {}",
+            "'{}': {finished} runs finished ({worked} rounds), {} already complete{}{}; results in {}",
             p.name,
             specs.len() - total,
             if locked > 0 {
                 format!(", {locked} skipped (held by another process)")
+            } else {
+                String::new()
+            },
+            if waiting > 0 {
+                format!(", {waiting} waiting for a person")
             } else {
                 String::new()
             },
@@ -179,26 +206,45 @@ fn check_budget(p: &Pipeline, cache: &Cache) -> Result<usize> {
     Ok(budget)
 }
 
-/// Run (or resume) one run up to round `stop`; returns the number of rounds it worked on and,
-/// when it scored round `stop` now, that score.
+/// What [`run_one`] did.
+#[derive(Default)]
+pub struct Outcome {
+    /// Rounds it worked on.
+    pub worked: usize,
+    /// Round `stop`'s score, when it was scored now.
+    pub score: Option<eval::Scored>,
+    /// The round whose queries wait for a person's answers (`oracle = "person"`).
+    pub waiting: Option<(usize, usize, usize)>,
+    /// The round where `[stopping] stop_when` ended the run.
+    pub stopped: Option<usize>,
+}
+
+/// Run (or resume) one run up to round `stop`.
 pub fn run_one(
     spec: &RunSpec,
     cache: &Cache,
     budget: usize,
     pb: &indicatif::ProgressBar,
     stop: usize,
-) -> Result<(usize, Option<eval::Scored>)> {
+) -> Result<Outcome> {
     let last = spec.pipeline.rounds;
-    let mut worked = 0;
-    let mut score = None;
+    let mut out = Outcome::default();
     if !spec.labels_path(0).exists() {
         label::init(spec, cache)?;
     }
+    let rule = spec.pipeline.stopping.stop_when.as_deref();
     for r in 0..=stop.min(last) {
-        let complete =
-            spec.results_path(r).exists() && (r == last || spec.labels_path(r + 1).exists());
+        let stopped = |r: usize| {
+            rule.is_some_and(|rule| crate::stopping::fired(&spec.stopping_path(r), rule))
+        };
+        let complete = spec.results_path(r).exists()
+            && (r == last || spec.labels_path(r + 1).exists() || stopped(r));
         pb.inc(1);
         if complete {
+            if r < last && !spec.labels_path(r + 1).exists() {
+                out.stopped = Some(r);
+                break;
+            }
             continue;
         }
         // the round's labels are read once, and the head trained here is handed to select
@@ -213,12 +259,37 @@ pub fn run_one(
         }
         let s = eval::run_round(spec, cache, &round)?;
         if r == stop {
-            score = s;
+            out.score = s;
         }
+        out.worked += 1;
         if r < last && !spec.labels_path(r + 1).exists() {
-            label::oracle_round(spec, cache, &round)?;
+            if stopped(r) {
+                out.stopped = Some(r);
+                break;
+            }
+            if spec.pipeline.oracle == "person" {
+                let answers = spec.answers_path(r);
+                let (done, asked) = label::answered(spec, r)?;
+                if done < asked {
+                    out.waiting = Some((r, done, asked));
+                    break;
+                }
+                label::from_file(spec, cache, Some(r), &answers)?;
+            } else {
+                label::oracle_round(spec, cache, &round)?;
+            }
         }
-        worked += 1;
     }
-    Ok((worked, score))
+    Ok(out)
+}
+
+/// The command that opens a run's round in the browser.
+pub fn annotate_command(spec: &RunSpec, round: usize) -> String {
+    format!(
+        "vlal annotate --pipeline {} --trainer {} --strategy {} --seed {} --round {round}",
+        spec.pipeline.file.display(),
+        spec.trainer,
+        spec.strategy_name(),
+        spec.seed
+    )
 }

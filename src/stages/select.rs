@@ -26,7 +26,15 @@ pub fn run_round(
 ) -> Result<()> {
     let (round, lpath) = (r.round, &r.path);
     let (labeled, labels) = (&r.labeled, &r.labels);
-    let strat = spec.build_strategy()?;
+    let strat = spec.strategy_for(labeled.len())?;
+    // the queries name the strategy that picked them (a cold start's, without labels)
+    let strategy_name = match (&spec.pipeline.cold_start, labeled.len()) {
+        (Some(c), 0) => {
+            crate::progress::log(format!("round {round}: no labels yet; cold start with {c}"));
+            c.clone()
+        }
+        _ => spec.strategy_name(),
+    };
     let needs = strat.needs();
     let preds = Predictions::read(&spec.predictions_path(round))?;
     let (probs, calib_student) = preds.train_and_calib(cache, needs.logits)?;
@@ -92,8 +100,7 @@ pub fn run_round(
     let notes = ctx.notes.take();
     if picks.len() != budget {
         bail!(
-            "strategy '{}' returned {} picks for a budget of {budget}",
-            spec.strategy_name(),
+            "strategy '{strategy_name}' returned {} picks for a budget of {budget}",
             picks.len()
         );
     }
@@ -122,7 +129,7 @@ pub fn run_round(
             ("score", table::f64s(&scores)),
             (
                 "strategy",
-                table::utf8(&vec![spec.strategy_name().as_str(); picks.len()]),
+                table::utf8(&vec![strategy_name.as_str(); picks.len()]),
             ),
             ("pseudo_label", table::opt_i32s(&pseudo)),
         ],

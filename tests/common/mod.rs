@@ -147,3 +147,4 @@ pub fn sbatch(dir: &Path, flags: &[&str], stage: &str, args: &[&str]) {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+pub mod browser;
