@@ -18,7 +18,7 @@ DATA     ?= data/synth
 RUN_ARGS := --pipeline $(PIPELINE) --trainer $(TRAINER) --strategy $(STRATEGY) --seed $(SEED)
 PATHS_MK := .make/$(notdir $(basename $(PIPELINE)))-$(TRAINER)-$(STRATEGY)-$(SEED)-$(ROUND).mk
 
-.PHONY: deps alor bench-retrieve bench-scale-round demo demo-full demo-models demo-ceiling all build test parity parity-reference extract bench-extract cbsq-tiny bench-coop bench-kmeans init train select label eval round sweep report bench-round bench-ccma clean-runs
+.PHONY: deps annotate-tiny annotate-screenshot alor bench-retrieve bench-scale-round demo demo-full demo-models demo-ceiling all build test parity parity-reference extract bench-extract cbsq-tiny bench-coop bench-kmeans init train select label eval round sweep report bench-round bench-ccma clean-runs
 all: build
 
 # Every install step (Debian packages when missing, the venv from requirements.txt): .ci/deps.
@@ -40,13 +40,27 @@ parity-reference: $(PARITY_DIR)/io.safetensors
 $(PARITY_DIR)/io.safetensors: tests/parity/reference.py tests/parity/efficientnet_lite.py tests/parity/contrastive.py tests/data/chelsea-224.jpg requirements.txt | deps
 	$(PY) tests/parity/reference.py $(PARITY_DIR).tmp && rm -rf $(PARITY_DIR) && mv $(PARITY_DIR).tmp $(PARITY_DIR)
 
+# Labeling with a person (README): the tiny offline world with no seed labels; `vlal run` picks
+# round 0 by cold start and stops for a person, and the labeling page opens at
+# http://127.0.0.1:8765/ (Ctrl-C stops it; `make annotate-tiny` again continues the run).
+annotate-tiny: $(VLAL)
+	test -f data/tiny/tiny-clip/model.safetensors || $(VLAL) tiny --out data/tiny
+	$(VLAL) extract --images data/tiny/images --classes data/tiny/classes.txt --out data/tiny/cache \
+	  --teacher data/tiny/tiny-clip --student data/tiny/tiny-dino
+	$(VLAL) run pipelines/person-tiny.toml
+	$(VLAL) annotate --pipeline pipelines/person-tiny.toml
+
+# README's screenshot of the labeling page (data/annotate.png), taken by the browser test.
+annotate-screenshot: deps
+	VLAL_SCREENSHOT=$(abspath data/annotate.png) $(CARGO) test --test annotate a_person_labels
+
 # Only the parity tests.
 parity: parity-reference
 	VLAL_PARITY_DIR=$(abspath $(PARITY_DIR)) $(CARGO) test --test parity -- --nocapture
 
 # The run's file names (RUN_DIR, LABELS, PREDICTIONS, QUERIES, NEXT_LABELS, RESULTS) come from
 # `vlal paths`; make rebuilds this include and restarts when it is missing or stale.
-ifeq ($(filter deps build test clean-runs extract bench-extract bench-scale-round cbsq-tiny bench-coop bench-kmeans demo demo-full demo-models demo-ceiling alor bench-retrieve,$(MAKECMDGOALS)),)
+ifeq ($(filter deps annotate-tiny annotate-screenshot build test clean-runs extract bench-extract bench-scale-round cbsq-tiny bench-coop bench-kmeans demo demo-full demo-models demo-ceiling alor bench-retrieve,$(MAKECMDGOALS)),)
 -include $(PATHS_MK)
 endif
 $(PATHS_MK): $(PIPELINE) $(VLAL)
@@ -184,6 +198,7 @@ demo: demo-models $(VLAL)
 	$(DEMO_EXTRACT) --teacher $(DEMO)/models/lite2-fmnist-probe
 	for p in $(DEMO_PIPELINES) $(DEMO_CEILING); do $(VLAL) run pipelines/$$p.toml $(DEMO_RUN) || exit 1; done
 	$(VLAL) report $(foreach p,$(DEMO_PIPELINES),--pipeline $(p)) --plot results/$(firstword $(DEMO_PIPELINES)).png
+	$(VLAL) report --stopping $(foreach p,$(DEMO_PIPELINES),--pipeline $(p))
 	$(if $(DEMO_CEILING),$(VLAL) report --pipeline $(DEMO_CEILING))
 demo-full:
 	$(MAKE) demo DEMO=data/fashion-mnist-5k DEMO_POOL=5000 DEMO_CALIB=500 DEMO_TEST=2000 DEMO_HELD=5000 \

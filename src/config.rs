@@ -69,9 +69,9 @@ pub struct Pipeline {
     /// The stopping rules' thresholds and the rule that ends a run (`[stopping]`).
     #[serde(default)]
     pub stopping: crate::stopping::StoppingCfg,
-    /// Root of the Hive-partitioned stopping table.
-    #[serde(default = "default_stopping")]
-    pub stopping_dir: PathBuf,
+    /// Root of the Hive-partitioned stopping table (default: `stopping` beside `results_dir`).
+    #[serde(default)]
+    pub stopping_dir: Option<PathBuf>,
     /// The file this pipeline was read from (for the commands a stage suggests).
     #[serde(skip)]
     pub file: PathBuf,
@@ -138,14 +138,21 @@ fn default_diagnostics() -> PathBuf {
 fn default_oracle() -> String {
     "simulated".into()
 }
-fn default_stopping() -> PathBuf {
-    "stopping".into()
-}
 fn default_device() -> String {
     "cpu".into()
 }
 
 impl Pipeline {
+    /// Where the stopping table goes: `stopping_dir`, else `stopping` beside `results_dir`.
+    pub fn stopping_dir(&self) -> PathBuf {
+        self.stopping_dir.clone().unwrap_or_else(|| {
+            self.results_dir
+                .parent()
+                .unwrap_or(Path::new(""))
+                .join("stopping")
+        })
+    }
+
     /// The trainers' settings of this pipeline.
     pub fn train_params(&self) -> crate::train::params::TrainParams {
         crate::train::params::TrainParams {
@@ -397,7 +404,7 @@ impl RunSpec {
     }
 
     pub fn stopping_path(&self, round: usize) -> PathBuf {
-        self.partition(&self.pipeline.stopping_dir, round)
+        self.partition(&self.pipeline.stopping_dir(), round)
     }
 
     /// A person's answers to round `round`'s queries (`vlal annotate` writes it; CSV with

@@ -143,8 +143,9 @@ enum Cmd {
     Annotate {
         #[command(flatten)]
         run: RunArgs,
+        /// The round (default: the first whose queries have no next labels yet).
         #[arg(long)]
-        round: usize,
+        round: Option<usize>,
         #[command(flatten)]
         serve: stages::annotate::AnnotateArgs,
     },
@@ -287,6 +288,10 @@ fn main_inner(cli: Cli) -> Result<()> {
         }
         Cmd::Annotate { run, round, serve } => {
             let spec = run.spec()?;
+            let round = match round {
+                Some(r) => r,
+                None => stages::annotate::waiting_round(&spec)?,
+            };
             stages::annotate::run(&spec, &load_for_person(&spec)?, round, &serve)
         }
         Cmd::Export {

@@ -383,3 +383,73 @@ pub fn label_studio_answers(file: &Path) -> Result<Vec<(String, Option<String>)>
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_is_most_probable_first_lower_class_on_ties() {
+        assert_eq!(
+            top_k(&[0.2, 0.5, 0.2, 0.1], 3),
+            vec![(1, 0.5), (0, 0.2), (2, 0.2)]
+        );
+    }
+
+    #[test]
+    fn answers_round_trip_and_label_studio_exports_read_as_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("a/round-000.csv");
+        let rows = vec![
+            ("x,1".to_string(), Some("cat".to_string())),
+            ("y".to_string(), None),
+        ];
+        write_answers(&csv, &rows).unwrap();
+        assert_eq!(read_answers(&csv).unwrap(), rows);
+
+        let ls = dir.path().join("export.json");
+        let choice = |c: &str| {
+            serde_json::json!([{"type": "choices", "from_name": "label", "to_name": "image",
+                                "value": {"choices": [c]}}])
+        };
+        let tasks = serde_json::json!([
+            // the last annotation that was not cancelled counts
+            {"data": {"sample_id": "a"}, "annotations": [
+                {"result": choice("cat"), "was_cancelled": false},
+                {"result": choice("dog"), "was_cancelled": false},
+                {"result": choice("cow"), "was_cancelled": true}]},
+            // all cancelled: skipped; none: no answer
+            {"data": {"sample_id": "b"}, "annotations": [{"result": [], "was_cancelled": true}]},
+            {"data": {"sample_id": "c"}, "annotations": []},
+            {"data": {"sample_id": "d"}},
+        ]);
+        std::fs::write(&ls, tasks.to_string()).unwrap();
+        assert_eq!(
+            read_answers(&ls).unwrap(),
+            vec![("a".into(), Some("dog".into())), ("b".into(), None)]
+        );
+        let bad = |v: serde_json::Value| {
+            std::fs::write(&ls, v.to_string()).unwrap();
+            read_answers(&ls).unwrap_err().to_string()
+        };
+        let name = ls.display();
+        assert_eq!(
+            bad(serde_json::json!({"tasks": []})),
+            format!("{name}: a Label Studio JSON export is a list of tasks")
+        );
+        assert!(bad(serde_json::json!([{"data": {"image": "x"}}]))
+            .starts_with(&format!("{name}: task 1: no data.sample_id")));
+        let two = serde_json::json!([{"type": "choices", "value": {"choices": ["a", "b"]}}]);
+        assert_eq!(
+            bad(
+                serde_json::json!([{"data": {"sample_id": "a"}, "annotations": [{"result": two}]}])
+            ),
+            format!("{name}: task 1 ('a'): 2 choices; one class per image")
+        );
+        std::fs::write(&ls, "[{").unwrap();
+        assert!(read_answers(&ls)
+            .unwrap_err()
+            .to_string()
+            .starts_with(&format!("{name}: not JSON")));
+    }
+}

@@ -217,7 +217,7 @@ fn a_person_labels_a_pool_without_ground_truth_in_the_browser() {
     assert!(labels(&run.join("labels/round-000.parquet")).is_empty());
 
     // a browser labels round 0: keys, an undo, a button, a skip, and a second tab
-    let server = Server::start(&pipe, 0);
+    let server = Server::start(&pipe, Some(0));
     let b = Browser::start(1200, 860);
     b.goto(&format!("{}/", server.url));
     b.wait_for("return document.querySelectorAll('#buttons button').length === 3");
@@ -293,8 +293,9 @@ fn a_person_labels_a_pool_without_ground_truth_in_the_browser() {
         "labels exist: the run's own strategy"
     );
 
-    // round 1, all by keys, in a fresh browser; then the run finishes
-    let server = Server::start(&pipe, 1);
+    // round 1 (the round that waits, found by the server), all by keys, in a fresh browser;
+    // then the run finishes
+    let server = Server::start(&pipe, None);
     let b = Browser::start(1000, 700);
     b.goto(&format!("{}/", server.url));
     b.wait_for("return document.querySelectorAll('#buttons button').length === 3");
@@ -431,7 +432,7 @@ fn the_server_refuses_other_machines_and_bad_answers() {
     std::fs::remove_file(run.join("answers/round-000.csv")).unwrap();
 
     // two clients answering at once: every answer lands, the file stays whole
-    let server = Server::start(&pipe, 0);
+    let server = Server::start(&pipe, Some(0));
     let state: serde_json::Value = serde_json::from_str(
         &ureq::get(&format!("{}/api/state", server.url))
             .call()

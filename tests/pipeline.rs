@@ -1250,6 +1250,37 @@ fn a_run_from_zero_labels_starts_from_the_zero_shot_teacher() {
         "{} vs {zero_shot}",
         by_round[&0].1
     );
+    // each cold-start strategy picks a round without labels; later rounds use the run's own
+    for cs in ["cb", "class-balanced", "typiclust", "probcover"] {
+        let body = format!(
+            "name = \"cold-{cs}\"\nseeds = [0]\nrounds = 2\ninitial_per_class = 0\nbudget = 4\n\
+             cold_start = \"{cs}\"\nstrategies = [\"margin\"]\ntrainers = [\"ct\"]\n[ct]\nepochs = 5\n"
+        );
+        let p = pipeline(d, &format!("cold-{cs}.toml"), &data, &body);
+        let text = std::fs::read_to_string(&p)
+            .unwrap()
+            .replacen("name = \"e2e\"\n", "", 1);
+        std::fs::write(&p, text).unwrap();
+        ok(d, &["-q", "run", &p]);
+        let q = |r: usize| {
+            let dir = d.join(format!("runs/cold-{cs}"));
+            let run = std::fs::read_dir(&dir)
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap()
+                .path();
+            let t = table::read(
+                &run.join(format!("queries/round-{r:03}.parquet")),
+                Table::Queries,
+            );
+            t.unwrap().strings("strategy").unwrap()
+        };
+        assert_eq!(
+            (q(0), q(1)),
+            (vec![cs.to_string(); 4], vec!["margin".to_string(); 4])
+        );
+    }
     // a trainer without a zero-shot head says what it needs
     let body = "seeds = [0]\nrounds = 1\ninitial_per_class = 0\nbudget = 4\n\
                 strategies = [\"random\"]\ntrainers = [\"linear\"]\n";
@@ -1259,6 +1290,84 @@ fn a_run_from_zero_labels_starts_from_the_zero_shot_teacher() {
         e.contains("no labeled samples to train on (the linear trainer needs labels"),
         "{e}"
     );
+}
+
+#[test]
+fn a_stopping_rule_ends_a_run_and_report_stopping_says_where_each_rule_fires() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let data = synth(d, "stop", "300");
+    // every round has stopping rows; the change rule (any share of changed predictions is
+    // enough at change = 1) first fires at round 1, the first round with a previous one
+    let body = "seeds = [0, 1]\nrounds = 4\nbudget = 4\nstrategies = [\"entropy\"]\n\
+                [stopping]\nstop_when = \"classification_change\"\nchange = 1.0\n";
+    let p = pipeline(d, "stop.toml", &data, body);
+    let log = ok(d, &["run", &p]);
+    assert!(
+        log.contains("e2e/linear/entropy/seed 0: stopped after round 1: the stopping rule classification_change fired"),
+        "{log}"
+    );
+    let results = parquet_files(&d.join("results"));
+    assert_eq!(
+        results.len(),
+        2 * 2,
+        "rounds 0 and 1 of two seeds: {results:?}"
+    );
+    let stops = parquet_files(&d.join("stopping"));
+    assert_eq!(stops.len(), 2 * 2);
+    for f in &stops {
+        let t = table::read(f, Table::Stopping).unwrap();
+        let round = t.i32s("round").unwrap()[0].unwrap();
+        let fired = t.bools("stop_classification_change").unwrap()[0].unwrap();
+        assert_eq!(fired, round == 1, "{f:?}");
+        assert_eq!(t.f64s("kappa").unwrap()[0].is_some(), round == 1);
+        assert!(
+            t.meta["thresholds"].contains("\"change\":1.0"),
+            "{:?}",
+            t.meta
+        );
+    }
+    let run_dir = std::fs::read_dir(d.join("runs/e2e"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert!(!run_dir.join("labels/round-002.parquet").exists());
+    // a rerun does no work and says so again
+    let before = snapshot(&d.join("results"));
+    let log = ok(d, &["run", &p]);
+    assert!(log.contains("stopped after round 1"), "{log}");
+    assert_eq!(snapshot(&d.join("results")), before);
+    // the report: one line per run and rule
+    let o = common::vlal(
+        d,
+        &[
+            "report",
+            "--stopping",
+            "--results",
+            d.join("results").to_str().unwrap(),
+        ],
+        &[],
+    );
+    common::succeeded(&o);
+    let out = String::from_utf8(o.stdout).unwrap();
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("e2e")).collect();
+    assert_eq!(lines.len(), 2 * 6, "{out}");
+    let change: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.contains("classification_change"))
+        .collect();
+    for l in change {
+        let cols: Vec<&str> = l.split_whitespace().collect();
+        // pipeline trainer strategy seed rule round labels accuracy given_up saved
+        assert_eq!((cols[5], cols[6], cols[9]), ("1", "8", "0"), "{l}");
+        assert_eq!(
+            cols[8], "0.0000",
+            "stopping at the last round gives nothing up: {l}"
+        );
+    }
+    assert!(out.contains("n/a (no teacher logits loaded"), "{out}");
 }
 
 /// The "(N rounds)" of `vlal run`'s summary line.

@@ -227,6 +227,18 @@ fn handle(s: &mut Session, mut req: Request) -> std::io::Result<()> {
     }
 }
 
+/// The first round whose queries wait for answers (no next round's labels yet).
+pub fn waiting_round(spec: &RunSpec) -> Result<usize> {
+    (0..spec.pipeline.rounds)
+        .find(|&r| spec.queries_path(r).exists() && !spec.labels_path(r + 1).exists())
+        .ok_or_else(|| {
+            anyhow!(
+                "{}: no round waits for answers (every round with queries has its next labels; run `vlal run` or `vlal select` first)",
+                spec.run_dir().display()
+            )
+        })
+}
+
 /// Serve round `round` of the run until the process is stopped.
 pub fn run(spec: &RunSpec, cache: &Cache, round: usize, a: &AnnotateArgs) -> Result<()> {
     let addrs = resolve(&a.host, a.port)?;
