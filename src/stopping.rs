@@ -197,8 +197,11 @@ pub fn disagreement(
     (d as f64 / n, js / n)
 }
 
-/// Which rules fire at a round, given its values and the earlier rounds' (oldest first).
-pub fn fires(cfg: &StoppingCfg, history: &[Values], now: &Values) -> [bool; 6] {
+/// What each rule compares with its threshold at a round, given its values and the earlier
+/// rounds' (oldest first): the mean κ of the window, the largest ΔF of the window, the changed
+/// share, the two uncertainties, and the top-1 disagreement. None where a window is not full
+/// (or holds a round without a previous one) or nothing was measured.
+pub fn statistics(cfg: &StoppingCfg, history: &[Values], now: &Values) -> [Option<f64>; 6] {
     // the last `w` values of a rule, this round's included; None when fewer exist
     let window = |w: usize, get: &dyn Fn(&Values) -> Option<f64>| -> Option<Vec<f64>> {
         let v: Vec<Option<f64>> = history
@@ -211,15 +214,44 @@ pub fn fires(cfg: &StoppingCfg, history: &[Values], now: &Values) -> [bool; 6] {
         }
         v[v.len() - w..].iter().copied().collect()
     };
-    let kappa = window(cfg.kappa_window, &|v| v.kappa)
-        .is_some_and(|k| k.iter().sum::<f64>() / k.len() as f64 >= cfg.kappa);
+    let kappa =
+        window(cfg.kappa_window, &|v| v.kappa).map(|k| k.iter().sum::<f64>() / k.len() as f64);
     let delta_f = window(cfg.delta_f_window, &|v| v.delta_f)
-        .is_some_and(|d| d.iter().all(|&x| x < cfg.delta_f));
-    let change = now.changed.is_some_and(|c| c <= cfg.change);
-    let overall = now.overall_uncertainty < cfg.overall_uncertainty;
-    let low = now.avg_uncertainty < cfg.avg_uncertainty;
-    let dis = matches!((now.disagreement, now.js), (Some(d), Some(j)) if d < cfg.disagreement && j < cfg.js);
-    [kappa, delta_f, change, overall, low, dis]
+        .map(|d| d.iter().copied().fold(f64::NEG_INFINITY, f64::max));
+    [
+        kappa,
+        delta_f,
+        now.changed,
+        Some(now.overall_uncertainty),
+        Some(now.avg_uncertainty),
+        now.disagreement,
+    ]
+}
+
+/// Which rules fire at a round (see [`statistics`]).
+pub fn fires(cfg: &StoppingCfg, history: &[Values], now: &Values) -> [bool; 6] {
+    let [kappa, delta_f, change, overall, low, dis] = statistics(cfg, history, now);
+    [
+        kappa.is_some_and(|k| k >= cfg.kappa),
+        delta_f.is_some_and(|d| d < cfg.delta_f),
+        change.is_some_and(|c| c <= cfg.change),
+        overall.is_some_and(|u| u < cfg.overall_uncertainty),
+        low.is_some_and(|u| u < cfg.avg_uncertainty),
+        dis.zip(now.js)
+            .is_some_and(|(d, j)| d < cfg.disagreement && j < cfg.js),
+    ]
+}
+
+/// Each rule's threshold, in [`RULES`] order (the disagreement rule's top-1 share).
+pub fn thresholds(cfg: &StoppingCfg) -> [f64; 6] {
+    [
+        cfg.kappa,
+        cfg.delta_f,
+        cfg.change,
+        cfg.overall_uncertainty,
+        cfg.avg_uncertainty,
+        cfg.disagreement,
+    ]
 }
 
 /// The `stopping` column of a rule's verdict.
@@ -235,10 +267,9 @@ pub fn column(rule: &str) -> &'static str {
 }
 
 impl Values {
-    /// The measurements of a stopping row.
-    pub fn read(path: &std::path::Path) -> Result<Values> {
-        let t = crate::table::read(path, crate::schema::Table::Stopping)?;
-        let one = |n: &str| -> Result<Option<f64>> { Ok(t.f64s(n)?.first().copied().flatten()) };
+    /// The measurements of row `i` of a stopping table.
+    pub fn of_row(t: &crate::table::Frame, i: usize) -> Result<Values> {
+        let one = |n: &str| -> Result<Option<f64>> { Ok(t.f64s(n)?.get(i).copied().flatten()) };
         Ok(Values {
             kappa: one("kappa")?,
             delta_f: one("delta_f")?,
@@ -248,6 +279,14 @@ impl Values {
             disagreement: one("top1_disagreement")?,
             js: one("mean_js")?,
         })
+    }
+
+    /// The measurements of a stopping row's file.
+    pub fn read(path: &std::path::Path) -> Result<Values> {
+        Values::of_row(
+            &crate::table::read(path, crate::schema::Table::Stopping)?,
+            0,
+        )
     }
 }
 

@@ -141,17 +141,15 @@ struct Server {
 }
 
 impl Server {
-    fn start(pipeline: &str, round: usize) -> Server {
+    /// `round`: None lets the server find the round that waits for answers.
+    fn start(pipeline: &str, round: Option<usize>) -> Server {
+        let mut args = vec!["annotate", "--pipeline", pipeline, "--port", "0"];
+        let r = round.map(|r| r.to_string());
+        if let Some(r) = &r {
+            args.extend(["--round", r.as_str()]);
+        }
         let mut child = Command::new(common::BIN)
-            .args([
-                "annotate",
-                "--pipeline",
-                pipeline,
-                "--round",
-                &round.to_string(),
-                "--port",
-                "0",
-            ])
+            .args(&args)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -380,6 +378,18 @@ fn the_server_refuses_other_machines_and_bad_answers() {
         "{e}"
     );
     // before select: one line naming the missing queries
+    let annotate_fails = || {
+        let args = [
+            "annotate",
+            "--pipeline",
+            &pipe,
+            "--round",
+            "0",
+            "--port",
+            "0",
+        ];
+        fails(Path::new("."), &args)
+    };
     ok(
         Path::new("."),
         &["-q", "label", "--pipeline", &pipe, "--init"],
@@ -388,18 +398,7 @@ fn the_server_refuses_other_machines_and_bad_answers() {
         Path::new("."),
         &["-q", "train", "--pipeline", &pipe, "--round", "0"],
     );
-    let e = fails(
-        Path::new("."),
-        &[
-            "annotate",
-            "--pipeline",
-            &pipe,
-            "--round",
-            "0",
-            "--port",
-            "0",
-        ],
-    );
+    let e = annotate_fails();
     assert!(
         e.contains("queries/round-000.parquet: missing (run `vlal select` first)"),
         "{e}"
@@ -416,18 +415,7 @@ fn the_server_refuses_other_machines_and_bad_answers() {
         "sample_id,label,skipped\nimages/apple/999.png,apple,false\n",
     )
     .unwrap();
-    let e = fails(
-        Path::new("."),
-        &[
-            "annotate",
-            "--pipeline",
-            &pipe,
-            "--round",
-            "0",
-            "--port",
-            "0",
-        ],
-    );
+    let e = annotate_fails();
     assert!(e.contains("answers/round-000.csv: row 1: sample 'images/apple/999.png' was not queried in round 0"), "{e}");
     std::fs::remove_file(run.join("answers/round-000.csv")).unwrap();
 

@@ -1339,7 +1339,7 @@ fn a_stopping_rule_ends_a_run_and_report_stopping_says_where_each_rule_fires() {
     let log = ok(d, &["run", &p]);
     assert!(log.contains("stopped after round 1"), "{log}");
     assert_eq!(snapshot(&d.join("results")), before);
-    // the report: one line per run and rule
+    // the report: one line per configuration and rule, over its two runs
     let o = common::vlal(
         d,
         &[
@@ -1353,21 +1353,24 @@ fn a_stopping_rule_ends_a_run_and_report_stopping_says_where_each_rule_fires() {
     common::succeeded(&o);
     let out = String::from_utf8(o.stdout).unwrap();
     let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("e2e")).collect();
-    assert_eq!(lines.len(), 2 * 6, "{out}");
-    let change: Vec<&&str> = lines
+    assert_eq!(lines.len(), 6, "{out}");
+    let change = lines
         .iter()
-        .filter(|l| l.contains("classification_change"))
-        .collect();
-    for l in change {
-        let cols: Vec<&str> = l.split_whitespace().collect();
-        // pipeline trainer strategy seed rule round labels accuracy given_up saved
-        assert_eq!((cols[5], cols[6], cols[9]), ("1", "8", "0"), "{l}");
-        assert_eq!(
-            cols[8], "0.0000",
-            "stopping at the last round gives nothing up: {l}"
-        );
-    }
-    assert!(out.contains("n/a (no teacher logits loaded"), "{out}");
+        .find(|l| l.contains("classification_change"))
+        .unwrap();
+    let cols: Vec<&str> = change.split_whitespace().collect();
+    // pipeline trainer strategy rule fired round labels accuracy given_up saved at_end ≤ threshold
+    assert_eq!(
+        (cols[4], cols[5], cols[6], cols[8], cols[9], cols[12]),
+        ("2/2", "1.0", "8.0", "0.0000", "0.0", "1"),
+        "stopping at the last round gives nothing up: {change}"
+    );
+    let dis = lines.iter().find(|l| l.contains("disagreement")).unwrap();
+    assert_eq!(dis.split_whitespace().nth(4), Some("n/a"), "{dis}");
+    assert!(
+        out.contains("[stopping] teacher = true measures it"),
+        "{out}"
+    );
 }
 
 /// The "(N rounds)" of `vlal run`'s summary line.

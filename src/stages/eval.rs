@@ -248,16 +248,26 @@ fn stopping(spec: &RunSpec, cache: &Cache, r: &Round, preds: &Predictions) -> Re
     let (now, _) = preds.train_and_calib(cache, false)?;
     let pool = pool_rows(cache, &r.labeled);
     let cur = now.argmax_rows();
-    let prev_path = spec.predictions_path(round.wrapping_sub(1));
-    let prev = if round > 0 && prev_path.exists() {
-        let (p, _) = Predictions::read(&prev_path)?.train_and_calib(cache, false)?;
-        Some(p.argmax_rows())
-    } else {
-        None
+    // the previous round's predictions (kept in the run's folder)
+    let prev_path = round.checked_sub(1).map(|p| spec.predictions_path(p));
+    let prev = match prev_path.filter(|p| p.exists()) {
+        Some(p) => Some(
+            Predictions::read(&p)?
+                .train_and_calib(cache, false)?
+                .0
+                .argmax_rows(),
+        ),
+        None => None,
     };
     let c = cache.n_classes();
     let mean_h = st::mean_entropy(&now, &pool);
-    let teacher = cache.teacher_probs().0;
+    // only when the run itself loads the teacher's logits: a run shares its cache with others
+    // in one `vlal run`, and its tables must not depend on which
+    let teacher = if super::need_of(spec)?.logits {
+        cache.teacher_probs().0
+    } else {
+        None
+    };
     let dis = teacher.as_ref().map(|t| st::disagreement(&now, t, &pool));
     let v = Values {
         kappa: prev.as_ref().map(|p| st::kappa(p, &cur, c)),

@@ -271,15 +271,17 @@ pub fn render(groups: &[Group], spread: Spread) -> Result<String> {
     Ok(out)
 }
 
-/// `vlal report --stopping`: for each run and stopping rule (`src/stopping.rs`), the first round
-/// at which the rule fires, the labels and test accuracy at that round, and what stopping there
-/// gives up against the run's last recorded round: accuracy lost and labels saved. One line per
-/// (run, rule), in run order; `never` where a rule did not fire, `n/a` without test labels.
+/// `vlal report --stopping`: for each (pipeline, trainer, strategy) and stopping rule
+/// (`src/stopping.rs`), over its runs (seeds): in how many runs the rule fires; where it first
+/// fires, on average over those runs (round, labels, test accuracy); what stopping there gives up
+/// against the run's last recorded round (accuracy lost, labels saved); and the rule's statistic
+/// at the runs' last round next to its threshold, to see how near the rule came.
 pub fn stopping_text(
     results_dir: &Path,
     stopping_dir: &Path,
     pipelines: &[&str],
 ) -> Result<String> {
+    use crate::stopping::{self as st, StoppingCfg, Values};
     let rows = scan(results_dir, pipelines)?;
     // (run, round) → (labels, accuracy)
     let mut scored: BTreeMap<(String, i64), (Option<f64>, Option<f64>)> = BTreeMap::new();
@@ -295,11 +297,12 @@ pub fn stopping_text(
             stopping_dir.display()
         );
     }
-    type RunKey = (String, String, String, String, String);
-    // run → round → the rules that fire
-    let mut runs: BTreeMap<RunKey, BTreeMap<i64, Vec<bool>>> = BTreeMap::new();
-    // the runs whose teacher–student disagreement was measured (the teacher's logits loaded)
-    let mut with_teacher: BTreeSet<String> = BTreeSet::new();
+    type Group = (String, String, String);
+    struct Run {
+        cfg: StoppingCfg,
+        rounds: BTreeMap<i64, (Values, Vec<bool>)>,
+    }
+    let mut runs: BTreeMap<Group, BTreeMap<String, Run>> = BTreeMap::new();
     for f in &files {
         let t = table::read(f, crate::schema::Table::Stopping)?;
         let text = |n: &str| t.strings(n);
@@ -309,88 +312,116 @@ pub fn stopping_text(
             text("trainer")?,
             text("strategy")?,
         );
-        let (seed, round) = (t.i64s("seed")?, t.i32s("round")?);
-        let measured = t.f64s("top1_disagreement")?;
-        let verdicts = crate::stopping::RULES
+        let round = t.i32s("round")?;
+        let cfg: StoppingCfg = t
+            .meta
+            .get("thresholds")
+            .and_then(|v| serde_json::from_str(v).ok())
+            .unwrap_or_default();
+        let verdicts = st::RULES
             .iter()
-            .map(|rule| t.bools(crate::stopping::column(rule)))
+            .map(|rule| t.bools(st::column(rule)))
             .collect::<Result<Vec<_>>>()?;
         for i in 0..t.rows {
             if !pipelines.is_empty() && !pipelines.contains(&pipeline[i].as_str()) {
                 continue;
             }
-            let key = (
-                pipeline[i].clone(),
-                trainer[i].clone(),
-                strategy[i].clone(),
-                seed[i].unwrap_or(0).to_string(),
-                run[i].clone(),
-            );
-            if measured[i].is_some() {
-                with_teacher.insert(run[i].clone());
-            }
+            let key = (pipeline[i].clone(), trainer[i].clone(), strategy[i].clone());
             let fired = verdicts.iter().map(|v| v[i].unwrap_or(false)).collect();
-            runs.entry(key)
+            let r = runs
+                .entry(key)
                 .or_default()
-                .insert(round[i].unwrap_or(0) as i64, fired);
+                .entry(run[i].clone())
+                .or_insert(Run {
+                    cfg: cfg.clone(),
+                    rounds: BTreeMap::new(),
+                });
+            r.rounds.insert(
+                round[i].unwrap_or(0) as i64,
+                (Values::of_row(&t, i)?, fired),
+            );
         }
     }
+    let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
     let fmt = |v: Option<f64>, digits: usize| match v {
-        Some(v) => format!("{v:.digits$}"),
-        None => "n/a".into(),
+        Some(v) if v.is_finite() => format!("{v:.digits$}"),
+        _ => "n/a".into(),
     };
     let mut out = String::from(
-        "stopping rules: the first round each rule fires; given up = accuracy of the run's last round − accuracy there; saved = labels not bought
-",
+        "stopping rules over each configuration's runs: fired = runs where the rule fires / runs; \
+         round, labels, accuracy = where it first fires (mean over those runs); given_up = \
+         accuracy of the run's last round − accuracy there; saved = labels not bought; at_end = \
+         the rule's statistic at the runs' last round (mean), against its threshold\n",
     );
     out += &format!(
-        "{:<14} {:<8} {:<16} {:>4} {:<22} {:>5} {:>7} {:>9} {:>9} {:>6}
-",
+        "{:<14} {:<8} {:<16} {:<22} {:>5} {:>5} {:>7} {:>8} {:>8} {:>6} {:>8} {:>9}\n",
         "pipeline",
         "trainer",
         "strategy",
-        "seed",
         "rule",
+        "fired",
         "round",
         "labels",
         "accuracy",
         "given_up",
-        "saved"
+        "saved",
+        "at_end",
+        "threshold"
     );
-    for ((pipeline, trainer, strategy, seed, run), rounds) in &runs {
-        let last = scored
-            .range((run.clone(), i64::MIN)..=(run.clone(), i64::MAX))
-            .next_back()
-            .map(|(_, v)| *v);
-        let (last_n, last_acc) = last.unwrap_or((None, None));
-        for (k, rule) in crate::stopping::RULES.iter().enumerate() {
-            let first = rounds.iter().find(|(_, f)| f[k]).map(|(r, _)| *r);
-            let unmeasured = *rule == "disagreement" && !with_teacher.contains(run);
-            let line = match first {
-                None if unmeasured => {
-                    "  n/a (no teacher logits loaded: [stopping] teacher = true)".into()
+    for ((pipeline, trainer, strategy), group) in &runs {
+        for (k, rule) in st::RULES.iter().enumerate() {
+            let (mut at, mut lab, mut acc, mut lost, mut saved, mut end) =
+                (vec![], vec![], vec![], vec![], vec![], vec![]);
+            let mut fired = 0;
+            for (run, r) in group {
+                let values: Vec<&Values> = r.rounds.values().map(|(v, _)| v).collect();
+                if let Some((last, before)) = values.split_last() {
+                    let history: Vec<Values> = before.iter().map(|v| (*v).clone()).collect();
+                    if let Some(x) = st::statistics(&r.cfg, &history, last)[k] {
+                        end.push(x);
+                    }
                 }
-                None => format!("{:>5} {:>7} {:>9} {:>9} {:>6}", "never", "", "", "", ""),
-                Some(r) => {
-                    let (n, acc) = scored
-                        .get(&(run.clone(), r))
-                        .copied()
-                        .unwrap_or((None, None));
-                    let lost = acc.zip(last_acc).map(|(a, l)| l - a);
-                    let saved = n.zip(last_n).map(|(a, l)| l - a);
-                    format!(
-                        "{r:>5} {:>7} {:>9} {:>9} {:>6}",
-                        fmt(n, 0),
-                        fmt(acc, 4),
-                        fmt(lost, 4),
-                        fmt(saved, 0)
-                    )
-                }
-            };
+                let Some(first) = r.rounds.iter().find(|(_, (_, f))| f[k]).map(|(r, _)| *r) else {
+                    continue;
+                };
+                fired += 1;
+                at.push(first as f64);
+                let last = scored
+                    .range((run.clone(), i64::MIN)..=(run.clone(), i64::MAX))
+                    .next_back()
+                    .map(|(_, v)| *v);
+                let (last_n, last_acc) = last.unwrap_or((None, None));
+                let (n, a) = scored
+                    .get(&(run.clone(), first))
+                    .copied()
+                    .unwrap_or((None, None));
+                lab.extend(n);
+                acc.extend(a);
+                lost.extend(a.zip(last_acc).map(|(a, l)| l - a));
+                saved.extend(n.zip(last_n).map(|(a, l)| l - a));
+            }
+            let thr = st::thresholds(&group.values().next().expect("a run").cfg)[k];
+            let measured = !end.is_empty();
             out += &format!(
-                "{pipeline:<14} {trainer:<8} {strategy:<16} {seed:>4} {rule:<22} {line}\n"
+                "{pipeline:<14} {trainer:<8} {strategy:<16} {rule:<22} {:>5} {:>5} {:>7} {:>8} {:>8} {:>6} {:>8} {:>9}\n",
+                if measured { format!("{fired}/{}", group.len()) } else { "n/a".into() },
+                // "-": the rule never fired; "n/a": no value (no test labels)
+                if fired == 0 { "-".into() } else { fmt(mean(&at), 1) },
+                if fired == 0 { "-".into() } else { fmt(mean(&lab), 1) },
+                if fired == 0 { "-".into() } else { fmt(mean(&acc), 4) },
+                if fired == 0 { "-".into() } else { fmt(mean(&lost), 4) },
+                if fired == 0 { "-".into() } else { fmt(mean(&saved), 1) },
+                fmt(mean(&end), 4),
+                format!("{}{thr}", if k == 0 { "≥ " } else if k == 2 { "≤ " } else { "< " }),
             );
         }
+    }
+    if out.contains(" disagreement ")
+        && out
+            .lines()
+            .any(|l| l.contains(" disagreement ") && l.contains(" n/a "))
+    {
+        out += "disagreement n/a: the run did not load the teacher's logits ([stopping] teacher = true measures it)\n";
     }
     Ok(out)
 }
