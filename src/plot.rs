@@ -60,7 +60,8 @@ fn register_font() -> Result<()> {
 fn curves(groups: &[Group]) -> BTreeMap<(String, String), BTreeMap<String, Curve>> {
     let mut out: BTreeMap<(String, String), BTreeMap<String, Vec<(i64, f64, f64, f64)>>> =
         BTreeMap::new();
-    for g in groups {
+    // a round without test labels has no accuracy to draw (a pool without ground truth)
+    for g in groups.iter().filter(|g| g.acc_mean.is_finite()) {
         out.entry((g.pipeline.clone(), g.trainer.clone()))
             .or_default()
             .entry(g.strategy.clone())
@@ -85,7 +86,10 @@ fn curves(groups: &[Group]) -> BTreeMap<(String, String), BTreeMap<String, Curve
 pub fn learning_curves(groups: &[Group], path: &Path) -> Result<()> {
     let panels = curves(groups);
     if panels.is_empty() {
-        bail!("{}: no results to plot", path.display());
+        bail!(
+            "{}: no results to plot (no round has a test accuracy)",
+            path.display()
+        );
     }
     register_font()?;
     let cols = panels.len().min(2);

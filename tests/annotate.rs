@@ -325,6 +325,19 @@ fn a_person_labels_a_pool_without_ground_truth_in_the_browser() {
     };
     let res = report(&[]);
     assert!(res.contains("no test labels (n=1)"), "{res}");
+    let png = w.root.join("curves.png");
+    let e = fails(
+        Path::new("."),
+        &[
+            "report",
+            "--results",
+            results.to_str().unwrap(),
+            "--plot",
+            png.to_str().unwrap(),
+        ],
+    );
+    assert!(e.contains("no round has a test accuracy"), "{e}");
+    assert!(!png.exists());
     let stop = report(&["--stopping"]);
     assert_eq!(
         stop.lines().filter(|l| l.starts_with("person")).count(),
