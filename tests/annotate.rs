@@ -134,6 +134,19 @@ fn labels(path: &Path) -> Vec<(String, i32, String)> {
         .collect()
 }
 
+/// `vlal label --round 0 --from-file FILE` of a pipeline.
+fn import_answers<'a>(pipe: &'a str, file: &'a str) -> [&'a str; 7] {
+    [
+        "label",
+        "--pipeline",
+        pipe,
+        "--round",
+        "0",
+        "--from-file",
+        file,
+    ]
+}
+
 /// `vlal annotate` in the background; its URL once it listens. Its log keeps draining.
 struct Server {
     child: Child,
@@ -496,16 +509,7 @@ fn the_server_refuses_other_machines_and_bad_answers() {
     let file = run.join("answers/round-000.csv");
     ok(
         Path::new("."),
-        &[
-            "-q",
-            "label",
-            "--pipeline",
-            &pipe,
-            "--round",
-            "0",
-            "--from-file",
-            file.to_str().unwrap(),
-        ],
+        &import_answers(&pipe, file.to_str().unwrap()),
     );
     let l1 = labels(&run.join("labels/round-001.parquet"));
     assert_eq!(l1.len(), 3 + ids.len());
@@ -614,52 +618,18 @@ fn label_studio_export_and_import_round_trip() {
         t["data"]["sample_id"] = id.into();
     }
     let f = write("other.json", &other);
-    let e = fails(
-        Path::new("."),
-        &[
-            "label",
-            "--pipeline",
-            &pipe,
-            "--round",
-            "0",
-            "--from-file",
-            &f,
-        ],
-    );
+    let e = fails(Path::new("."), &import_answers(&pipe, &f));
     assert!(
         e.contains(&f) && e.contains("none of its 4 sample ids is in the train pool"),
         "{e}"
     );
     let f = write("pear.json", &export(&|_| "pear".into()));
-    let e = fails(
-        Path::new("."),
-        &[
-            "label",
-            "--pipeline",
-            &pipe,
-            "--round",
-            "0",
-            "--from-file",
-            &f,
-        ],
-    );
+    let e = fails(Path::new("."), &import_answers(&pipe, &f));
     assert!(e.contains(&f) && e.contains("unknown class 'pear'"), "{e}");
     assert!(!labels1.exists());
 
     let f = write("export.json", &export(&|id| truth(id).into()));
-    ok(
-        Path::new("."),
-        &[
-            "-q",
-            "label",
-            "--pipeline",
-            &pipe,
-            "--round",
-            "0",
-            "--from-file",
-            &f,
-        ],
-    );
+    ok(Path::new("."), &import_answers(&pipe, &f));
     let got = labels(&labels1);
     // the seed labels, then the queries with the classes the person chose
     assert_eq!(got.len(), 3 + 4);
