@@ -95,7 +95,9 @@ pub fn run_round(
         notes: Default::default(),
     };
     let start = Instant::now();
-    let picks = strat.select(&ctx, budget, &mut rng::stream(spec.seed, "select", round))?;
+    let picks = crate::mat::flushing_subnormals(|| {
+        strat.select(&ctx, budget, &mut rng::stream(spec.seed, "select", round))
+    })?;
     let select_s = start.elapsed().as_secs_f64();
     let notes = ctx.notes.take();
     if picks.len() != budget {

@@ -96,46 +96,37 @@ pub fn run_round(spec: &RunSpec, cache: &Cache, r: &Round) -> Result<train::Head
         class_names: &cache.classes,
         feature_model: &cache.feature_model,
     };
-    let mut stream = rng::stream(spec.seed, "train", round);
-    let (head, losses) = if labeled.is_empty() {
-        match trainer.zero_shot(&data, &device) {
-            Some(h) => {
-                crate::progress::log(format!(
-                    "round {round}: no labels yet; the {} head is the teacher's zero-shot classifier",
-                    trainer.name()
-                ));
-                (h?, Vec::new())
-            }
-            None => bail!(
-                "{}: no labeled samples to train on (the {} trainer needs labels; coop and ct start from the teacher's zero-shot classifier)",
-                r.path.display(),
-                trainer.name()
-            ),
+    // the fit and the predictions with subnormals flushed (same bits, far fewer stalls)
+    let (head, losses, probs, ids, splits) = crate::mat::flushing_subnormals(|| -> Result<_> {
+        let mut stream = rng::stream(spec.seed, "train", round);
+        let (head, losses) = if labeled.is_empty() {
+            (zero_shot(trainer.as_ref(), &data, &device, r)?, Vec::new())
+        } else {
+            trainer.fit(&data, &mut stream, &device)?
+        };
+        let parts = [
+            ("train", Some(&cache.train)),
+            ("calib", cache.calib.as_ref()),
+            ("test", Some(&cache.test)),
+        ];
+        // one buffer of the final size, filled a block of rows at a time and handed to Arrow without
+        // a copy: at 1.28M × 1000 classes a copy is 5 GB
+        let rows: usize = parts.iter().flat_map(|(_, p)| p).map(|p| p.ids.len()).sum();
+        let mut probs = Vec::with_capacity(rows * cache.n_classes());
+        let mut ids: Vec<&str> = Vec::new();
+        let mut splits: Vec<&str> = Vec::new();
+        for (name, part) in parts {
+            let Some(part) = part else { continue };
+            let all: Vec<usize> = (0..part.ids.len()).collect();
+            train::for_blocks(&part.features, &all, |_, x| {
+                probs.extend_from_slice(&head.predict(x)?.data);
+                Ok(())
+            })?;
+            ids.extend(part.ids.iter().map(String::as_str));
+            splits.extend(std::iter::repeat_n(name, part.ids.len()));
         }
-    } else {
-        trainer.fit(&data, &mut stream, &device)?
-    };
-    let parts = [
-        ("train", Some(&cache.train)),
-        ("calib", cache.calib.as_ref()),
-        ("test", Some(&cache.test)),
-    ];
-    // one buffer of the final size, filled a block of rows at a time and handed to Arrow without
-    // a copy: at 1.28M × 1000 classes a copy is 5 GB
-    let rows: usize = parts.iter().flat_map(|(_, p)| p).map(|p| p.ids.len()).sum();
-    let mut probs = Vec::with_capacity(rows * cache.n_classes());
-    let mut ids: Vec<&str> = Vec::new();
-    let mut splits: Vec<&str> = Vec::new();
-    for (name, part) in parts {
-        let Some(part) = part else { continue };
-        let all: Vec<usize> = (0..part.ids.len()).collect();
-        train::for_blocks(&part.features, &all, |_, x| {
-            probs.extend_from_slice(&head.predict(x)?.data);
-            Ok(())
-        })?;
-        ids.extend(part.ids.iter().map(String::as_str));
-        splits.extend(std::iter::repeat_n(name, part.ids.len()));
-    }
+        Ok((head, losses, probs, ids, splits))
+    })?;
     let train_s = start.elapsed().as_secs_f64();
     let n = ids.len();
     let probs = Mat::new(n, cache.n_classes(), probs)?;
@@ -161,4 +152,29 @@ pub fn run_round(spec: &RunSpec, cache: &Cache, r: &Round) -> Result<train::Head
         table::Mode::Replace,
     )?;
     Ok(head)
+}
+
+/// The head of a round without labels: the teacher's zero-shot classifier, for the trainers
+/// that have one (coop, ct); the others need labels.
+fn zero_shot(
+    trainer: &dyn train::Trainer,
+    data: &train::TrainData,
+    device: &candle_core::Device,
+    r: &Round,
+) -> Result<train::Head> {
+    match trainer.zero_shot(data, device) {
+        Some(h) => {
+            crate::progress::log(format!(
+                "round {}: no labels yet; the {} head is the teacher's zero-shot classifier",
+                r.round,
+                trainer.name()
+            ));
+            h
+        }
+        None => bail!(
+            "{}: no labeled samples to train on (the {} trainer needs labels; coop and ct start from the teacher's zero-shot classifier)",
+            r.path.display(),
+            trainer.name()
+        ),
+    }
 }
