@@ -248,7 +248,10 @@ mod tests {
         let sq = |v: f32| std::hint::black_box(v) * std::hint::black_box(v);
         assert!(sq(tiny) > 0.0, "1e-40 is a subnormal, not zero");
         let (here, pool): (f32, Vec<f32>) = flushing_subnormals(|| {
-            (sq(tiny), (0..64).into_par_iter().map(|_| sq(tiny)).collect())
+            (
+                sq(tiny),
+                (0..64).into_par_iter().map(|_| sq(tiny)).collect(),
+            )
         });
         assert_eq!(here, 0.0);
         assert!(pool.iter().all(|&v| v == 0.0), "every rayon thread flushes");
@@ -258,7 +261,10 @@ mod tests {
         // a subnormal term below half an ulp of a normal sum changes nothing
         let sum = |v: &[f32]| v.iter().fold(0f32, |a, &b| a + b * b);
         let row = [0.3f32, 1e-20, 0.7, 1e-25];
-        assert_eq!(sum(&row).to_bits(), flushing_subnormals(|| sum(&row)).to_bits());
+        assert_eq!(
+            sum(&row).to_bits(),
+            flushing_subnormals(|| sum(&row)).to_bits()
+        );
     }
 
     use super::*;

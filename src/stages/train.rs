@@ -96,37 +96,37 @@ pub fn run_round(spec: &RunSpec, cache: &Cache, r: &Round) -> Result<train::Head
         class_names: &cache.classes,
         feature_model: &cache.feature_model,
     };
-    // the fit and the predictions with subnormals flushed (same bits, far fewer stalls)
-    let (head, losses, probs, ids, splits) = crate::mat::flushing_subnormals(|| -> Result<_> {
+    // the fit with subnormals flushed (the same bits, far fewer stalls); the predictions without,
+    // so that the table keeps the softmax's subnormal tail bit for bit
+    let (head, losses) = crate::mat::flushing_subnormals(|| -> Result<_> {
         let mut stream = rng::stream(spec.seed, "train", round);
-        let (head, losses) = if labeled.is_empty() {
+        Ok(if labeled.is_empty() {
             (zero_shot(trainer.as_ref(), &data, &device, r)?, Vec::new())
         } else {
             trainer.fit(&data, &mut stream, &device)?
-        };
-        let parts = [
-            ("train", Some(&cache.train)),
-            ("calib", cache.calib.as_ref()),
-            ("test", Some(&cache.test)),
-        ];
-        // one buffer of the final size, filled a block of rows at a time and handed to Arrow without
-        // a copy: at 1.28M × 1000 classes a copy is 5 GB
-        let rows: usize = parts.iter().flat_map(|(_, p)| p).map(|p| p.ids.len()).sum();
-        let mut probs = Vec::with_capacity(rows * cache.n_classes());
-        let mut ids: Vec<&str> = Vec::new();
-        let mut splits: Vec<&str> = Vec::new();
-        for (name, part) in parts {
-            let Some(part) = part else { continue };
-            let all: Vec<usize> = (0..part.ids.len()).collect();
-            train::for_blocks(&part.features, &all, |_, x| {
-                probs.extend_from_slice(&head.predict(x)?.data);
-                Ok(())
-            })?;
-            ids.extend(part.ids.iter().map(String::as_str));
-            splits.extend(std::iter::repeat_n(name, part.ids.len()));
-        }
-        Ok((head, losses, probs, ids, splits))
+        })
     })?;
+    let parts = [
+        ("train", Some(&cache.train)),
+        ("calib", cache.calib.as_ref()),
+        ("test", Some(&cache.test)),
+    ];
+    // one buffer of the final size, filled a block of rows at a time and handed to Arrow without
+    // a copy: at 1.28M × 1000 classes a copy is 5 GB
+    let rows: usize = parts.iter().flat_map(|(_, p)| p).map(|p| p.ids.len()).sum();
+    let mut probs = Vec::with_capacity(rows * cache.n_classes());
+    let mut ids: Vec<&str> = Vec::new();
+    let mut splits: Vec<&str> = Vec::new();
+    for (name, part) in parts {
+        let Some(part) = part else { continue };
+        let all: Vec<usize> = (0..part.ids.len()).collect();
+        train::for_blocks(&part.features, &all, |_, x| {
+            probs.extend_from_slice(&head.predict(x)?.data);
+            Ok(())
+        })?;
+        ids.extend(part.ids.iter().map(String::as_str));
+        splits.extend(std::iter::repeat_n(name, part.ids.len()));
+    }
     let train_s = start.elapsed().as_secs_f64();
     let n = ids.len();
     let probs = Mat::new(n, cache.n_classes(), probs)?;

@@ -366,12 +366,11 @@ pub(crate) fn fit_labeled(
     what: &str,
     data: &TrainData,
     batch_size: usize,
-    opt: &mut candle_nn::AdamW,
+    opt: &mut super::adamw::AdamW,
     rng: &mut VRng,
     dev: &Device,
     mut loss: impl FnMut(Tensor, &[u32], &mut VRng) -> Result<Tensor>,
 ) -> Result<Vec<f32>> {
-    use candle_nn::Optimizer;
     let label_of = data.label_of();
     run_epochs(epochs, what, || {
         let mut sum = 0.0f32;

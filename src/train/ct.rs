@@ -15,7 +15,6 @@ use crate::mat::Mat;
 use crate::rng::VRng;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
-use candle_nn::Optimizer;
 use std::collections::HashMap;
 
 pub struct CtHead {
@@ -203,7 +202,7 @@ pub fn fit(
     };
     let mut vars = vec![head.text.clone()];
     vars.extend(head.proj.clone());
-    let mut opt = candle_nn::AdamW::new(vars, params)?;
+    let mut opt = super::adamw::AdamW::new(vars, params)?;
     let losses = fit_labeled(
         cfg.epochs,
         "ct",

@@ -15,7 +15,6 @@ use crate::mat::{softmax_rows, Mat};
 use crate::rng::{self, VRng};
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor, Var, D};
-use candle_nn::Optimizer;
 use std::collections::HashMap;
 
 pub struct DualHead {
@@ -240,7 +239,7 @@ pub fn fit(
         weight_decay: cfg.weight_decay,
         ..Default::default()
     };
-    let mut opt = candle_nn::AdamW::new(vars, params)?;
+    let mut opt = super::adamw::AdamW::new(vars, params)?;
     // Unlabeled batches come from their own stream, so the labeled batches are the same with
     // and without distillation.
     let mut rng_u = rng::stream(rand::Rng::random(rng), "dho-unlabeled", 0);

@@ -10,7 +10,7 @@ use crate::mat::Mat;
 use crate::rng::VRng;
 use anyhow::Result;
 use candle_core::{Device, Tensor, Var};
-use candle_nn::{BatchNorm, ModuleT, Optimizer};
+use candle_nn::{BatchNorm, ModuleT};
 use rand::Rng;
 use std::collections::HashMap;
 
@@ -162,7 +162,7 @@ pub fn fit(
         weight_decay: cfg.weight_decay,
         ..Default::default()
     };
-    let mut opt = candle_nn::AdamW::new(vec![head.w.clone(), head.b.clone()], params)?;
+    let mut opt = super::adamw::AdamW::new(vec![head.w.clone(), head.b.clone()], params)?;
     let losses = fit_labeled(
         cfg.epochs,
         "linear",

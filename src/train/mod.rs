@@ -4,6 +4,7 @@
 //! ([`Trainer`]) with its head ([`Model`]); the [`registry!`] below lists them. Every random
 //! draw is seeded (see `rng`).
 
+pub mod adamw;
 pub mod api;
 pub mod params;
 
