@@ -145,12 +145,9 @@ fn default_device() -> String {
 impl Pipeline {
     /// Where the stopping table goes: `stopping_dir`, else `stopping` beside `results_dir`.
     pub fn stopping_dir(&self) -> PathBuf {
-        self.stopping_dir.clone().unwrap_or_else(|| {
-            self.results_dir
-                .parent()
-                .unwrap_or(Path::new(""))
-                .join("stopping")
-        })
+        self.stopping_dir
+            .clone()
+            .unwrap_or_else(|| stopping_beside(&self.results_dir))
     }
 
     /// The trainers' settings of this pipeline.
@@ -415,16 +412,27 @@ impl RunSpec {
             .join(format!("round-{round:03}.csv"))
     }
 
-    /// The strategy that picks round `round`'s queries: the pipeline's `cold_start` while no
-    /// label exists, else the run's own.
-    pub fn strategy_for(&self, n_labeled: usize) -> Result<Box<dyn Strategy>> {
+    /// The strategy that picks a round's queries and its name: the pipeline's `cold_start`
+    /// while no label exists, else the run's own.
+    pub fn strategy_for(&self, n_labeled: usize) -> Result<(Box<dyn Strategy>, String)> {
         match (&self.pipeline.cold_start, n_labeled) {
             (Some(c), 0) => {
                 let (spec, _) = parse_strategy(c)?;
-                spec.build(&self.pipeline.strategy_build())
+                Ok((spec.build(&self.pipeline.strategy_build())?, c.clone()))
             }
-            _ => self.build_strategy(),
+            _ => Ok((self.build_strategy()?, self.strategy_name())),
         }
+    }
+
+    /// The flags that name this run to a run-level stage (`--pipeline … --seed N`).
+    pub fn run_args(&self) -> String {
+        format!(
+            "--pipeline {} --trainer {} --strategy {} --seed {}",
+            self.pipeline.file.display(),
+            self.trainer,
+            self.strategy_name(),
+            self.seed
+        )
     }
 
     fn partition(&self, root: &Path, round: usize) -> PathBuf {
@@ -443,6 +451,14 @@ impl RunSpec {
             self.seed
         )
     }
+}
+
+/// The default stopping table folder: `stopping` beside a results folder.
+pub fn stopping_beside(results_dir: &Path) -> PathBuf {
+    results_dir
+        .parent()
+        .unwrap_or(Path::new(""))
+        .join("stopping")
 }
 
 /// A name that becomes a folder or a Hive partition (`pipeline=NAME`): 1–64 of `A–Z a–z 0–9 . _ -`,

@@ -369,12 +369,7 @@ fn main_inner(cli: Cli) -> Result<()> {
         } => {
             let pipelines: Vec<&str> = pipeline.iter().map(String::as_str).collect();
             if stopping {
-                let dir = stopping_dir.unwrap_or_else(|| {
-                    results
-                        .parent()
-                        .unwrap_or(std::path::Path::new(""))
-                        .join("stopping")
-                });
+                let dir = stopping_dir.unwrap_or_else(|| vlal::config::stopping_beside(&results));
                 print!(
                     "{}",
                     stages::report::stopping_text(&results, &dir, &pipelines)?

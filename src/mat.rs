@@ -186,18 +186,22 @@ pub fn argmax(v: &[f32]) -> usize {
 pub fn softmax_rows(logits: &Mat, scale: f32) -> Mat {
     let mut out = logits.clone();
     for i in 0..out.rows {
-        let r = out.row_mut(i);
-        let m = r.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b * scale));
-        let mut s = 0.0f64;
-        for v in r.iter_mut() {
-            *v = ((*v * scale) - m).exp();
-            s += *v as f64;
-        }
-        for v in r.iter_mut() {
-            *v = (*v as f64 / s) as f32;
-        }
+        softmax_in_place(out.row_mut(i), scale);
     }
     out
+}
+
+/// One row of [`softmax_rows`], in place.
+pub fn softmax_in_place(r: &mut [f32], scale: f32) {
+    let m = r.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b * scale));
+    let mut s = 0.0f64;
+    for v in r.iter_mut() {
+        *v = ((*v * scale) - m).exp();
+        s += *v as f64;
+    }
+    for v in r.iter_mut() {
+        *v = (*v as f64 / s) as f32;
+    }
 }
 
 /// Dot product with 8 independent accumulators (vectorises; fixed order ⇒ deterministic).

@@ -149,14 +149,43 @@ impl Predictions {
     pub fn probs_of(&self, cache: &Cache, ids: &[&[String]]) -> Result<Vec<Mat>> {
         let (out, _) = table::read_rows(&self.path, Table::Predictions, "probs", ids)?;
         if let Some(m) = out.iter().find(|m| m.cols != cache.n_classes()) {
-            bail!(
-                "{}: probs have {} classes, the dataset has {}",
-                self.path.display(),
-                m.cols,
-                cache.n_classes()
-            );
+            return Err(self.classes_differ(cache, m.cols));
         }
         Ok(out)
+    }
+
+    /// `each(position in ids, probabilities)` for the rows `ids`, in file order, without
+    /// holding more than a batch of the file (the pool's can be 5 GB).
+    pub fn visit(
+        &self,
+        cache: &Cache,
+        ids: &[String],
+        mut each: impl FnMut(usize, &[f32]),
+    ) -> Result<()> {
+        let c = cache.n_classes();
+        let (dim, _) = table::visit_rows(
+            &self.path,
+            Table::Predictions,
+            "probs",
+            &[ids],
+            |_, i, p| {
+                if p.len() == c {
+                    each(i, p)
+                }
+            },
+        )?;
+        if dim != c {
+            return Err(self.classes_differ(cache, dim));
+        }
+        Ok(())
+    }
+
+    fn classes_differ(&self, cache: &Cache, cols: usize) -> anyhow::Error {
+        anyhow!(
+            "{}: probs have {cols} classes, the dataset has {}",
+            self.path.display(),
+            cache.n_classes()
+        )
     }
 }
 

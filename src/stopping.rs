@@ -166,35 +166,35 @@ pub fn changed(prev: &[usize], cur: &[usize], rows: &[usize]) -> f64 {
     rows.iter().filter(|&&i| prev[i] != cur[i]).count() as f64 / rows.len() as f64
 }
 
-/// Mean entropy (nats) of `rows` of `probs`.
-pub fn mean_entropy(probs: &crate::mat::Mat, rows: &[usize]) -> f64 {
+/// What one row of a round's predictions gives the rules: its top-1 class, its entropy (nats)
+/// and, against the teacher's probabilities, whether their top-1 classes differ and their
+/// Jensen–Shannon divergence (nats, over `all` = every class).
+pub struct Row {
+    pub top1: usize,
+    pub entropy: f64,
+    pub teacher: Option<(bool, f64)>,
+}
+
+pub fn row(p: &[f32], teacher: Option<&[f32]>, all: &[u32]) -> Row {
+    let top1 = crate::mat::argmax(p);
+    Row {
+        top1,
+        entropy: crate::metrics::entropy(p),
+        teacher: teacher.map(|t| {
+            (
+                top1 != crate::mat::argmax(t),
+                crate::conformal::js_on_support(p, t, all),
+            )
+        }),
+    }
+}
+
+/// The mean of `v` over `rows` (0 without rows), summed in `rows`' order.
+pub fn mean_over(v: &[f64], rows: &[usize]) -> f64 {
     if rows.is_empty() {
         return 0.0;
     }
-    rows.iter()
-        .map(|&i| crate::metrics::entropy(probs.row(i)))
-        .sum::<f64>()
-        / rows.len() as f64
-}
-
-/// Top-1 disagreement share and mean Jensen–Shannon divergence (nats) of two models on `rows`.
-pub fn disagreement(
-    student: &crate::mat::Mat,
-    teacher: &crate::mat::Mat,
-    rows: &[usize],
-) -> (f64, f64) {
-    if rows.is_empty() {
-        return (0.0, 0.0);
-    }
-    let all: Vec<u32> = (0..student.cols as u32).collect();
-    let (mut d, mut js) = (0usize, 0f64);
-    for &i in rows {
-        let (s, t) = (student.row(i), teacher.row(i));
-        d += (crate::mat::argmax(s) != crate::mat::argmax(t)) as usize;
-        js += crate::conformal::js_on_support(s, t, &all);
-    }
-    let n = rows.len() as f64;
-    (d as f64 / n, js / n)
+    rows.iter().map(|&i| v[i]).sum::<f64>() / rows.len() as f64
 }
 
 /// What each rule compares with its threshold at a round, given its values and the earlier
@@ -300,8 +300,6 @@ pub fn fired(stopping_row: &std::path::Path, rule: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mat::Mat;
-
     #[test]
     fn kappa_matches_its_definition_and_sklearn() {
         assert_eq!(kappa(&[0, 1, 2], &[0, 1, 2], 3), 1.0);
@@ -354,14 +352,18 @@ mod tests {
 
     #[test]
     fn pool_measures() {
-        let p = Mat::new(2, 2, vec![0.5, 0.5, 1.0, 0.0]).unwrap();
-        let e = mean_entropy(&p, &[0, 1]);
-        assert!((e - 0.5 * 2f64.ln()).abs() < 1e-6);
-        let (d, js) = disagreement(&p, &p, &[0, 1]);
-        assert_eq!(d, 0.0);
-        assert!(js.abs() < 1e-9);
-        let q = Mat::new(2, 2, vec![0.0, 1.0, 0.0, 1.0]).unwrap();
-        assert_eq!(disagreement(&p, &q, &[1]).0, 1.0);
+        let all = [0u32, 1];
+        let (p, q) = ([0.5f32, 0.5], [1.0f32, 0.0]);
+        let r = row(&p, Some(&p), &all);
+        assert!((r.entropy - 2f64.ln()).abs() < 1e-6);
+        assert_eq!(r.top1, 0);
+        let (differ, js) = r.teacher.unwrap();
+        assert!(!differ && js.abs() < 1e-9);
+        let r = row(&q, Some(&[0.0, 1.0]), &all);
+        assert_eq!((r.entropy, r.teacher.unwrap().0), (0.0, true));
+        assert!(row(&q, None, &all).teacher.is_none());
+        assert_eq!(mean_over(&[1.0, 5.0, 3.0], &[0, 2]), 2.0);
+        assert_eq!(mean_over(&[1.0], &[]), 0.0);
         assert_eq!(changed(&[0, 1, 1], &[0, 0, 1], &[1, 2]), 0.5);
     }
 }

@@ -217,18 +217,20 @@ pub fn read(path: &Path, table: Table) -> Result<Frame> {
 /// Rows per batch of a streamed read ([`read_rows`]): 8192 rows of a 1000-d vector are 32 MB.
 const STREAM_BATCH: usize = 8192;
 
-/// The rows of a table's vector column (`fixed_size_list<float32>`) for each list of sample ids,
-/// in that list's order, and the file's metadata. The file is read batch by batch, each batch
-/// checked as `table` says (row numbers in errors count from the file's start), so memory is
-/// the result plus one batch whatever the file's size: a 1.28M × 1000 predictions table is
-/// 5 GB, and reading it whole took three copies of that. Every id asked for must be in the file,
+/// Each row of a table's vector column (`fixed_size_list<float32>`) whose sample id is in one of
+/// the lists: `each(list k, position in list k, the vector)`, in file order; returns the vector
+/// length and the file's metadata. The file is read batch by batch, each batch checked as
+/// `table` says (row numbers in errors count from the file's start), so it holds one batch at a
+/// time whatever the file's size: a 1.28M × 1000 predictions table is 5 GB, and reading it whole
+/// took three copies of that. Every id asked for must be in the file,
 /// and its `sample_id`s must be unique.
-pub fn read_rows(
+pub fn visit_rows(
     path: &Path,
     table: Table,
     column: &str,
     ids: &[&[String]],
-) -> Result<(Vec<Mat>, BTreeMap<String, String>)> {
+    mut each: impl FnMut(usize, usize, &[f32]),
+) -> Result<(usize, BTreeMap<String, String>)> {
     use arrow::array::RecordBatchReader;
     use std::collections::{HashMap, HashSet};
     let (name, builder) = open(path)?;
@@ -256,7 +258,6 @@ pub fn read_rows(
         .iter()
         .map(|l| l.iter().enumerate().map(|(i, s)| (s.as_str(), i)).collect())
         .collect();
-    let mut out: Vec<Mat> = ids.iter().map(|l| Mat::zeros(l.len(), dim)).collect();
     let mut found: Vec<Vec<bool>> = ids.iter().map(|l| vec![false; l.len()]).collect();
     let mut seen: HashSet<String> = HashSet::new();
     let mut first_row = 0;
@@ -276,9 +277,7 @@ pub fn read_rows(
             }
             for (k, w) in wanted.iter().enumerate() {
                 if let Some(&i) = w.get(sid) {
-                    out[k]
-                        .row_mut(i)
-                        .copy_from_slice(&values[r * dim..(r + 1) * dim]);
+                    each(k, i, &values[r * dim..(r + 1) * dim]);
                     found[k][i] = true;
                 }
             }
@@ -289,6 +288,28 @@ pub fn read_rows(
         if let Some(i) = f.iter().position(|&x| !x) {
             bail!("{name}: no row for sample '{}'", ids[k][i]);
         }
+    }
+    Ok((dim, meta))
+}
+
+/// The rows of a table's vector column for each list of sample ids, in that list's order, and
+/// the file's metadata: [`visit_rows`] into one matrix per list, so memory is the result plus
+/// one batch whatever the file's size.
+pub fn read_rows(
+    path: &Path,
+    table: Table,
+    column: &str,
+    ids: &[&[String]],
+) -> Result<(Vec<Mat>, BTreeMap<String, String>)> {
+    let mut out: Vec<Mat> = Vec::new();
+    let (dim, meta) = visit_rows(path, table, column, ids, |k, i, v| {
+        if out.is_empty() {
+            out = ids.iter().map(|l| Mat::zeros(l.len(), v.len())).collect();
+        }
+        out[k].row_mut(i).copy_from_slice(v);
+    })?;
+    if out.is_empty() {
+        out = ids.iter().map(|l| Mat::zeros(l.len(), dim)).collect();
     }
     Ok((out, meta))
 }

@@ -286,11 +286,8 @@ pub fn run(spec: &RunSpec, cache: &Cache, round: usize, a: &AnnotateArgs) -> Res
         format!("vlal run {}", spec.pipeline.file.display())
     } else {
         format!(
-            "vlal label --pipeline {} --trainer {} --strategy {} --seed {} --round {round} --from-file {}",
-            spec.pipeline.file.display(),
-            spec.trainer,
-            spec.strategy_name(),
-            spec.seed,
+            "vlal label {} --round {round} --from-file {}",
+            spec.run_args(),
             path.display()
         )
     };

@@ -245,34 +245,53 @@ fn stopping(spec: &RunSpec, cache: &Cache, r: &Round, preds: &Predictions) -> Re
         return Ok(());
     }
     let cfg = &spec.pipeline.stopping;
-    let (now, _) = preds.train_and_calib(cache, false)?;
+    let (c, n) = (cache.n_classes(), cache.train.ids.len());
     let pool = pool_rows(cache, &r.labeled);
-    let cur = now.argmax_rows();
-    // the previous round's predictions (kept in the run's folder)
-    let prev_path = round.checked_sub(1).map(|p| spec.predictions_path(p));
-    let prev = match prev_path.filter(|p| p.exists()) {
-        Some(p) => Some(
-            Predictions::read(&p)?
-                .train_and_calib(cache, false)?
-                .0
-                .argmax_rows(),
-        ),
-        None => None,
-    };
-    let c = cache.n_classes();
-    let mean_h = st::mean_entropy(&now, &pool);
     // only when the run itself loads the teacher's logits: a run shares its cache with others
     // in one `vlal run`, and its tables must not depend on which
     let teacher = if super::need_of(spec)?.logits {
-        cache.teacher_probs().0
+        cache.teacher_logits.as_ref()
     } else {
         None
     };
-    let dis = teacher.as_ref().map(|t| st::disagreement(&now, t, &pool));
+    // the pool's predictions a batch at a time (5 GB at 1.28M × 1000): per row what the rules
+    // need, the teacher's probabilities made a row at a time as `Cache::teacher_probs` makes them
+    let all: Vec<u32> = (0..c as u32).collect();
+    let (mut top1, mut entropy) = (vec![0usize; n], vec![0f64; n]);
+    // per row: 1 where the teacher's top-1 class differs, and the JS divergence
+    let mut vs_teacher = teacher.map(|_| (vec![0f64; n], vec![0f64; n]));
+    let mut t = vec![0f32; c];
+    preds.visit(cache, &cache.train.ids, |i, p| {
+        let tp = teacher.map(|l| {
+            t.copy_from_slice(l.row(i));
+            crate::mat::softmax_in_place(&mut t, 1.0);
+            &t[..]
+        });
+        let m = st::row(p, tp, &all);
+        (top1[i], entropy[i]) = (m.top1, m.entropy);
+        if let (Some((differ, js)), Some((d, j))) = (vs_teacher.as_mut(), m.teacher) {
+            (differ[i], js[i]) = (d as u8 as f64, j);
+        }
+    })?;
+    // the previous round's top-1 classes (its predictions stay in the run's folder)
+    let prev_path = round.checked_sub(1).map(|p| spec.predictions_path(p));
+    let prev = match prev_path.filter(|p| p.exists()) {
+        Some(p) => {
+            let mut prev = vec![0usize; n];
+            Predictions::read(&p)?.visit(cache, &cache.train.ids, |i, p| {
+                prev[i] = crate::mat::argmax(p)
+            })?;
+            Some(prev)
+        }
+        None => None,
+    };
+    let mean_h = st::mean_over(&entropy, &pool);
+    let dis =
+        vs_teacher.map(|(differ, js)| (st::mean_over(&differ, &pool), st::mean_over(&js, &pool)));
     let v = Values {
-        kappa: prev.as_ref().map(|p| st::kappa(p, &cur, c)),
-        delta_f: prev.as_ref().map(|p| st::delta_f(p, &cur, c)),
-        changed: prev.as_ref().map(|p| st::changed(p, &cur, &pool)),
+        kappa: prev.as_ref().map(|p| st::kappa(p, &top1, c)),
+        delta_f: prev.as_ref().map(|p| st::delta_f(p, &top1, c)),
+        changed: prev.as_ref().map(|p| st::changed(p, &top1, &pool)),
         overall_uncertainty: if c > 1 { mean_h / (c as f64).ln() } else { 0.0 },
         avg_uncertainty: mean_h,
         disagreement: dis.map(|d| d.0),

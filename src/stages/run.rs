@@ -285,11 +285,5 @@ pub fn run_one(
 
 /// The command that opens a run's round in the browser.
 pub fn annotate_command(spec: &RunSpec, round: usize) -> String {
-    format!(
-        "vlal annotate --pipeline {} --trainer {} --strategy {} --seed {} --round {round}",
-        spec.pipeline.file.display(),
-        spec.trainer,
-        spec.strategy_name(),
-        spec.seed
-    )
+    format!("vlal annotate {} --round {round}", spec.run_args())
 }

@@ -26,15 +26,13 @@ pub fn run_round(
 ) -> Result<()> {
     let (round, lpath) = (r.round, &r.path);
     let (labeled, labels) = (&r.labeled, &r.labels);
-    let strat = spec.strategy_for(labeled.len())?;
     // the queries name the strategy that picked them (a cold start's, without labels)
-    let strategy_name = match (&spec.pipeline.cold_start, labeled.len()) {
-        (Some(c), 0) => {
-            crate::progress::log(format!("round {round}: no labels yet; cold start with {c}"));
-            c.clone()
-        }
-        _ => spec.strategy_name(),
-    };
+    let (strat, strategy_name) = spec.strategy_for(labeled.len())?;
+    if labeled.is_empty() && spec.pipeline.cold_start.is_some() {
+        crate::progress::log(format!(
+            "round {round}: no labels yet; cold start with {strategy_name}"
+        ));
+    }
     let needs = strat.needs();
     let preds = Predictions::read(&spec.predictions_path(round))?;
     let (probs, calib_student) = preds.train_and_calib(cache, needs.logits)?;
